@@ -1,0 +1,10 @@
+//! The HTTP API: authentication, routes, the error envelope, OpenAPI.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod openapi;
+pub mod request_id;
+pub mod routes;
+pub mod startup;
+pub mod state;

@@ -1,0 +1,75 @@
+use std::time::Duration;
+
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+use utoipa::OpenApi;
+use wharf_shared::ErrorCode;
+
+use crate::error::envelope_response;
+use crate::openapi::ApiDoc;
+use crate::state::AppState;
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Up")))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// PostgreSQL, Redis and S3 are all reachable; 503 naming the ones that are not.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "Ready"), (status = 503, description = "A backing service is down", body = crate::error::ErrorEnvelope)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let limit = Duration::from_secs(2);
+    let (pg, redis, s3) = futures::join!(
+        tokio::time::timeout(limit, wharf_shared::repo::ping(&state.pool)),
+        tokio::time::timeout(limit, state.redis.ping()),
+        tokio::time::timeout(limit, state.store.check()),
+    );
+    let checks = [
+        ("postgres", matches!(pg, Ok(Ok(())))),
+        ("redis", matches!(redis, Ok(Ok(())))),
+        ("s3", matches!(s3, Ok(Ok(())))),
+    ];
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if down.is_empty() {
+        return HttpResponse::Ok().json(
+            json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "s3": "ok"}}),
+        );
+    }
+    tracing::warn!(down = ?down, "not ready");
+    envelope_response(
+        ErrorCode::ServiceUnavailable,
+        format!("not ready: {} unreachable", down.join(", ")),
+    )
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let pool = &state.pool;
+    let body = format!(
+        "# HELP wharf_up The API process is up.\n# TYPE wharf_up gauge\nwharf_up 1\n\
+         # HELP wharf_db_pool_connections Open PostgreSQL connections.\n# TYPE wharf_db_pool_connections gauge\n\
+         wharf_db_pool_connections {}\n\
+         # HELP wharf_db_pool_idle Idle PostgreSQL connections.\n# TYPE wharf_db_pool_idle gauge\nwharf_db_pool_idle {}\n",
+        pool.size(),
+        pool.num_idle()
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}
+
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}

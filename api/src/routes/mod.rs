@@ -1,0 +1,79 @@
+//! Route table. Each module holds the handlers of one resource.
+
+pub mod health;
+pub mod keys;
+pub mod projects;
+pub mod runs;
+pub mod workflows;
+
+use actix_web::web;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wharf_shared::Error;
+use wharf_shared::repo::Page;
+
+use crate::auth::parse_id;
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics)
+        .service(health::openapi_json)
+        .service(projects::create_project)
+        .service(keys::create_key)
+        .service(keys::revoke_key)
+        .service(workflows::create_workflow)
+        .service(workflows::list_workflows)
+        .service(workflows::get_workflow)
+        .service(runs::create_run)
+        .service(runs::list_runs);
+}
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+/// `limit` and `cursor` of every list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit: must be between 1 and {MAX_LIMIT}, got {limit}"
+            ))
+            .into());
+        }
+        let before = self
+            .cursor
+            .as_deref()
+            .map(|c| parse_id("cursor", c))
+            .transpose()?;
+        Ok(Page { before, limit })
+    }
+}
+
+/// Every list: `{"data": [...], "nextCursor": "…" | null}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T: ToSchema> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> List<T> {
+    pub fn new(data: Vec<T>, next: Option<uuid::Uuid>) -> Self {
+        List {
+            data,
+            next_cursor: next.map(|u| u.to_string()),
+        }
+    }
+}

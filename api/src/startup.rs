@@ -1,0 +1,102 @@
+//! Builds the whole API from `Settings`; tests call the same code with port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::error::QueryPayloadError;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpRequest, HttpServer, web};
+use anyhow::Context;
+use sqlx::PgPool;
+use wharf_shared::config::Settings;
+use wharf_shared::queue::Redis;
+use wharf_shared::store::ObjectStore;
+use wharf_shared::store::s3::S3Store;
+use wharf_shared::{Error, repo};
+
+use crate::error::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+/// Largest JSON body of the non-ingest routes (a 500-field schema is ~50 KiB).
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (retrying for a while: it may still be starting), applies
+    /// pending migrations, and binds `WHARF_LISTEN`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = connect_with_retry(&settings).await?;
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("cannot listen on WHARF_LISTEN={}", settings.listen))?;
+        Self::build_with(settings, pool, listener).await
+    }
+
+    /// For tests and embedders: a ready pool and a bound listener.
+    pub async fn build_with(
+        settings: Settings,
+        pool: PgPool,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        repo::migrate(&pool).await.context("applying migrations")?;
+        let store = S3Store::new(&settings.s3).await;
+        if let Err(e) = store.ensure_bucket().await {
+            // Not fatal: /readyz reports S3 until it is reachable.
+            tracing::warn!(bucket = %settings.s3.bucket, error = %e, "could not ensure the bucket exists");
+        }
+        let state = AppState {
+            redis: Redis::new(&settings.redis_url)?,
+            settings: Arc::new(settings),
+            pool,
+            store: Arc::new(store),
+        };
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(crate::request_id::middleware))
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .configure(routes::configure)
+        })
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+        tracing::info!(port, "wharf-api listening");
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match repo::connect(settings).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if attempt < 20 => {
+                tracing::warn!(attempt, error = %e, "postgres not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot connect to DATABASE_URL: {e:?}")),
+        }
+    }
+    unreachable!("the retry loop returns")
+}
+
+fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError(Error::invalid(format!("invalid query string: {err}"))).into()
+}

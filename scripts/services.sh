@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Brings up what Wharf's tests and a local run need, each only if it is not already up:
+# PostgreSQL and Redis (the machine's own), and s3s-fs (installed from the registry once and
+# cached in ~/.cache/wharf). Safe to run again and again.
+set -euo pipefail
+
+CACHE="${WHARF_CACHE:-$HOME/.cache/wharf}"
+S3_PORT="${WHARF_S3S_PORT:-9000}"
+S3S_VERSION=0.14.1
+export PATH="$CACHE/s3s/bin:$HOME/.cargo/bin:$PATH"
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # port name
+  for _ in $(seq 1 60); do up "$1" && return 0; sleep 0.5; done
+  echo "services: $2 did not come up on port $1" >&2
+  return 1
+}
+
+if ! up 5432; then
+  echo "services: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  wait_for 5432 PostgreSQL
+fi
+
+if ! up 6379; then
+  echo "services: starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  wait_for 6379 Redis
+fi
+
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "services: installing s3s-fs $S3S_VERSION (once; cached in $CACHE/s3s)"
+  cargo install "s3s-fs@$S3S_VERSION" --features binary --locked --root "$CACHE/s3s"
+fi
+
+if ! up "$S3_PORT"; then
+  echo "services: starting s3s-fs on 127.0.0.1:$S3_PORT"
+  mkdir -p "$CACHE/s3-data"
+  nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "${WHARF_S3_ACCESS_KEY:-wharf}" --secret-key "${WHARF_S3_SECRET_KEY:-wharf-secret}" \
+    "$CACHE/s3-data" >"$CACHE/s3s-fs.log" 2>&1 &
+  wait_for "$S3_PORT" s3s-fs
+fi

@@ -1,0 +1,276 @@
+//! Settings read from the environment (and an optional `.env` file), once, at start.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing required environment variable {0}")]
+    Missing(&'static str),
+    #[error("invalid value for {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// One signing secret with the key id that names it in signed URLs.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub secret: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Empty: the AWS default endpoint.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: Option<String>,
+    pub secret_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: SecretString,
+    pub redis_url: String,
+    pub s3: S3Settings,
+    pub listen: String,
+    pub public_url: String,
+    pub admin_token: Option<SecretString>,
+    pub signing_keys: Vec<SigningKey>,
+    pub export_ttl: Duration,
+    pub link_ttl: Duration,
+    pub presign_ttl: Duration,
+    pub worker_concurrency: usize,
+    pub max_run_bytes: u64,
+}
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Settings {
+    /// Reads the process environment, after loading `.env` if there is one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env file is the normal case, not an error.
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from any name → value lookup (tests pass a map).
+    pub fn from_lookup(get: Lookup<'_>) -> Result<Self, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let listen = var("WHARF_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let public_url = var("WHARF_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Settings {
+            database_url: SecretString::from(
+                var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?,
+            ),
+            redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            s3: S3Settings {
+                endpoint: var("WHARF_S3_ENDPOINT"),
+                bucket: var("WHARF_S3_BUCKET").unwrap_or_else(|| "wharf-exports".into()),
+                region: var("WHARF_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                access_key: var("WHARF_S3_ACCESS_KEY"),
+                secret_key: var("WHARF_S3_SECRET_KEY").map(SecretString::from),
+            },
+            listen,
+            public_url,
+            admin_token: var("WHARF_ADMIN_TOKEN").map(SecretString::from),
+            signing_keys: parse_signing_keys(
+                &var("WHARF_SIGNING_KEYS").ok_or(ConfigError::Missing("WHARF_SIGNING_KEYS"))?,
+            )?,
+            export_ttl: duration_var(&var, "WHARF_EXPORT_TTL", "7d")?,
+            link_ttl: duration_var(&var, "WHARF_LINK_TTL", "1h")?,
+            presign_ttl: duration_var(&var, "WHARF_PRESIGN_TTL", "300s")?,
+            worker_concurrency: match var("WHARF_WORKER_CONCURRENCY") {
+                None => 4,
+                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("WHARF_WORKER_CONCURRENCY", "expected a positive integer")
+                })?,
+            },
+            max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
+                None => 1 << 30,
+                Some(v) => parse_bytes(&v).ok_or_else(|| {
+                    invalid("WHARF_MAX_RUN_BYTES", "expected e.g. 1GiB, 500MB, 1048576")
+                })?,
+            },
+        })
+    }
+}
+
+fn invalid(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+fn duration_var(
+    var: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let raw = var(name).unwrap_or_else(|| default.into());
+    parse_duration(&raw)
+        .ok_or_else(|| invalid(name, "expected a duration such as 90s, 15m, 1h, 7d"))
+}
+
+fn parse_signing_keys(raw: &str) -> Result<Vec<SigningKey>, ConfigError> {
+    let mut keys: Vec<SigningKey> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kid, secret) = part
+            .split_once(':')
+            .filter(|(k, s)| !k.is_empty() && !s.is_empty())
+            .ok_or_else(|| invalid("WHARF_SIGNING_KEYS", "expected kid:secret[,kid:secret...]"))?;
+        if !kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "WHARF_SIGNING_KEYS",
+                "a kid may hold only A-Z a-z 0-9 - _",
+            ));
+        }
+        if keys.iter().any(|k| k.kid == kid) {
+            return Err(invalid("WHARF_SIGNING_KEYS", "duplicate kid"));
+        }
+        keys.push(SigningKey {
+            kid: kid.into(),
+            secret: SecretString::from(secret.to_string()),
+        });
+    }
+    if keys.is_empty() {
+        return Err(ConfigError::Missing("WHARF_SIGNING_KEYS"));
+    }
+    Ok(keys)
+}
+
+/// `90s`, `15m`, `1h`, `7d`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// `1GiB`, `512MiB`, `10MB`, `1024`, `64KiB`.
+pub fn parse_bytes(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let err = settings(&[("WHARF_SIGNING_KEYS", "k1:s")])
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("missing required environment variable DATABASE_URL")
+        );
+        let err = settings(&[("DATABASE_URL", "postgres://x")])
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("missing required environment variable WHARF_SIGNING_KEYS")
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() -> Result<(), ConfigError> {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("WHARF_SIGNING_KEYS", "a:1,b:2"),
+        ])?;
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.s3.bucket, "wharf-exports");
+        assert_eq!(s.s3.region, "us-east-1");
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.public_url, "http://127.0.0.1:8080");
+        assert_eq!(s.export_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.link_ttl, Duration::from_secs(3600));
+        assert_eq!(s.presign_ttl, Duration::from_secs(300));
+        assert_eq!(s.worker_concurrency, 4);
+        assert_eq!(s.max_run_bytes, 1 << 30);
+        assert_eq!(
+            s.signing_keys
+                .iter()
+                .map(|k| k.kid.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(s.admin_token.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("WHARF_SIGNING_KEYS", "a:1"),
+            ("WHARF_EXPORT_TTL", "soon"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("WHARF_EXPORT_TTL"), "{err}");
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("WHARF_SIGNING_KEYS", "nocolon"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("WHARF_SIGNING_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("10MB"), Some(10_000_000));
+        assert_eq!(parse_bytes("12"), Some(12));
+        assert_eq!(parse_bytes("1 parsec"), None);
+    }
+}

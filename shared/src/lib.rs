@@ -1,0 +1,13 @@
+//! Wharf's domain: configuration, errors, storage of records and objects, ingest and export.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod queue;
+pub mod repo;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,63 @@
+//! Redis, the transport that tells workers "look at this export". PostgreSQL stays the record.
+
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use crate::error::{Error, Result};
+
+/// A handle that connects on first use, so a process starts even while Redis is down.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+    conn: Arc<OnceCell<ConnectionManager>>,
+}
+
+impl Redis {
+    pub fn new(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::Unexpected(anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))
+        })?;
+        Ok(Redis {
+            client,
+            conn: Arc::new(OnceCell::new()),
+        })
+    }
+
+    pub async fn conn(&self) -> Result<ConnectionManager> {
+        self.conn
+            .get_or_try_init(|| connect(self.client.clone()))
+            .await
+            .cloned()
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        ping(&mut self.conn().await?).await
+    }
+}
+
+/// A Redis connection that reconnects by itself and answers within bounded time.
+async fn connect(client: redis::Client) -> Result<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(1);
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| Error::Unavailable("redis"))?
+    .map_err(|_| Error::Unavailable("redis"))
+}
+
+async fn ping(conn: &mut ConnectionManager) -> Result<()> {
+    let pong: redis::RedisResult<String> =
+        tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(conn))
+            .await
+            .map_err(|_| Error::Unavailable("redis"))?;
+    pong.map(|_| ()).map_err(|_| Error::Unavailable("redis"))
+}

@@ -1,0 +1,145 @@
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::workflows::Workflow;
+use super::{Page, paginate};
+use crate::domain::schema::Field;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Run {
+    pub id: Uuid,
+    pub workflow_id: Uuid,
+    pub row_count: i64,
+    pub first_row_id: i64,
+    pub executed_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, workflow_id, row_count, first_row_id, executed_at";
+
+pub async fn list(
+    pool: &PgPool,
+    workflow_id: Uuid,
+    page: Page,
+) -> Result<(Vec<Run>, Option<Uuid>)> {
+    let mut q =
+        QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM runs WHERE workflow_id = "));
+    q.push_bind(workflow_id);
+    if let Some(before) = page.before {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+    let rows: Vec<Run> = q.build_query_as().fetch_all(pool).await?;
+    Ok(paginate(rows, page, |r| r.id))
+}
+
+/// The channels that feed one run's rows into `copy_run`.
+pub struct RunFeed {
+    /// Receives the `_id` of the run's first row once the workflow is locked.
+    pub first_row_id: oneshot::Sender<i64>,
+    /// COPY text batches, in order; closed when the input ends.
+    pub batches: mpsc::Receiver<Vec<u8>>,
+    /// The input's verdict: `Ok(rows)` commits, `Err` rolls back. Sent after `batches` closes.
+    pub verdict: oneshot::Receiver<Result<u64, ()>>,
+}
+
+/// Stores a run all-or-nothing: locks the workflow (runs into one workflow take turns, so ids
+/// stay contiguous per run), COPYs the batches into its table, and commits only on an `Ok`
+/// verdict whose row count matches what PostgreSQL received.
+pub async fn copy_run(
+    pool: &PgPool,
+    wf: &Workflow,
+    run_id: Uuid,
+    feed: RunFeed,
+) -> Result<Option<Run>> {
+    let RunFeed {
+        first_row_id,
+        mut batches,
+        verdict,
+    } = feed;
+    let mut tx = pool.begin().await?;
+    let next: i64 =
+        sqlx::query_scalar("SELECT next_row_id FROM workflows WHERE id = $1 FOR UPDATE")
+            .bind(wf.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if first_row_id.send(next).is_err() {
+        return Ok(None);
+    }
+    let mut copy = tx.copy_in_raw(&copy_statement(wf)).await?;
+    while let Some(batch) = batches.recv().await {
+        if let Err(e) = copy.send(batch).await {
+            drop(batches);
+            return Err(e.into());
+        }
+    }
+    let rows = match verdict.await {
+        Ok(Ok(rows)) => rows,
+        _ => {
+            copy.abort("input rejected").await.ok();
+            return Ok(None);
+        }
+    };
+    let copied = copy.finish().await?;
+    if copied != rows {
+        return Err(Error::Unexpected(anyhow::anyhow!(
+            "copied {copied} rows, parsed {rows}"
+        )));
+    }
+    let count = i64::try_from(rows).map_err(|e| Error::Unexpected(e.into()))?;
+    sqlx::query("UPDATE workflows SET next_row_id = next_row_id + $2 WHERE id = $1")
+        .bind(wf.id)
+        .bind(count)
+        .execute(&mut *tx)
+        .await?;
+    let run = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "INSERT INTO runs (id, workflow_id, row_count, first_row_id, executed_at)
+         VALUES ($1, $2, $3, $4, now()) RETURNING {COLUMNS}"
+    )))
+    .bind(run_id)
+    .bind(wf.id)
+    .bind(count)
+    .bind(next)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
+
+/// Only generated names: `rows_<hex>` and `c1..cn`.
+fn copy_statement(wf: &Workflow) -> String {
+    let cols: Vec<String> = (0..wf.fields.len()).map(Field::column).collect();
+    format!(
+        "COPY {} (_id, run_id, {}) FROM STDIN",
+        wf.table_name,
+        cols.join(", ")
+    )
+}
+
+/// Counts a run's stored rows (tests and checks read this, not the run record).
+pub async fn stored_rows(pool: &PgPool, wf: &Workflow, run_id: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} WHERE run_id = $1",
+        wf.table_name
+    )))
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Every stored row of a workflow's table, as JSON objects keyed by field name, in `_id` order.
+pub async fn stored_rows_json(pool: &PgPool, wf: &Workflow) -> Result<Vec<serde_json::Value>> {
+    let mut select = String::from("SELECT jsonb_build_object('_id', _id");
+    for i in 0..wf.fields.len() {
+        // Field names are bound as parameters; only generated column names are spliced.
+        select.push_str(&format!(", ${}::text, {}", i + 1, Field::column(i)));
+    }
+    select.push_str(&format!(") FROM {} ORDER BY _id", wf.table_name));
+    let mut q = sqlx::query_scalar::<_, serde_json::Value>(AssertSqlSafe(select));
+    for f in &wf.fields {
+        q = q.bind(f.name.clone());
+    }
+    Ok(q.fetch_all(pool).await?)
+}

@@ -1,0 +1,146 @@
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Page, paginate};
+use crate::domain::ids::new_id;
+use crate::domain::schema::Field;
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub fields: Vec<Field>,
+    /// Generated from the id (`rows_<hex>`), never from client input.
+    pub table_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkflowRow {
+    id: Uuid,
+    project_id: Uuid,
+    name: String,
+    schema: Json<Vec<Field>>,
+    table_name: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<WorkflowRow> for Workflow {
+    fn from(r: WorkflowRow) -> Self {
+        Workflow {
+            id: r.id,
+            project_id: r.project_id,
+            name: r.name,
+            fields: r.schema.0,
+            table_name: r.table_name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, project_id, name, schema, table_name, created_at";
+
+/// Records the workflow and creates its typed rows table, in one transaction.
+pub async fn create(
+    pool: &PgPool,
+    project_id: Uuid,
+    name: &str,
+    fields: &[Field],
+) -> Result<Workflow> {
+    let id = new_id();
+    let table_name = format!("rows_{}", id.simple());
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as::<_, WorkflowRow>(AssertSqlSafe(format!(
+        "INSERT INTO workflows (id, project_id, name, schema, table_name) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .bind(name)
+    .bind(Json(fields))
+    .bind(&table_name)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(AssertSqlSafe(rows_table_ddl(&table_name, fields)))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+/// DDL from generated names and a closed set of types only: nothing here comes from a client.
+fn rows_table_ddl(table: &str, fields: &[Field]) -> String {
+    let mut ddl = format!("CREATE TABLE {table} (_id bigint NOT NULL, run_id uuid NOT NULL");
+    for (i, f) in fields.iter().enumerate() {
+        ddl.push_str(&format!(
+            ", {} {}",
+            Field::column(i),
+            f.field_type.sql_type()
+        ));
+        if !f.nullable {
+            ddl.push_str(" NOT NULL");
+        }
+    }
+    ddl.push_str(", PRIMARY KEY (run_id, _id))");
+    ddl
+}
+
+pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Workflow>> {
+    let row = sqlx::query_as::<_, WorkflowRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM workflows WHERE id = $1 AND project_id = $2"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+pub async fn list(
+    pool: &PgPool,
+    project_id: Uuid,
+    page: Page,
+) -> Result<(Vec<Workflow>, Option<Uuid>)> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {COLUMNS} FROM workflows WHERE project_id = "
+    ));
+    q.push_bind(project_id);
+    if let Some(before) = page.before {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+    let rows: Vec<WorkflowRow> = q.build_query_as().fetch_all(pool).await?;
+    let (rows, next) = paginate(rows, page, |r| r.id);
+    Ok((rows.into_iter().map(Into::into).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::schema::FieldType;
+
+    #[test]
+    fn ddl_uses_generated_names_only() {
+        let fields = vec![
+            Field {
+                name: "x' or '1'='1".into(),
+                field_type: FieldType::String,
+                nullable: false,
+            },
+            Field {
+                name: "p".into(),
+                field_type: FieldType::Number,
+                nullable: true,
+            },
+        ];
+        assert_eq!(
+            rows_table_ddl("rows_abc", &fields),
+            "CREATE TABLE rows_abc (_id bigint NOT NULL, run_id uuid NOT NULL, c1 text NOT NULL, \
+             c2 double precision, PRIMARY KEY (run_id, _id))"
+        );
+    }
+}

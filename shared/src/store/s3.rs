@@ -1,0 +1,115 @@
+//! The S3 object store (AWS, MinIO, s3s-fs). Path-style addressing, so any endpoint works.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region, timeout::TimeoutConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use secrecy::ExposeSecret;
+
+use super::{ObjectStore, StoreError};
+use crate::config::S3Settings;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub async fn new(s: &S3Settings) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let (Some(key), Some(secret)) = (&s.access_key, &s.secret_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                key.clone(),
+                secret.expose_secret().to_string(),
+                None,
+                None,
+                "wharf-settings",
+            ));
+        }
+        if let Some(endpoint) = &s.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build();
+        S3Store {
+            client: Client::from_conf(conf),
+            bucket: s.bucket.clone(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        if self.check().await.is_ok() {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.code() {
+                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
+                _ => Err(classify(e)),
+            },
+        }
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+/// The one place AWS SDK errors become store error kinds.
+pub fn classify<E: ProvideErrorMetadata>(e: SdkError<E, HttpResponse>) -> StoreError {
+    match &e {
+        SdkError::TimeoutError(_) => StoreError::Timeout,
+        SdkError::DispatchFailure(_) => StoreError::Service("connection failed".into()),
+        SdkError::ResponseError(_) => StoreError::Service("malformed response".into()),
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("");
+            let status = se.raw().status().as_u16();
+            match (code, status) {
+                ("NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload", _) | (_, 404) => {
+                    StoreError::NotFound
+                }
+                ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch", _)
+                | (_, 401 | 403) => StoreError::Unauthorized,
+                (_, s) if s >= 500 => StoreError::Service(format!("status {s}")),
+                (c, s) => StoreError::Other(format!("{c} (status {s})")),
+            }
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}

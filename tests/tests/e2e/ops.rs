@@ -1,0 +1,97 @@
+use serde_json::Value;
+use sqlx::PgPool;
+use wharf_tests::{assert_envelope, spawn_app, spawn_app_with};
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn health_and_readiness_check_the_real_services(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"postgres": "ok", "redis": "ok", "s3": "ok"}),
+        "{body}"
+    );
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn readiness_names_the_service_that_is_down(pool: PgPool) {
+    // Nothing listens on these ports.
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("WHARF_TEST_UNUSED", ""),
+        ],
+    )
+    .await;
+    let res = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    let (code, msg) = assert_envelope(res, 503).await;
+    assert_eq!(code, "SERVICE_UNAVAILABLE");
+    assert!(
+        msg.contains("redis") && !msg.contains("postgres") && !msg.contains("s3"),
+        "{msg}"
+    );
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn the_openapi_document_covers_every_route(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/v1/projects", "post"),
+        ("/v1/api-keys", "post"),
+        ("/v1/api-keys/{keyId}", "delete"),
+        ("/v1/workflows", "post"),
+        ("/v1/workflows", "get"),
+        ("/v1/workflows/{workflowId}", "get"),
+        ("/v1/workflows/{workflowId}/runs", "post"),
+        ("/v1/workflows/{workflowId}/runs", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("wharf_up 1"));
+}
