@@ -17,18 +17,40 @@ pub struct JsonBody(Result<serde_json::Value, Error>);
 impl JsonBody {
     /// Deserializes the body; errors name the JSON path of the bad part.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        let value = self.0?;
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = if path == "." {
-                inner.to_string()
-            } else {
-                format!("{path}: {inner}")
-            };
-            ApiError(Error::invalid(msg))
-        })
+        from_value(self.0?)
     }
+}
+
+/// Deserializes a JSON value; errors name the JSON path of the bad part.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError(Error::invalid(msg))
+    })
+}
+
+/// Reads a whole (small) body, refusing more than `limit` bytes with 413.
+pub async fn read_limited(mut body: web::Payload, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use futures::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::invalid(format!("request body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                limit: limit as u64,
+            }
+            .into());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 impl FromRequest for JsonBody {

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{health, keys, projects, runs, workflows};
+use crate::routes::{exports, health, keys, projects, runs, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use crate::routes::{health, keys, projects, runs, workflows};
         projects::create_project, keys::create_key, keys::revoke_key,
         workflows::create_workflow, workflows::list_workflows, workflows::get_workflow,
         runs::create_run, runs::list_runs,
+        exports::post_export, exports::list_exports, exports::get_export, exports::cancel_export, exports::get_dock_status,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta)),
     modifiers(&Security),

@@ -43,6 +43,8 @@ pub struct Settings {
     pub presign_ttl: Duration,
     pub worker_concurrency: usize,
     pub max_run_bytes: u64,
+    /// The Redis queue (key prefix) exports travel on.
+    pub queue: String,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -90,6 +92,7 @@ impl Settings {
                     invalid("WHARF_WORKER_CONCURRENCY", "expected a positive integer")
                 })?,
             },
+            queue: var("WHARF_QUEUE").unwrap_or_else(|| "wharf:exports".into()),
             max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
                 None => 1 << 30,
                 Some(v) => parse_bytes(&v).ok_or_else(|| {

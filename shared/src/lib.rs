@@ -4,9 +4,11 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod queue;
 pub mod repo;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 

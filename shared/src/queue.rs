@@ -61,3 +61,38 @@ async fn ping(conn: &mut ConnectionManager) -> Result<()> {
             .map_err(|_| Error::Unavailable("redis"))?;
     pong.map(|_| ()).map_err(|_| Error::Unavailable("redis"))
 }
+
+/// The message a worker gets: "look at this export". PostgreSQL holds everything else.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportJob {
+    pub export_id: uuid::Uuid,
+    /// The API request that created the export, carried into the worker's logs.
+    pub request_id: Option<String>,
+}
+
+/// apalis-redis settings, explicit rather than its defaults (see notes/apalis-1.0.md): a
+/// short heartbeat so orphans are rescued in seconds, not five minutes.
+pub fn apalis_config(queue: &str) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(queue)
+        .heartbeat_interval(Duration::from_secs(5))
+        .missed_heartbeats(3)
+        .idempotency_ttl(Some(Duration::from_secs(3600)))
+}
+
+pub type ExportStorage = apalis_redis::RedisStorage<ExportJob>;
+
+pub async fn storage(redis: &Redis, queue: &str) -> Result<ExportStorage> {
+    Ok(apalis_redis::RedisStorage::new(redis.conn().await?).with_config(apalis_config(queue)))
+}
+
+/// Pushes a job; a failure here leaves the export QUEUED in PostgreSQL for the reconciler.
+pub async fn enqueue(redis: &Redis, queue: &str, job: ExportJob) -> Result<()> {
+    use apalis::prelude::TaskSink;
+    let mut storage = storage(redis, queue).await?;
+    tokio::time::timeout(Duration::from_secs(3), storage.push(job))
+        .await
+        .map_err(|_| Error::Unavailable("redis"))?
+        .map_err(|_| Error::Unavailable("redis"))
+}

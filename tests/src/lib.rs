@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use wharf_api::startup::Application;
 use wharf_shared::config::Settings;
+use wharf_shared::store::s3::S3Store;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -55,6 +56,7 @@ pub struct TestApp {
     pub client: Client,
     pub pool: PgPool,
     pub bucket: String,
+    pub settings: Settings,
 }
 
 /// A project as created through the API, with its first (all-scope) key.
@@ -74,11 +76,20 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         "wharf-t-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
-    let mut overrides = overrides.to_vec();
-    overrides.push(("WHARF_LISTEN", "127.0.0.1:0"));
-    let settings = test_settings(&bucket, &overrides);
+    let queue = format!("wharf-test:{}", uuid::Uuid::new_v4().simple());
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a random port");
-    let app = Application::build_with(settings, pool.clone(), listener)
+    let public = format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let mut all: Vec<(&str, &str)> = vec![
+        ("WHARF_LISTEN", "127.0.0.1:0"),
+        ("WHARF_QUEUE", &queue),
+        ("WHARF_PUBLIC_URL", &public),
+    ];
+    all.extend_from_slice(overrides);
+    let settings = test_settings(&bucket, &all);
+    let app = Application::build_with(settings.clone(), pool.clone(), listener)
         .await
         .expect("the API builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -88,6 +99,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         client: Client::new(),
         pool,
         bucket,
+        settings,
     }
 }
 
@@ -98,7 +110,126 @@ pub enum KeyHeader {
     Bearer,
 }
 
+/// An in-process worker on the test's queue; stops when dropped.
+pub struct TestWorker {
+    stop: tokio_util::sync::CancellationToken,
+    pub worker_id: String,
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl TestApp {
+    /// Starts a worker in process: heartbeats every 100 ms and 5 MiB parts, so tests see
+    /// progress and multipart uploads on modest data.
+    pub async fn start_worker(&self) -> TestWorker {
+        let mut ctx = wharf_worker::startup::context(&self.settings, self.pool.clone()).await;
+        ctx.heartbeat = std::time::Duration::from_millis(100);
+        ctx.part_size = 5 << 20;
+        let worker_id = ctx.worker_id.clone();
+        let redis = wharf_shared::queue::Redis::new(&self.settings.redis_url).expect("redis url");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let queue = self.settings.queue.clone();
+        tokio::spawn(async move {
+            wharf_worker::startup::run_worker(ctx, redis, &queue, 4, token).await
+        });
+        TestWorker { stop, worker_id }
+    }
+
+    pub async fn store(&self) -> S3Store {
+        S3Store::new(&self.settings.s3).await
+    }
+
+    /// The bytes of an object in the test's bucket.
+    pub async fn object(&self, key: &str) -> Vec<u8> {
+        let store = self.store().await;
+        let out = store
+            .client()
+            .get_object()
+            .bucket(store.bucket())
+            .key(key)
+            .send()
+            .await
+            .expect("object exists");
+        out.body
+            .collect()
+            .await
+            .expect("object body")
+            .into_bytes()
+            .to_vec()
+    }
+
+    pub async fn object_keys(&self) -> Vec<String> {
+        use wharf_shared::store::ObjectStore;
+        self.store().await.list("").await.expect("list objects")
+    }
+
+    pub async fn post_export(&self, key: &str, workflow_id: &str, body: &Value) -> Response {
+        self.post_json(&format!("/v1/workflows/{workflow_id}/exports"), key, body)
+            .await
+    }
+
+    /// Creates an export and waits until it leaves QUEUED/IN_PROGRESS; returns its status.
+    pub async fn export_and_wait(&self, key: &str, workflow_id: &str, body: &Value) -> Value {
+        let res = self.post_export(key, workflow_id, body).await;
+        let status = res.status();
+        let created: Value = res.json().await.expect("json");
+        assert_eq!(status, 202, "create export: {created}");
+        self.wait_done(key, created["exportId"].as_str().expect("exportId"))
+            .await
+    }
+
+    /// Polls an export until it is finished (60 s at most).
+    pub async fn wait_done(&self, key: &str, export_id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let body: Value = self
+                .get(&format!("/v1/exports/{export_id}"), key)
+                .await
+                .json()
+                .await
+                .expect("json");
+            let s = body["status"].as_str().unwrap_or_default().to_string();
+            if !matches!(s.as_str(), "QUEUED" | "IN_PROGRESS") {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "export {export_id} still {s}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The stored object of a completed export, checked against its status's size and sha256.
+    pub async fn export_file(&self, status: &Value) -> Vec<u8> {
+        use sha2::Digest;
+        assert_eq!(status["status"], "COMPLETED", "{status}");
+        let id = parse(status["exportId"].as_str().expect("exportId"));
+        let rec = wharf_shared::repo::exports::get_any(&self.pool, id)
+            .await
+            .expect("query")
+            .expect("export");
+        let bytes = self
+            .object(rec.object_key.as_deref().expect("object key"))
+            .await;
+        assert_eq!(
+            status["sizeBytes"].as_u64(),
+            Some(bytes.len() as u64),
+            "size matches"
+        );
+        assert_eq!(
+            status["sha256"].as_str(),
+            Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str()),
+            "sha256 matches"
+        );
+        bytes
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -234,4 +365,101 @@ pub async fn assert_envelope(res: Response, status: u16) -> (String, String) {
         error["code"].as_str().expect("code").to_string(),
         error["message"].as_str().expect("message").to_string(),
     )
+}
+
+/// A private s3s-fs process, for tests that stop or pause the object store.
+pub struct S3Server {
+    pub endpoint: String,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s3s_fs_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("WHARF_S3S_FS") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cached = std::path::Path::new(&home).join(".cache/wharf/s3s/bin/s3s-fs");
+    if cached.exists() {
+        cached
+    } else {
+        "s3s-fs".into()
+    }
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = std::env::temp_dir().join(format!("wharf-s3-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let child = std::process::Command::new(s3s_fs_binary())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                "wharf",
+                "--secret-key",
+                "wharf-secret",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts (scripts/services.sh installs it)");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "kill {sig}");
+    }
+
+    /// Freezes the server (SIGSTOP): requests hang until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

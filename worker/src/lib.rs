@@ -1,4 +1,3 @@
-//! The export worker. For now it connects to its services and waits; the export pipeline
-//! (claim, stream, encode, upload) arrives with the export issue.
+//! The export worker: pulls jobs from Redis (apalis) and runs the export pipeline of `shared`.
 
 pub mod startup;

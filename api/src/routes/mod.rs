@@ -1,5 +1,6 @@
 //! Route table. Each module holds the handlers of one resource.
 
+pub mod exports;
 pub mod health;
 pub mod keys;
 pub mod projects;
@@ -27,7 +28,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(workflows::list_workflows)
         .service(workflows::get_workflow)
         .service(runs::create_run)
-        .service(runs::list_runs);
+        .service(runs::list_runs)
+        .service(exports::post_export)
+        .service(exports::list_exports)
+        .service(exports::get_export)
+        .service(exports::cancel_export)
+        .service(exports::get_dock_status);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

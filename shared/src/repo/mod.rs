@@ -1,5 +1,7 @@
 //! All SQL of Wharf lives under this module. Handlers and workers call these functions.
 
+pub mod export_query;
+pub mod exports;
 pub mod keys;
 pub mod projects;
 pub mod runs;

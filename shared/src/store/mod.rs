@@ -3,6 +3,7 @@
 pub mod s3;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// What went wrong, by kind, so callers choose retry or abort without knowing the backend.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +33,34 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn ensure_bucket(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for readiness probes.
     async fn check(&self) -> Result<(), StoreError>;
+    /// Stores a small object in one request.
+    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError>;
+    /// Starts a multipart upload; the headers are stored with the object.
+    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError>;
+    /// Uploads part `number` (1-based) and returns its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+    /// Completes the upload from its parts' ETags, in order.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), StoreError>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Keys under a prefix (tests and the janitor's checks; not used on hot paths).
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Headers stored with an object, so any GET of it carries them.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub content_type: String,
+    pub content_disposition: String,
 }

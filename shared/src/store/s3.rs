@@ -9,7 +9,11 @@ use aws_sdk_s3::config::{Credentials, Region, timeout::TimeoutConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use secrecy::ExposeSecret;
 
-use super::{ObjectStore, StoreError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+use super::{ObjectMeta, ObjectStore, StoreError};
 use crate::config::S3Settings;
 
 #[derive(Clone)]
@@ -88,6 +92,139 @@ impl ObjectStore for S3Store {
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&meta.content_type)
+            .content_disposition(&meta.content_disposition)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&meta.content_type)
+            .content_disposition(&meta.content_disposition)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.upload_id
+            .ok_or_else(|| StoreError::Other("no upload id in the response".into()))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.e_tag
+            .ok_or_else(|| StoreError::Other("no ETag for an uploaded part".into()))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), StoreError> {
+        let parts: Vec<CompletedPart> = etags
+            .iter()
+            .zip(1..)
+            .map(|(etag, n)| CompletedPart::builder().e_tag(etag).part_number(n).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match res.map_err(classify) {
+            Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)
+        {
+            Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(keys),
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod auth;
 mod errors;
+mod exports;
 mod ingest;
 mod ops;
 mod workflows;

@@ -1,0 +1,453 @@
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use wharf_shared::Error;
+use wharf_shared::domain::export::ExportRequest;
+use wharf_shared::domain::scopes::Scope;
+use wharf_shared::queue::{self, ExportJob};
+use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
+use wharf_shared::signing::{self, LinkClaims};
+
+use super::workflows::find;
+use super::{List, ListQuery};
+use crate::auth::{Auth, parse_id};
+use crate::error::ApiError;
+use crate::request_id;
+use crate::state::AppState;
+
+/// 202 body of a create.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportCreated {
+    pub export_id: uuid::Uuid,
+    /// The same id: the export job.
+    pub export_job_id: uuid::Uuid,
+    pub dock_status_id: uuid::Uuid,
+    pub workflow_id: uuid::Uuid,
+    pub status: String,
+    pub status_url: String,
+    pub download_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressDto {
+    pub rows_written: i64,
+    pub rows_total: i64,
+    pub bytes_written: i64,
+    pub percent: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportErrorDto {
+    pub code: String,
+    pub message: String,
+}
+
+/// The status of an export (API.md, Status).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportDto {
+    pub export_id: uuid::Uuid,
+    pub workflow_id: uuid::Uuid,
+    pub run_id: Option<uuid::Uuid>,
+    pub format: String,
+    pub compression: String,
+    /// QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or EXPIRED.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the exported run was executed.
+    pub executed_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub progress: ProgressDto,
+    pub row_count: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    /// Signed download link that needs no key (COMPLETED only), freshly signed on each read.
+    pub url: Option<String>,
+    pub url_expires_at: Option<DateTime<Utc>>,
+    /// When the artifact's retention ends.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub error: Option<ExportErrorDto>,
+    pub status_url: String,
+    pub download_url: String,
+}
+
+pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
+    let now = Utc::now();
+    let status = r.effective_status(now).to_string();
+    let total = r.rows_total.unwrap_or(0);
+    let percent = match status.as_str() {
+        "COMPLETED" | "EXPIRED" => 100.0,
+        _ if total > 0 => {
+            ((r.rows_written as f64 / total as f64) * 1000.0)
+                .round()
+                .min(1000.0)
+                / 10.0
+        }
+        _ => 0.0,
+    };
+    let (url, url_expires_at) = if status == "COMPLETED" {
+        let expires = now.timestamp() + state.settings.link_ttl.as_secs() as i64;
+        let claims = LinkClaims {
+            export_id: r.id,
+            workflow_id: r.workflow_id,
+            format: &r.format,
+            expires,
+        };
+        signing::signed_url(
+            &state.settings.public_url,
+            &state.settings.signing_keys,
+            &claims,
+        )
+        .map_or((None, None), |(u, e)| (Some(u), Some(e)))
+    } else {
+        (None, None)
+    };
+    let base = &state.settings.public_url;
+    ExportDto {
+        export_id: r.id,
+        workflow_id: r.workflow_id,
+        run_id: r.run_id,
+        format: r.format.clone(),
+        compression: r.compression.clone(),
+        created_at: r.created_at,
+        started_at: r.started_at,
+        completed_at: r.completed_at,
+        executed_at: r.run_executed_at,
+        attempts: r.attempts,
+        progress: ProgressDto {
+            rows_written: r.rows_written,
+            rows_total: total,
+            bytes_written: r.bytes_written,
+            percent,
+        },
+        row_count: r.row_count,
+        size_bytes: r.size_bytes,
+        sha256: r.sha256.clone(),
+        url,
+        url_expires_at,
+        expires_at: r.expires_at,
+        error: r.error_code.clone().map(|code| ExportErrorDto {
+            code,
+            message: r.error_message.clone().unwrap_or_default(),
+        }),
+        status_url: format!("{base}/v1/exports/{}", r.id),
+        download_url: format!("{base}/v1/exports/{}/download", r.id),
+        status,
+    }
+}
+
+fn created_dto(state: &AppState, r: &ExportRecord) -> ExportCreated {
+    let base = &state.settings.public_url;
+    ExportCreated {
+        export_id: r.id,
+        export_job_id: r.id,
+        dock_status_id: r.dock_status_id,
+        workflow_id: r.workflow_id,
+        status: r.effective_status(Utc::now()).to_string(),
+        status_url: format!("{base}/v1/exports/{}", r.id),
+        download_url: format!("{base}/v1/exports/{}/download", r.id),
+    }
+}
+
+/// Largest create body (a 100,000-id `rowIds` list fits).
+pub const MAX_CREATE_BYTES: usize = 2 << 20;
+
+fn parse_body(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(ExportRequest, serde_json::Value), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((ExportRequest::default(), serde_json::json!({})));
+    }
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        return Err(
+            Error::UnsupportedMediaType("Content-Type must be application/json".into()).into(),
+        );
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
+    let parsed = crate::json::from_value(value.clone())?;
+    Ok((parsed, value))
+}
+
+/// Creates the export job and a hash that identifies its parameters.
+pub async fn create_export(
+    state: &AppState,
+    project_id: uuid::Uuid,
+    workflow_raw: &str,
+    request: &ExportRequest,
+    canonical: &serde_json::Value,
+    idempotency_key: Option<&str>,
+) -> Result<Created, ApiError> {
+    let wf = find(state, project_id, workflow_raw).await?;
+    let spec = request.validate(&wf.fields)?;
+    let run_id = match request.run_id {
+        Some(id) if exports::run_exists(&state.pool, wf.id, id).await? => id,
+        Some(_) => return Err(Error::NotFound("run").into()),
+        None => exports::latest_run(&state.pool, wf.id)
+            .await?
+            .ok_or(Error::NotFound("run (the workflow has no runs yet)"))?,
+    };
+    let hash = hex::encode(Sha256::digest(format!("{}\n{canonical}", wf.id).as_bytes()));
+    let request_id = request_id::current();
+    let new = NewExport {
+        project_id,
+        workflow_id: wf.id,
+        run_id,
+        spec: &spec,
+        idempotency_key,
+        request_hash: &hash,
+        request_id: &request_id,
+    };
+    let created = exports::create(&state.pool, new).await?;
+    if let Created::New(rec) = &created {
+        let job = ExportJob {
+            export_id: rec.id,
+            request_id: Some(request_id.clone()),
+        };
+        // The export is recorded: if Redis is down, the reconciler enqueues it later.
+        if let Err(e) = queue::enqueue(&state.redis, &state.settings.queue, job).await {
+            tracing::warn!(export_id = %rec.id, error = %e, "enqueue failed; left for the reconciler");
+        }
+        tracing::info!(export_id = %rec.id, workflow_id = %wf.id, run_id = %run_id, format = spec.format.as_str(), "export created");
+    }
+    Ok(created)
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255);
+    key.map(|k| Some(k.to_string())).ok_or_else(|| {
+        Error::invalid("Idempotency-Key: must be 1-255 visible ASCII characters").into()
+    })
+}
+
+/// Creates an export and returns at once (read scope). With an `Idempotency-Key` seen in the
+/// last 24 h: the same body returns the same export (200), another body 409.
+#[utoipa::path(post, path = "/v1/workflows/{workflowId}/exports", tag = "exports",
+    params(("workflowId" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body(content = Option<ExportRequest>, content_type = "application/json"),
+    responses((status = 202, body = ExportCreated), (status = 200, description = "Idempotent replay", body = ExportCreated),
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, body = crate::error::ErrorEnvelope), (status = 413, body = crate::error::ErrorEnvelope),
+        (status = 415, body = crate::error::ErrorEnvelope)))]
+#[post("/v1/workflows/{workflowId}/exports")]
+pub async fn post_export(
+    auth: Auth,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let bytes = crate::json::read_limited(body, MAX_CREATE_BYTES).await?;
+    let (request, canonical) = parse_body(&req, &bytes)?;
+    let key = idempotency_key(&req)?;
+    match create_export(
+        &state,
+        principal.project_id,
+        &path,
+        &request,
+        &canonical,
+        key.as_deref(),
+    )
+    .await?
+    {
+        Created::New(rec) => Ok(HttpResponse::Accepted().json(created_dto(&state, &rec))),
+        Created::Existing(rec) => Ok(HttpResponse::Ok().json(created_dto(&state, &rec))),
+    }
+}
+
+pub async fn find_export(
+    state: &AppState,
+    project_id: uuid::Uuid,
+    raw: &str,
+) -> Result<ExportRecord, ApiError> {
+    let id = parse_id("exportId", raw)?;
+    Ok(exports::get(&state.pool, project_id, id)
+        .await?
+        .ok_or(Error::NotFound("export"))?)
+}
+
+/// An export's status, progress and, once completed, its signed download link (read scope).
+#[utoipa::path(get, path = "/v1/exports/{exportId}", tag = "exports", params(("exportId" = uuid::Uuid, Path)),
+    responses((status = 200, body = ExportDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+#[get("/v1/exports/{exportId}")]
+pub async fn get_export(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let rec = find_export(&state, principal.project_id, &path).await?;
+    Ok(HttpResponse::Ok().json(export_dto(&state, &rec)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportListQuery {
+    /// QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or EXPIRED.
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+const STATUSES: [&str; 6] = [
+    "QUEUED",
+    "IN_PROGRESS",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "EXPIRED",
+];
+
+/// A workflow's exports, newest first (read scope).
+#[utoipa::path(get, path = "/v1/workflows/{workflowId}/exports", tag = "exports",
+    params(("workflowId" = uuid::Uuid, Path), ExportListQuery),
+    responses((status = 200, body = List<ExportDto>), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+#[get("/v1/workflows/{workflowId}/exports")]
+pub async fn list_exports(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ExportListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let wf = find(&state, principal.project_id, &path).await?;
+    let status = query.status.as_deref().map(str::to_ascii_uppercase);
+    if let Some(s) = &status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(
+                Error::invalid(format!("status: expected one of {}", STATUSES.join(", "))).into(),
+            );
+        }
+    }
+    let page = ListQuery {
+        limit: query.limit,
+        cursor: query.cursor.clone(),
+    }
+    .page()?;
+    let (rows, next) = exports::list(
+        &state.pool,
+        principal.project_id,
+        wf.id,
+        status.as_deref(),
+        page,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(List::new(
+        rows.iter().map(|r| export_dto(&state, r)).collect(),
+        next,
+    )))
+}
+
+/// Cancels a queued or running export (read scope); a running job stops within seconds and
+/// leaves no object. A completed or failed export: 409.
+#[utoipa::path(post, path = "/v1/exports/{exportId}/cancel", tag = "exports", params(("exportId" = uuid::Uuid, Path)),
+    responses((status = 202, body = ExportDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, body = crate::error::ErrorEnvelope)))]
+#[post("/v1/exports/{exportId}/cancel")]
+pub async fn cancel_export(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let id = parse_id("exportId", &path)?;
+    match exports::cancel(&state.pool, principal.project_id, id).await? {
+        None => Err(Error::NotFound("export").into()),
+        Some(Cancelled::Done(rec)) => {
+            tracing::info!(export_id = %id, "export cancelled");
+            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
+        }
+        Some(Cancelled::Finished(status)) => Err(Error::Conflict(format!(
+            "export is {status} and can no longer be cancelled"
+        ))
+        .into()),
+    }
+}
+
+/// The generic job record (read scope).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DockStatusDto {
+    pub dock_status_id: uuid::Uuid,
+    pub job_type: String,
+    pub action: String,
+    /// IN_PROGRESS (queued or running), SUCCESS, FAILED, CANCELLED or EXPIRED.
+    pub status: String,
+    pub workflow_id: uuid::Uuid,
+    pub export_job_id: uuid::Uuid,
+    pub progress: ProgressDto,
+    pub response: DockResponse,
+    pub error: Option<ExportErrorDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DockResponse {
+    pub download_url: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/dock-status/{dockStatusId}", tag = "exports", params(("dockStatusId" = uuid::Uuid, Path)),
+    responses((status = 200, body = DockStatusDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+#[get("/v1/dock-status/{dockStatusId}")]
+pub async fn get_dock_status(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let id = parse_id("dockStatusId", &path)?;
+    let rec = exports::get_by_dock_status(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("dock status"))?;
+    let dto = export_dto(&state, &rec);
+    let status = match dto.status.as_str() {
+        "QUEUED" | "IN_PROGRESS" => "IN_PROGRESS",
+        "COMPLETED" => "SUCCESS",
+        other => other,
+    };
+    Ok(HttpResponse::Ok().json(DockStatusDto {
+        dock_status_id: rec.dock_status_id,
+        job_type: "EXPORT".into(),
+        action: "EXPORT".into(),
+        status: status.to_string(),
+        workflow_id: rec.workflow_id,
+        export_job_id: rec.id,
+        response: DockResponse {
+            download_url: (status == "SUCCESS").then(|| dto.download_url.clone()),
+        },
+        error: dto.error,
+        progress: dto.progress,
+    }))
+}

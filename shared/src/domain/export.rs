@@ -1,0 +1,485 @@
+//! An export request, validated against the workflow's schema into an `ExportSpec`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::schema::{Field, FieldType, printable};
+use crate::error::{Error, Result};
+
+pub const MAX_FILTERS: usize = 50;
+pub const MAX_IN_VALUES: usize = 1_000;
+pub const MAX_ROW_IDS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Csv,
+    Json,
+    Ndjson,
+    Parquet,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Parquet => "parquet",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Format::Csv, Format::Json, Format::Ndjson, Format::Parquet]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Ndjson => "application/x-ndjson",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Zstd => "zstd",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Zstd,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Contains,
+    In,
+    IsNull,
+    NotNull,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub field: String,
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+}
+
+/// The body of `POST /v1/workflows/{id}/exports`; every field optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportRequest {
+    /// `csv` (default), `json`, `ndjson` or `parquet`.
+    pub format: Option<Format>,
+    /// Default: the workflow's latest run.
+    pub run_id: Option<Uuid>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// A schema field or `_id` (default).
+    pub sort_by: Option<String>,
+    pub order: Option<Order>,
+    pub row_ids: Option<Vec<i64>>,
+    /// Schema order by default; `_id` only when named.
+    pub columns: Option<Vec<String>>,
+    /// `none`/`gzip` for text formats (default none); `zstd` (default)/`snappy`/`none` for parquet.
+    pub compression: Option<Compression>,
+}
+
+/// What to select and how to sort: a schema field (by position) or the row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Id,
+    Field(usize),
+}
+
+/// A validated export, as the worker runs it. Stored as `params` with names, re-resolved
+/// against the (append-only) schema when the job runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    pub format: Format,
+    pub compression: Compression,
+    pub filters: Vec<Filter>,
+    pub sort_by: String,
+    pub order: Order,
+    pub row_ids: Option<Vec<i64>>,
+    pub columns: Vec<String>,
+}
+
+pub fn resolve(fields: &[Field], name: &str) -> Option<Column> {
+    if name == "_id" {
+        return Some(Column::Id);
+    }
+    fields
+        .iter()
+        .position(|f| f.name == name)
+        .map(Column::Field)
+}
+
+impl ExportRequest {
+    /// Checks every part against the schema; the error names the part at fault.
+    pub fn validate(&self, fields: &[Field]) -> Result<ExportSpec> {
+        let format = self.format.unwrap_or_default();
+        let compression = match (format, self.compression) {
+            (Format::Parquet, None) => Compression::Zstd,
+            (_, None) => Compression::None,
+            (Format::Parquet, Some(Compression::Gzip)) => {
+                return Err(Error::invalid(
+                    "compression: parquet takes zstd, snappy or none",
+                ));
+            }
+            (Format::Parquet, Some(c)) => c,
+            (_, Some(c @ (Compression::Snappy | Compression::Zstd))) => {
+                return Err(Error::invalid(format!(
+                    "compression: {} is for parquet; text formats take gzip or none",
+                    c.as_str()
+                )));
+            }
+            (_, Some(c)) => c,
+        };
+        if self.filters.len() > MAX_FILTERS {
+            return Err(Error::invalid(format!(
+                "filters: at most {MAX_FILTERS} filters"
+            )));
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            validate_filter(fields, f).map_err(|m| Error::invalid(format!("filters[{i}]: {m}")))?;
+        }
+        let sort_by = self.sort_by.clone().unwrap_or_else(|| "_id".into());
+        match resolve(fields, &sort_by) {
+            Some(Column::Field(i)) if fields[i].field_type == FieldType::Json => {
+                return Err(Error::invalid(format!(
+                    "sortBy: cannot sort by json field \"{sort_by}\""
+                )));
+            }
+            Some(_) => {}
+            None => {
+                return Err(Error::invalid(format!(
+                    "sortBy: unknown field \"{}\" (expected a schema field or _id)",
+                    printable(&sort_by)
+                )));
+            }
+        }
+        if let Some(ids) = &self.row_ids {
+            if ids.is_empty() || ids.len() > MAX_ROW_IDS {
+                return Err(Error::invalid(format!(
+                    "rowIds: must list 1 to {MAX_ROW_IDS} ids"
+                )));
+            }
+        }
+        let columns = match &self.columns {
+            None => fields.iter().map(|f| f.name.clone()).collect(),
+            Some(cols) => validate_columns(fields, cols)?,
+        };
+        Ok(ExportSpec {
+            format,
+            compression,
+            filters: self.filters.clone(),
+            sort_by,
+            order: self.order.unwrap_or_default(),
+            row_ids: self.row_ids.clone(),
+            columns,
+        })
+    }
+}
+
+fn validate_columns(fields: &[Field], cols: &[String]) -> Result<Vec<String>> {
+    if cols.is_empty() {
+        return Err(Error::invalid("columns: must name at least one column"));
+    }
+    let mut seen: Vec<&str> = Vec::with_capacity(cols.len());
+    for (i, c) in cols.iter().enumerate() {
+        if resolve(fields, c).is_none() {
+            return Err(Error::invalid(format!(
+                "columns[{i}]: unknown field \"{}\"",
+                printable(c)
+            )));
+        }
+        if seen.contains(&c.as_str()) {
+            return Err(Error::invalid(format!(
+                "columns[{i}]: \"{}\" is named twice",
+                printable(c)
+            )));
+        }
+        seen.push(c);
+    }
+    Ok(cols.to_vec())
+}
+
+fn validate_filter(fields: &[Field], f: &Filter) -> std::result::Result<(), String> {
+    let field = fields.iter().find(|s| s.name == f.field).ok_or_else(|| {
+        format!(
+            "field: unknown field \"{}\" (filters apply to schema fields)",
+            printable(&f.field)
+        )
+    })?;
+    let ty = field.field_type;
+    match (f.op, &f.value) {
+        (Op::IsNull | Op::NotNull, None) => Ok(()),
+        (Op::IsNull | Op::NotNull, Some(_)) => {
+            Err("value: is_null and not_null take no value".into())
+        }
+        (_, None | Some(Value::Null)) => {
+            Err("value: required (use is_null / not_null to test for null)".into())
+        }
+        (Op::Contains, Some(v)) => match (ty, v) {
+            (FieldType::String, Value::String(_)) => Ok(()),
+            (FieldType::String, _) => Err("value: contains takes a string".into()),
+            _ => Err(format!(
+                "op: contains applies to string fields, \"{}\" is {}",
+                field.name,
+                ty.as_str()
+            )),
+        },
+        (Op::In, Some(Value::Array(items))) => {
+            if ty == FieldType::Json {
+                return Err("op: in does not apply to json fields".into());
+            }
+            if items.is_empty() || items.len() > MAX_IN_VALUES {
+                return Err(format!("value: in takes 1 to {MAX_IN_VALUES} values"));
+            }
+            items
+                .iter()
+                .enumerate()
+                .try_for_each(|(j, v)| check_value(ty, v).map_err(|m| format!("value[{j}]: {m}")))
+        }
+        (Op::In, Some(_)) => Err("value: in takes a list".into()),
+        (Op::Eq | Op::Ne, Some(v)) => check_value(ty, v).map_err(|m| format!("value: {m}")),
+        (_, Some(v)) => {
+            if matches!(ty, FieldType::Json | FieldType::Boolean) {
+                return Err(
+                    format!("op: {:?} does not apply to {} fields", f.op, ty.as_str())
+                        .to_lowercase(),
+                );
+            }
+            check_value(ty, v).map_err(|m| format!("value: {m}"))
+        }
+    }
+}
+
+fn check_value(ty: FieldType, v: &Value) -> std::result::Result<(), String> {
+    let ok = match ty {
+        FieldType::String => v.is_string(),
+        FieldType::Integer => v.is_i64(),
+        FieldType::Number => v.is_number(),
+        FieldType::Boolean => v.is_boolean(),
+        FieldType::Timestamp => v
+            .as_str()
+            .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        FieldType::Json => !v.is_null(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected a value of type {}, got {v}", ty.as_str()))
+    }
+}
+
+/// The file name a download gets: `<workflow>-<YYYY-MM-DD>.<ext>[.gz]`.
+pub fn file_name(
+    workflow_name: &str,
+    date: chrono::NaiveDate,
+    format: Format,
+    compression: Compression,
+) -> String {
+    let ext = format.as_str();
+    let gz = if compression == Compression::Gzip {
+        ".gz"
+    } else {
+        ""
+    };
+    let base: String = workflow_name
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '/' | '\\' | '"' | ':' | '*' | '?' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(100)
+        .collect();
+    let base = if base.is_empty() {
+        "export".to_string()
+    } else {
+        base
+    };
+    format!("{base}-{date}.{ext}{gz}")
+}
+
+/// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266 / 5987).
+pub fn content_disposition(file_name: &str) -> String {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                if c == '"' || c == '\\' { '_' } else { c }
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in file_name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if ascii == file_name {
+        format!("attachment; filename=\"{ascii}\"")
+    } else {
+        format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+    }
+}
+
+pub fn content_type(format: Format, compression: Compression) -> &'static str {
+    if compression == Compression::Gzip {
+        "application/gzip"
+    } else {
+        format.content_type()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields() -> Vec<Field> {
+        serde_json::from_value(json!([
+            {"name": "title", "type": "string"}, {"name": "price", "type": "number", "nullable": true},
+            {"name": "meta", "type": "json", "nullable": true}, {"name": "ok", "type": "boolean"}
+        ]))
+        .unwrap_or_default()
+    }
+
+    fn err(req: Value) -> String {
+        let req: ExportRequest = match serde_json::from_value(req) {
+            Ok(r) => r,
+            Err(e) => return e.to_string(),
+        };
+        req.validate(&fields())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults() -> Result<()> {
+        let spec = ExportRequest::default().validate(&fields())?;
+        assert_eq!(
+            (spec.format, spec.compression, spec.order),
+            (Format::Csv, Compression::None, Order::Asc)
+        );
+        assert_eq!(spec.sort_by, "_id");
+        assert_eq!(spec.columns, ["title", "price", "meta", "ok"]);
+        let pq = ExportRequest {
+            format: Some(Format::Parquet),
+            ..Default::default()
+        }
+        .validate(&fields())?;
+        assert_eq!(pq.compression, Compression::Zstd);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_part() {
+        assert!(
+            err(json!({"filters": [{"field": "nope", "op": "eq", "value": 1}]}))
+                .starts_with("filters[0]: field")
+        );
+        assert!(
+            err(json!({"filters": [{"field": "price", "op": "eq", "value": "x"}]}))
+                .contains("filters[0]: value")
+        );
+        assert!(
+            err(json!({"filters": [{"field": "price", "op": "is_null", "value": 1}]}))
+                .contains("no value")
+        );
+        assert!(
+            err(json!({"filters": [{"field": "price", "op": "contains", "value": "1"}]}))
+                .contains("op: contains")
+        );
+        assert!(
+            err(json!({"filters": [{"field": "ok", "op": "gt", "value": true}]}))
+                .contains("op: gt")
+        );
+        assert!(
+            err(json!({"filters": [{"field": "title", "op": "in", "value": ["a", 2]}]}))
+                .contains("value[1]")
+        );
+        assert!(err(json!({"sortBy": "price;drop table"})).starts_with("sortBy"));
+        assert!(err(json!({"columns": ["title", "title"]})).starts_with("columns[1]"));
+        assert!(
+            err(json!({"format": "parquet", "compression": "gzip"})).starts_with("compression")
+        );
+        assert!(err(json!({"format": "csv", "compression": "zstd"})).starts_with("compression"));
+        assert!(err(json!({"rowIds": []})).starts_with("rowIds"));
+    }
+
+    #[test]
+    fn dispositions_are_header_safe() {
+        let name = file_name(
+            "a\"b\r\nSet-Cookie: x",
+            chrono::NaiveDate::MIN,
+            Format::Csv,
+            Compression::None,
+        );
+        assert!(!name.contains(['"', '\r', '\n']));
+        let d = content_disposition("Ñandú 价格-2024-01-01.csv");
+        assert!(d.is_ascii());
+        assert!(
+            d.contains("filename*=UTF-8''%C3%91and%C3%BA%20%E4%BB%B7%E6%A0%BC-2024-01-01.csv"),
+            "{d}"
+        );
+    }
+}

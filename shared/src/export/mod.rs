@@ -1,0 +1,387 @@
+//! One export, end to end: claim → read rows with COPY → encode on a blocking thread → upload
+//! parts as they fill → complete, fenced on the claim. A lost claim or a cancel aborts the
+//! upload, so no one can ever download a partial object.
+
+mod binary;
+mod parquet;
+mod sink;
+mod text;
+mod upload;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::export::{self as dom, ExportSpec, Format};
+use crate::error::{Error, Result};
+use crate::repo::export_query::{Plan, Wire};
+use crate::repo::exports::{self, Claim, Completion, ExportRecord};
+use crate::repo::workflows;
+use crate::store::{ObjectMeta, ObjectStore};
+pub use parquet::arrow_schema;
+use sink::{Output, PartSink, Written};
+
+/// What a worker needs to run exports.
+#[derive(Clone)]
+pub struct ExportContext {
+    pub pool: PgPool,
+    pub store: Arc<dyn ObjectStore>,
+    pub worker_id: String,
+    pub export_ttl: Duration,
+    /// How long a claim lives without a heartbeat.
+    pub lease: Duration,
+    /// Heartbeat and progress interval.
+    pub heartbeat: Duration,
+    /// Upload part size (S3 needs at least 5 MiB for every part but the last).
+    pub part_size: usize,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Completed {
+        rows: u64,
+        bytes: u64,
+        seconds: f64,
+    },
+    Cancelled,
+    Failed {
+        code: &'static str,
+    },
+    /// Not claimable: unknown, finished, or held by another worker.
+    Skipped,
+}
+
+#[derive(Default)]
+struct Progress {
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Runs one export job if it can be claimed.
+pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
+    let Some(claim) = exports::claim(&ctx.pool, export_id, &ctx.worker_id, ctx.lease).await? else {
+        return Ok(Outcome::Skipped);
+    };
+    let rec = exports::get_any(&ctx.pool, export_id)
+        .await?
+        .ok_or(Error::NotFound("export"))?;
+    let span = tracing::info_span!("export", export_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
+        attempt = claim.attempt, format = %rec.format);
+    let _guard = span.enter();
+    tracing::info!("export claimed");
+    drop(_guard);
+    let started = Instant::now();
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(Progress::default());
+    let beat = tokio::spawn(heartbeat(
+        ctx.clone(),
+        claim,
+        progress.clone(),
+        cancel.clone(),
+    ));
+    let produced = tracing::Instrument::instrument(
+        produce(ctx, &claim, &rec, &progress, &cancel),
+        span.clone(),
+    )
+    .await;
+    beat.abort();
+    let _guard = span.enter();
+    match produced {
+        Ok(done) => {
+            let completion = Completion {
+                row_count: done.rows as i64,
+                size_bytes: done.written.size as i64,
+                sha256: &done.written.sha256,
+                object_key: &done.key,
+                content_type: &done.meta.content_type,
+                file_name: &done.file_name,
+                ttl: ctx.export_ttl,
+            };
+            if exports::complete(&ctx.pool, &claim, &completion).await? {
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    rows = done.rows,
+                    bytes = done.written.size,
+                    seconds,
+                    "export completed"
+                );
+                Ok(Outcome::Completed {
+                    rows: done.rows,
+                    bytes: done.written.size,
+                    seconds,
+                })
+            } else {
+                // Cancelled or taken over while finishing: the object must not outlive the claim.
+                ctx.store.delete(&done.key).await?;
+                tracing::info!("claim lost at completion; object deleted");
+                Ok(Outcome::Cancelled)
+            }
+        }
+        Err(_) if cancel.is_cancelled() => {
+            tracing::info!("export stopped: cancelled or claim lost");
+            Ok(Outcome::Cancelled)
+        }
+        Err(e) => {
+            let (code, message) = failure(&e);
+            tracing::warn!(code, error = %e, "export failed");
+            exports::fail(&ctx.pool, &claim, code, &message).await?;
+            Ok(Outcome::Failed { code })
+        }
+    }
+}
+
+/// The stable code and a message a user can act on; internals stay in the logs.
+fn failure(e: &Error) -> (&'static str, String) {
+    match e {
+        Error::Invalid(m) => ("INVALID_REQUEST", m.clone()),
+        Error::NotFound(what) => ("NOT_FOUND", format!("{what} no longer exists")),
+        Error::Storage(_) => (
+            "STORAGE_ERROR",
+            "the object store failed; create the export again".into(),
+        ),
+        Error::Database(_) | Error::Unavailable(_) => (
+            "SERVICE_UNAVAILABLE",
+            "a backing service was unavailable; create the export again".into(),
+        ),
+        _ => ("INTERNAL", "the export failed unexpectedly".into()),
+    }
+}
+
+async fn heartbeat(
+    ctx: ExportContext,
+    claim: Claim,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ctx.heartbeat);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let rows = progress.rows.load(Ordering::Relaxed) as i64;
+        let bytes = progress.bytes.load(Ordering::Relaxed) as i64;
+        match exports::heartbeat(&ctx.pool, &claim, rows, bytes, ctx.lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                cancel.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+struct Produced {
+    key: String,
+    file_name: String,
+    meta: ObjectMeta,
+    written: Written,
+    rows: u64,
+}
+
+/// A batch of COPY data and the rows it holds; `None` marks the end of a complete read.
+type Chunk = Option<(Bytes, u64)>;
+
+async fn produce(
+    ctx: &ExportContext,
+    claim: &Claim,
+    rec: &ExportRecord,
+    progress: &Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<Produced> {
+    let wf = workflows::get(&ctx.pool, rec.project_id, rec.workflow_id)
+        .await?
+        .ok_or(Error::NotFound("workflow"))?;
+    let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
+    let spec: &ExportSpec = &rec.params.0;
+    let wire = if spec.format == Format::Csv {
+        Wire::Csv
+    } else {
+        Wire::Binary
+    };
+    let plan = Plan::new(&wf, run_id, spec, wire)?;
+    let date = rec.created_at.date_naive();
+    let file_name = dom::file_name(&wf.name, date, spec.format, spec.compression);
+    let meta = ObjectMeta {
+        content_type: dom::content_type(spec.format, spec.compression).to_string(),
+        content_disposition: dom::content_disposition(&file_name),
+    };
+    let ext = file_name
+        .rsplit_once(&format!("-{date}"))
+        .map_or("", |(_, e)| e)
+        .to_string();
+    let key = format!("exports/{}/attempt-{}{ext}", rec.id, claim.attempt);
+
+    // A connection of its own: on cancel it is dropped, which ends the COPY at once.
+    let mut conn = PgConnection::connect_with(&ctx.pool.connect_options()).await?;
+    let mut tx = conn.begin().await?;
+    plan.apply(&mut tx).await?;
+    let total = plan.count(&mut tx).await?;
+    exports::set_total(&ctx.pool, claim, total).await?;
+
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(8);
+    let (part_tx, part_rx) = mpsc::channel::<Bytes>(1);
+    let sink = PartSink::new(ctx.part_size, part_tx, Arc::new(AtomicU64::new(0)));
+    let encoder = spawn_encoder(
+        spec.clone(),
+        plan.columns.clone(),
+        sink,
+        chunk_rx,
+        progress.clone(),
+    );
+    let reader = read_rows(&mut tx, &plan, wire, chunk_tx, progress, cancel);
+    let uploader = upload::receive_parts(ctx, claim, &key, &meta, part_rx, cancel);
+    let (read, parts) = futures::join!(reader, uploader);
+    let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
+    let result = match (read, encoded, parts) {
+        (Err(e), _, parts) | (Ok(()), Err(e), parts) => Err((e, parts.ok())),
+        (Ok(()), Ok(_), Err(e)) => Err((e, None)),
+        (Ok(()), Ok((written, rows)), Ok(parts)) => Ok((written, rows, parts)),
+    };
+    match result {
+        Ok((written, rows, parts)) if !cancel.is_cancelled() => {
+            upload::finish(ctx, &key, &meta, parts).await?;
+            Ok(Produced {
+                key,
+                file_name,
+                meta,
+                written,
+                rows,
+            })
+        }
+        Ok((_, _, parts)) => {
+            upload::abort(ctx, &key, Some(parts)).await;
+            Err(Error::Unexpected(anyhow::anyhow!("cancelled")))
+        }
+        Err((e, parts)) => {
+            upload::abort(ctx, &key, parts).await;
+            Err(e)
+        }
+    }
+}
+
+/// Streams the COPY output in ~256 KiB batches; for CSV each CopyData message is one row.
+async fn read_rows(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    wire: Wire,
+    tx: mpsc::Sender<Chunk>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
+    let mut batch = BytesMut::with_capacity(512 * 1024);
+    let mut rows = 0u64;
+    let stopped = || Error::Unexpected(anyhow::anyhow!("export stopped"));
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Err(stopped()),
+            next = stream.next() => next,
+        };
+        let Some(item) = next else { break };
+        batch.extend_from_slice(&item?);
+        rows += 1;
+        if batch.len() >= 256 * 1024 {
+            if wire == Wire::Csv {
+                progress.rows.fetch_add(rows, Ordering::Relaxed);
+            }
+            tx.send(Some((batch.split().freeze(), rows)))
+                .await
+                .map_err(|_| stopped())?;
+            rows = 0;
+        }
+    }
+    if wire == Wire::Csv {
+        progress.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+    tx.send(Some((batch.freeze(), rows)))
+        .await
+        .map_err(|_| stopped())?;
+    tx.send(None).await.map_err(|_| stopped())
+}
+
+fn spawn_encoder(
+    spec: ExportSpec,
+    columns: Vec<crate::repo::export_query::OutColumn>,
+    sink: PartSink,
+    mut rx: mpsc::Receiver<Chunk>,
+    progress: Arc<Progress>,
+) -> tokio::task::JoinHandle<Result<(Written, u64)>> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        let gzip = spec.compression == dom::Compression::Gzip;
+        let incomplete = || Error::Unexpected(anyhow::anyhow!("row stream ended early"));
+        let io = |e: std::io::Error| Error::Unexpected(e.into());
+        match spec.format {
+            Format::Csv => {
+                let mut out = Output::new(sink, gzip);
+                let header: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+                std::io::Write::write_all(&mut out, format!("{}\n", header.join(",")).as_bytes())
+                    .map_err(io)?;
+                let mut rows = 0;
+                loop {
+                    match rx.blocking_recv() {
+                        Some(Some((bytes, n))) => {
+                            rows += n;
+                            std::io::Write::write_all(&mut out, &bytes).map_err(io)?;
+                            progress.bytes.store(out_bytes(&out), Ordering::Relaxed);
+                        }
+                        Some(None) => return Ok((out.finish().map_err(io)?, rows)),
+                        None => return Err(incomplete()),
+                    }
+                }
+            }
+            Format::Json | Format::Ndjson => {
+                let out = Output::new(sink, gzip);
+                let mut w = text::JsonWriter::new(out, &columns, spec.format == Format::Json);
+                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
+                Ok((w.finish()?, rows))
+            }
+            Format::Parquet => {
+                let mut w = parquet::ParquetWriter::new(sink, &columns, spec.compression)?;
+                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
+                Ok((w.finish()?, rows))
+            }
+        }
+    })
+}
+
+fn out_bytes(out: &Output) -> u64 {
+    match out {
+        Output::Plain(s) => s.total(),
+        Output::Gzip(g) => g.get_ref().total(),
+    }
+}
+
+/// Feeds binary COPY tuples to `row`; errors if the stream did not end cleanly.
+fn decode(
+    rx: &mut mpsc::Receiver<Chunk>,
+    progress: &Progress,
+    mut row: impl FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()>,
+) -> Result<u64> {
+    let mut reader = binary::TupleReader::new();
+    let mut fields = Vec::new();
+    let mut rows = 0;
+    loop {
+        match rx.blocking_recv() {
+            Some(Some((bytes, _))) => {
+                reader.push(&bytes);
+                rows += reader.drain(&mut fields, &mut row)?;
+                progress.rows.store(rows, Ordering::Relaxed);
+            }
+            Some(None) if reader.finished => return Ok(rows),
+            _ => {
+                return Err(Error::Unexpected(anyhow::anyhow!(
+                    "binary COPY stream ended early"
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The upload side: parts arrive as they fill. A file that fits in one part is stored with a
+//! single PUT at the end; a larger one becomes a multipart upload, recorded in PostgreSQL so
+//! an orphan can be aborted later, and completed only once the whole file is encoded.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ExportContext;
+use crate::error::{Error, Result};
+use crate::repo::exports::{self, Claim};
+use crate::store::ObjectMeta;
+
+pub enum Parts {
+    /// Everything fit in one part: not uploaded yet.
+    Single(Bytes),
+    Multipart {
+        upload_id: String,
+        etags: Vec<String>,
+    },
+}
+
+pub async fn receive_parts(
+    ctx: &ExportContext,
+    claim: &Claim,
+    key: &str,
+    meta: &ObjectMeta,
+    mut rx: mpsc::Receiver<Bytes>,
+    cancel: &CancellationToken,
+) -> Result<Parts> {
+    let stopped = || Error::Unexpected(anyhow::anyhow!("export stopped"));
+    let Some(first) = rx.recv().await else {
+        return Err(stopped());
+    };
+    let Some(second) = rx.recv().await else {
+        return Ok(Parts::Single(first));
+    };
+    let upload_id = ctx.store.create_multipart(key, meta).await?;
+    exports::record_upload(&ctx.pool, claim, &upload_id, key).await?;
+    let mut etags = Vec::new();
+    let mut parts = Parts::Multipart {
+        upload_id: upload_id.clone(),
+        etags: Vec::new(),
+    };
+    let mut next = Some(second);
+    let mut current = first;
+    loop {
+        if cancel.is_cancelled() {
+            abort(ctx, key, Some(parts)).await;
+            return Err(stopped());
+        }
+        let number = etags.len() as i32 + 1;
+        match ctx
+            .store
+            .upload_part(key, &upload_id, number, current)
+            .await
+        {
+            Ok(etag) => etags.push(etag),
+            Err(e) => {
+                abort(ctx, key, Some(parts)).await;
+                return Err(e.into());
+            }
+        }
+        parts = Parts::Multipart {
+            upload_id: upload_id.clone(),
+            etags: etags.clone(),
+        };
+        current = match next.take() {
+            Some(p) => p,
+            None => return Ok(parts),
+        };
+        next = rx.recv().await;
+    }
+}
+
+pub async fn finish(ctx: &ExportContext, key: &str, meta: &ObjectMeta, parts: Parts) -> Result<()> {
+    match parts {
+        Parts::Single(body) => Ok(ctx.store.put(key, meta, body).await?),
+        Parts::Multipart { upload_id, etags } => {
+            if let Err(e) = ctx.store.complete_multipart(key, &upload_id, &etags).await {
+                abort(ctx, key, Some(Parts::Multipart { upload_id, etags })).await;
+                return Err(e.into());
+            }
+            exports::finish_upload(&ctx.pool, &upload_id, "COMPLETED").await
+        }
+    }
+}
+
+/// Best effort: a failure here leaves an OPEN upload row for the janitor.
+pub async fn abort(ctx: &ExportContext, key: &str, parts: Option<Parts>) {
+    if let Some(Parts::Multipart { upload_id, .. }) = parts {
+        match ctx.store.abort_multipart(key, &upload_id).await {
+            Ok(()) => {
+                if let Err(e) = exports::finish_upload(&ctx.pool, &upload_id, "ABORTED").await {
+                    tracing::warn!(error = %e, "could not record the aborted upload");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, upload_id, "could not abort the upload"),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The SQL that reads an export's rows. COPY takes no bind parameters, so every client value
+//! travels as a bind parameter of `set_config('wharf.pN', $1, true)` (transaction-local) and
+//! the query reads it back with `current_setting('wharf.pN')::type`. The SQL text holds only
+//! generated names (`rows_<hex>`, `c1..cn`, `_id`) and fixed keywords.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::workflows::Workflow;
+use crate::domain::export::{Column, ExportSpec, Filter, Op, Order, resolve};
+use crate::domain::schema::{Field, FieldType};
+use crate::error::{Error, Result};
+
+/// How PostgreSQL sends the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// CSV text already formatted as the export wants it.
+    Csv,
+    /// Binary COPY of the typed columns, decoded by the worker.
+    Binary,
+}
+
+/// One output column: its name in the file and its type (`None` for `_id`).
+#[derive(Debug, Clone)]
+pub struct OutColumn {
+    pub name: String,
+    pub field_type: Option<FieldType>,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub columns: Vec<OutColumn>,
+    settings: Vec<String>,
+    from_where: String,
+    select: String,
+    order_by: String,
+    wire: Wire,
+}
+
+fn column_sql(col: Column) -> String {
+    match col {
+        Column::Id => "_id".into(),
+        Column::Field(i) => Field::column(i),
+    }
+}
+
+/// Our text form of a value in CSV: booleans as true/false, timestamps RFC 3339 UTC with
+/// the fraction only when there is one, everything else PostgreSQL's round-trip output.
+fn csv_expr(col: Column, fields: &[Field]) -> String {
+    let c = column_sql(col);
+    match col {
+        Column::Field(i) => match fields[i].field_type {
+            FieldType::Boolean => format!("{c}::text"),
+            FieldType::Timestamp => format!(
+                "rtrim(rtrim(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '0'), '.') || 'Z'"
+            ),
+            _ => c,
+        },
+        Column::Id => c,
+    }
+}
+
+impl Plan {
+    pub fn new(wf: &Workflow, run_id: Uuid, spec: &ExportSpec, wire: Wire) -> Result<Plan> {
+        let fields = &wf.fields;
+        let unknown = |name: &str| Error::invalid(format!("unknown field \"{name}\""));
+        let mut settings = vec![run_id.to_string()];
+        let mut conds = vec!["run_id = current_setting('wharf.p0')::uuid".to_string()];
+        for f in &spec.filters {
+            let Some(Column::Field(i)) = resolve(fields, &f.field) else {
+                return Err(unknown(&f.field));
+            };
+            conds.push(filter_sql(f, i, fields[i].field_type, &mut settings)?);
+        }
+        if let Some(ids) = &spec.row_ids {
+            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+            settings.push(format!("{{{}}}", list.join(",")));
+            conds.push(format!(
+                "_id = ANY(current_setting('wharf.p{}')::bigint[])",
+                settings.len() - 1
+            ));
+        }
+        let sort = resolve(fields, &spec.sort_by).ok_or_else(|| unknown(&spec.sort_by))?;
+        let dir = if spec.order == Order::Desc {
+            "DESC"
+        } else {
+            "ASC"
+        };
+        let order_by = match sort {
+            Column::Id => format!("_id {dir}"),
+            col => format!("{} {dir}, _id ASC", column_sql(col)),
+        };
+        let mut columns = Vec::with_capacity(spec.columns.len());
+        let mut exprs = Vec::with_capacity(spec.columns.len());
+        for name in &spec.columns {
+            let col = resolve(fields, name).ok_or_else(|| unknown(name))?;
+            exprs.push(match wire {
+                Wire::Csv => csv_expr(col, fields),
+                Wire::Binary => column_sql(col),
+            });
+            columns.push(match col {
+                Column::Id => OutColumn {
+                    name: "_id".into(),
+                    field_type: None,
+                    nullable: false,
+                },
+                Column::Field(i) => OutColumn {
+                    name: fields[i].name.clone(),
+                    field_type: Some(fields[i].field_type),
+                    nullable: fields[i].nullable,
+                },
+            });
+        }
+        Ok(Plan {
+            columns,
+            settings,
+            from_where: format!("FROM {} WHERE {}", wf.table_name, conds.join(" AND ")),
+            select: exprs.join(", "),
+            order_by,
+            wire,
+        })
+    }
+
+    /// Binds this plan's values for the current transaction.
+    pub async fn apply(&self, conn: &mut PgConnection) -> Result<()> {
+        // Shortest round-trip float output, whatever the server's default.
+        sqlx::query("SET LOCAL extra_float_digits = 1")
+            .execute(&mut *conn)
+            .await?;
+        for (i, value) in self.settings.iter().enumerate() {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(format!("wharf.p{i}"))
+                .bind(value)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The number of rows the export will hold (after `apply`).
+    pub async fn count(&self, conn: &mut PgConnection) -> Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) {}",
+            self.from_where
+        )))
+        .fetch_one(conn)
+        .await?)
+    }
+
+    pub fn copy_sql(&self) -> String {
+        let format = match self.wire {
+            Wire::Csv => "csv",
+            Wire::Binary => "binary",
+        };
+        format!(
+            "COPY (SELECT {} {} ORDER BY {}) TO STDOUT (FORMAT {format})",
+            self.select, self.from_where, self.order_by
+        )
+    }
+}
+
+fn filter_sql(f: &Filter, i: usize, ty: FieldType, settings: &mut Vec<String>) -> Result<String> {
+    let c = Field::column(i);
+    let cast = if ty == FieldType::String {
+        String::new()
+    } else {
+        format!("::{}", ty.sql_type())
+    };
+    let mut param = |v: String| {
+        settings.push(v);
+        format!("current_setting('wharf.p{}')", settings.len() - 1)
+    };
+    let value = || {
+        f.value
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("filter on \"{}\" needs a value", f.field)))
+    };
+    Ok(match f.op {
+        Op::IsNull => format!("{c} IS NULL"),
+        Op::NotNull => format!("{c} IS NOT NULL"),
+        Op::Contains => format!("strpos({c}, {}) > 0", param(text_of(&value()?))),
+        Op::In => {
+            let items = value()?;
+            let p = param(items.to_string());
+            format!(
+                "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text({p}::jsonb))::{}[])",
+                ty.sql_type()
+            )
+        }
+        op => {
+            let sym = match op {
+                Op::Eq => "=",
+                Op::Ne => "<>",
+                Op::Gt => ">",
+                Op::Gte => ">=",
+                Op::Lt => "<",
+                _ => "<=",
+            };
+            let text = if ty == FieldType::Json {
+                value()?.to_string()
+            } else {
+                text_of(&value()?)
+            };
+            format!("{c} {sym} {}{cast}", param(text))
+        }
+    })
+}
+
+/// A scalar's text for a cast back in SQL (strings bare, the rest as JSON writes them).
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

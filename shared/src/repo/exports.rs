@@ -1,0 +1,420 @@
+//! Export jobs and their dock statuses: creation, claims fenced by a lease token, progress,
+//! completion, failure and cancellation. Every state change is a conditional update.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Page, paginate};
+use crate::domain::export::ExportSpec;
+use crate::domain::ids::new_id;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExportRecord {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub workflow_id: Uuid,
+    pub run_id: Option<Uuid>,
+    pub format: String,
+    pub compression: String,
+    pub params: Json<ExportSpec>,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub lease_token: Option<Uuid>,
+    pub rows_written: i64,
+    pub rows_total: Option<i64>,
+    pub bytes_written: i64,
+    pub row_count: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub object_key: Option<String>,
+    pub content_type: Option<String>,
+    pub file_name: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub request_hash: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub dock_status_id: Uuid,
+    pub run_executed_at: Option<DateTime<Utc>>,
+}
+
+impl ExportRecord {
+    /// The status a client sees: a completed export past its retention reads EXPIRED at once,
+    /// before the janitor has removed the object.
+    pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
+        match (self.status.as_str(), self.expires_at) {
+            ("COMPLETED", Some(exp)) if exp <= now => "EXPIRED",
+            (s, _) => s,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT e.*, d.id AS dock_status_id, r.executed_at AS run_executed_at
+    FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
+
+pub struct NewExport<'a> {
+    pub project_id: Uuid,
+    pub workflow_id: Uuid,
+    pub run_id: Uuid,
+    pub spec: &'a ExportSpec,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+    pub request_id: &'a str,
+}
+
+pub enum Created {
+    New(Box<ExportRecord>),
+    /// The same idempotency key and body within 24 h: the export made the first time.
+    Existing(Box<ExportRecord>),
+}
+
+pub const IDEMPOTENCY_WINDOW_HOURS: i32 = 24;
+
+/// Writes the export and its dock status in one transaction (status QUEUED).
+pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = new.idempotency_key {
+        // Serialize creators of the same key; a key older than the window is free again.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
+            .bind(key)
+            .bind(new.project_id)
+            .execute(&mut *tx)
+            .await?;
+        let existing: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+            "SELECT id, request_hash, created_at > now() - make_interval(hours => $3)
+             FROM exports WHERE project_id = $1 AND idempotency_key = $2",
+        )
+        .bind(new.project_id)
+        .bind(key)
+        .bind(IDEMPOTENCY_WINDOW_HOURS)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some((id, hash, true)) => {
+                tx.commit().await?;
+                if hash.as_deref() != Some(new.request_hash) {
+                    return Err(Error::Conflict(
+                        "Idempotency-Key was already used with different parameters".into(),
+                    ));
+                }
+                let rec = get(pool, new.project_id, id)
+                    .await?
+                    .ok_or(Error::NotFound("export"))?;
+                return Ok(Created::Existing(Box::new(rec)));
+            }
+            Some((id, _, false)) => {
+                sqlx::query("UPDATE exports SET idempotency_key = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {}
+        }
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
+             idempotency_key, request_hash, request_id, enqueued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+    )
+    .bind(id)
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(new.run_id)
+    .bind(new.spec.format.as_str())
+    .bind(new.spec.compression.as_str())
+    .bind(Json(new.spec))
+    .bind(new.idempotency_key)
+    .bind(new.request_hash)
+    .bind(new.request_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
+         VALUES ($1, $2, 'EXPORT', 'EXPORT', $3, $4)",
+    )
+    .bind(new_id())
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let rec = get(pool, new.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("export"))?;
+    Ok(Created::New(Box::new(rec)))
+}
+
+pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE e.id = $1 AND e.project_id = $2"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// For workers, which act on any project's export.
+pub async fn get_any(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE e.id = $1")))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+pub async fn get_by_dock_status(
+    pool: &PgPool,
+    project_id: Uuid,
+    dock_id: Uuid,
+) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE d.id = $1 AND e.project_id = $2"
+    )))
+    .bind(dock_id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Newest first; `status` filters on the stored status (EXPIRED also matches completed
+/// exports whose retention has ended).
+pub async fn list(
+    pool: &PgPool,
+    project_id: Uuid,
+    workflow_id: Uuid,
+    status: Option<&str>,
+    page: Page,
+) -> Result<(Vec<ExportRecord>, Option<Uuid>)> {
+    let mut q = QueryBuilder::<Postgres>::new(SELECT);
+    q.push(" WHERE e.project_id = ").push_bind(project_id);
+    q.push(" AND e.workflow_id = ").push_bind(workflow_id);
+    match status {
+        Some("EXPIRED") => {
+            q.push(
+                " AND (e.status = 'EXPIRED' OR (e.status = 'COMPLETED' AND e.expires_at <= now()))",
+            );
+        }
+        Some("COMPLETED") => {
+            q.push(
+                " AND e.status = 'COMPLETED' AND (e.expires_at IS NULL OR e.expires_at > now())",
+            );
+        }
+        Some(s) => {
+            q.push(" AND e.status = ").push_bind(s.to_string());
+        }
+        None => {}
+    }
+    if let Some(before) = page.before {
+        q.push(" AND e.id < ").push_bind(before);
+    }
+    q.push(" ORDER BY e.id DESC LIMIT ")
+        .push_bind(page.limit + 1);
+    let rows: Vec<ExportRecord> = q.build_query_as().fetch_all(pool).await?;
+    Ok(paginate(rows, page, |r| r.id))
+}
+
+/// A claim on an export: the attempt it is and the token that fences every later write.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub export_id: Uuid,
+    pub token: Uuid,
+    pub attempt: i32,
+}
+
+/// Claims a QUEUED export, or an IN_PROGRESS one whose lease has lapsed. None: someone else
+/// holds it, it is finished, or it does not exist; the job is then dropped.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Option<Claim>> {
+    let token = Uuid::new_v4();
+    let attempt: Option<i32> = sqlx::query_scalar(
+        "UPDATE exports SET status = 'IN_PROGRESS', attempts = attempts + 1, lease_token = $2,
+             lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
+             started_at = coalesce(started_at, now()), updated_at = now(),
+             rows_written = 0, bytes_written = 0
+         WHERE id = $1 AND (status = 'QUEUED'
+             OR (status = 'IN_PROGRESS' AND lease_expires_at < now()))
+         RETURNING attempts",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(lease.as_secs_f64())
+    .bind(worker_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(attempt.map(|attempt| Claim {
+        export_id: id,
+        token,
+        attempt,
+    }))
+}
+
+/// Renews the lease and records progress. False: the claim is lost (cancelled, taken over).
+pub async fn heartbeat(
+    pool: &PgPool,
+    claim: &Claim,
+    rows: i64,
+    bytes: i64,
+    lease: Duration,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3),
+             rows_written = $4, bytes_written = $5, updated_at = now()
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(lease.as_secs_f64())
+    .bind(rows)
+    .bind(bytes)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_total(pool: &PgPool, claim: &Claim, total: i64) -> Result<()> {
+    sqlx::query("UPDATE exports SET rows_total = $3 WHERE id = $1 AND lease_token = $2")
+        .bind(claim.export_id)
+        .bind(claim.token)
+        .bind(total)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub struct Completion<'a> {
+    pub row_count: i64,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub object_key: &'a str,
+    pub content_type: &'a str,
+    pub file_name: &'a str,
+    pub ttl: Duration,
+}
+
+/// Marks the export COMPLETED, fenced on the claim. False: the claim was lost meanwhile,
+/// and the caller must delete the object it wrote.
+pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'COMPLETED', completed_at = now(), updated_at = now(),
+             expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
+             rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
+             content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
+             error_code = NULL, error_message = NULL
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(c.row_count)
+    .bind(c.size_bytes)
+    .bind(c.sha256)
+    .bind(c.object_key)
+    .bind(c.content_type)
+    .bind(c.file_name)
+    .bind(c.ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends the export FAILED with a stable code and a message a user can act on.
+pub async fn fail(pool: &PgPool, claim: &Claim, code: &str, message: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'FAILED', completed_at = now(), updated_at = now(),
+             error_code = $3, error_message = $4, lease_token = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(code)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub enum Cancelled {
+    Done(Box<ExportRecord>),
+    /// Already COMPLETED, FAILED or EXPIRED.
+    Finished(String),
+}
+
+/// Cancels a QUEUED or IN_PROGRESS export at once; a worker running it notices at its next
+/// heartbeat and aborts its upload. Cancelling a cancelled export is a no-op.
+pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Cancelled>> {
+    let changed: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE exports SET status = 'CANCELLED', cancel_requested = true, completed_at = now(),
+             updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND project_id = $2 AND status IN ('QUEUED', 'IN_PROGRESS') RETURNING id",
+    )
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(rec) = get(pool, project_id, id).await? else {
+        return Ok(None);
+    };
+    let status = rec.effective_status(Utc::now()).to_string();
+    if changed.is_some() || status == "CANCELLED" {
+        Ok(Some(Cancelled::Done(Box::new(rec))))
+    } else {
+        Ok(Some(Cancelled::Finished(status)))
+    }
+}
+
+/// A multipart upload begun for an attempt, so orphans can be aborted later.
+pub async fn record_upload(pool: &PgPool, claim: &Claim, upload_id: &str, key: &str) -> Result<()> {
+    sqlx::query("INSERT INTO export_uploads (upload_id, export_id, attempt, object_key) VALUES ($1, $2, $3, $4)")
+        .bind(upload_id)
+        .bind(claim.export_id)
+        .bind(claim.attempt)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_upload(pool: &PgPool, upload_id: &str, state: &str) -> Result<()> {
+    sqlx::query("UPDATE export_uploads SET state = $2, updated_at = now() WHERE upload_id = $1")
+        .bind(upload_id)
+        .bind(state)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The run an export reads by default: the workflow's latest.
+pub async fn latest_run(pool: &PgPool, workflow_id: Uuid) -> Result<Option<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM runs WHERE workflow_id = $1 ORDER BY id DESC LIMIT 1")
+            .bind(workflow_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+pub async fn run_exists(pool: &PgPool, workflow_id: Uuid, run_id: Uuid) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE workflow_id = $1 AND id = $2)")
+            .bind(workflow_id)
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
