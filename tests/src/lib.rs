@@ -71,7 +71,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 }
 
 pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
-    wharf_shared::telemetry::init();
+    wharf_shared::telemetry::init_with_default("warn");
     let bucket = format!(
         "wharf-t-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
@@ -461,5 +461,118 @@ impl Drop for S3Server {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `wharf-worker` process (the real binary) on the app's queue and database.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit (after a signal); true if it did within `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `wharf-worker` binary built beside this test binary (`cargo test --workspace` builds it).
+pub fn worker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("wharf-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+impl TestApp {
+    pub fn database_url(&self) -> String {
+        let db = self
+            .pool
+            .connect_options()
+            .get_database()
+            .unwrap_or("postgres")
+            .to_string();
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{db}"),
+            None => base,
+        }
+    }
+
+    /// Starts a real worker process with `concurrency` slots.
+    pub fn spawn_worker_process(&self, concurrency: usize) -> WorkerProcess {
+        use secrecy::ExposeSecret;
+        let log = std::env::temp_dir().join(format!(
+            "wharf-worker-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let s = &self.settings;
+        let child = std::process::Command::new(worker_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", self.database_url())
+            .env("REDIS_URL", &s.redis_url)
+            .env("WHARF_QUEUE", &s.queue)
+            .env(
+                "WHARF_S3_ENDPOINT",
+                s.s3.endpoint.clone().unwrap_or_default(),
+            )
+            .env("WHARF_S3_BUCKET", &s.s3.bucket)
+            .env(
+                "WHARF_S3_ACCESS_KEY",
+                s.s3.access_key.clone().unwrap_or_default(),
+            )
+            .env(
+                "WHARF_S3_SECRET_KEY",
+                s.s3.secret_key
+                    .as_ref()
+                    .map(|k| k.expose_secret().to_string())
+                    .unwrap_or_default(),
+            )
+            .env("WHARF_SIGNING_KEYS", "k1:test-secret-one")
+            .env("WHARF_WORKER_CONCURRENCY", concurrency.to_string())
+            .env("WHARF_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("wharf-worker starts");
+        WorkerProcess { child, log }
     }
 }

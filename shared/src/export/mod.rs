@@ -61,7 +61,8 @@ pub enum Outcome {
 #[derive(Default)]
 struct Progress {
     rows: AtomicU64,
-    bytes: AtomicU64,
+    /// Bytes of the file so far, as the sink counts them.
+    bytes: Arc<AtomicU64>,
 }
 
 /// Runs one export job if it can be claimed.
@@ -227,7 +228,7 @@ async fn produce(
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(8);
     let (part_tx, part_rx) = mpsc::channel::<Bytes>(1);
-    let sink = PartSink::new(ctx.part_size, part_tx, Arc::new(AtomicU64::new(0)));
+    let sink = PartSink::new(ctx.part_size, part_tx, progress.bytes.clone());
     let encoder = spawn_encoder(
         spec.clone(),
         plan.columns.clone(),
@@ -331,7 +332,6 @@ fn spawn_encoder(
                         Some(Some((bytes, n))) => {
                             rows += n;
                             std::io::Write::write_all(&mut out, &bytes).map_err(io)?;
-                            progress.bytes.store(out_bytes(&out), Ordering::Relaxed);
                         }
                         Some(None) => return Ok((out.finish().map_err(io)?, rows)),
                         None => return Err(incomplete()),
@@ -351,13 +351,6 @@ fn spawn_encoder(
             }
         }
     })
-}
-
-fn out_bytes(out: &Output) -> u64 {
-    match out {
-        Output::Plain(s) => s.total(),
-        Output::Gzip(g) => g.get_ref().total(),
-    }
 }
 
 /// Feeds binary COPY tuples to `row`; errors if the stream did not end cleanly.

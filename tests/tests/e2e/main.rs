@@ -2,6 +2,8 @@
 
 mod auth;
 mod errors;
+mod export_jobs;
+mod export_params;
 mod exports;
 mod ingest;
 mod ops;
