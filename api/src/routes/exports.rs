@@ -342,12 +342,10 @@ pub async fn list_exports(
     let principal = auth.require(Scope::Read)?;
     let wf = find(&state, principal.project_id, &path).await?;
     let status = query.status.as_deref().map(str::to_ascii_uppercase);
-    if let Some(s) = &status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(
-                Error::invalid(format!("status: expected one of {}", STATUSES.join(", "))).into(),
-            );
-        }
+    if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
+        return Err(
+            Error::invalid(format!("status: expected one of {}", STATUSES.join(", "))).into(),
+        );
     }
     let page = ListQuery {
         limit: query.limit,

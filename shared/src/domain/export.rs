@@ -204,12 +204,12 @@ impl ExportRequest {
                 )));
             }
         }
-        if let Some(ids) = &self.row_ids {
-            if ids.is_empty() || ids.len() > MAX_ROW_IDS {
-                return Err(Error::invalid(format!(
-                    "rowIds: must list 1 to {MAX_ROW_IDS} ids"
-                )));
-            }
+        if let Some(ids) = &self.row_ids
+            && (ids.is_empty() || ids.len() > MAX_ROW_IDS)
+        {
+            return Err(Error::invalid(format!(
+                "rowIds: must list 1 to {MAX_ROW_IDS} ids"
+            )));
         }
         let columns = match &self.columns {
             None => fields.iter().map(|f| f.name.clone()).collect(),

@@ -45,10 +45,6 @@ impl PartSink {
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     /// Sends the last (possibly short) part and returns the file's hash and size.
     pub fn finish(mut self) -> io::Result<Written> {
         if !self.buf.is_empty() || self.total == 0 {
@@ -81,13 +77,13 @@ impl Write for PartSink {
 /// A text file's output: plain or gzip-compressed.
 pub enum Output {
     Plain(PartSink),
-    Gzip(GzEncoder<PartSink>),
+    Gzip(Box<GzEncoder<PartSink>>),
 }
 
 impl Output {
     pub fn new(sink: PartSink, gzip: bool) -> Self {
         if gzip {
-            Output::Gzip(GzEncoder::new(sink, flate2::Compression::new(4)))
+            Output::Gzip(Box::new(GzEncoder::new(sink, flate2::Compression::new(4))))
         } else {
             Output::Plain(sink)
         }

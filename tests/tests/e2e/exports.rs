@@ -221,13 +221,13 @@ fn parquet_rows(bytes: Vec<u8>) -> (Vec<Value>, parquet::basic::Compression) {
 /// Timestamps compared as instants (formats may differ in fraction digits).
 fn normalize(mut rows: Vec<Value>) -> Vec<Value> {
     for r in &mut rows {
-        if let Some(at) = r.get_mut("at") {
-            if let Some(s) = at.as_str() {
-                let t = chrono::DateTime::parse_from_rfc3339(s)
-                    .expect("rfc3339")
-                    .timestamp_micros();
-                *at = json!(t);
-            }
+        if let Some(at) = r.get_mut("at")
+            && let Some(s) = at.as_str()
+        {
+            let t = chrono::DateTime::parse_from_rfc3339(s)
+                .expect("rfc3339")
+                .timestamp_micros();
+            *at = json!(t);
         }
     }
     rows
