@@ -110,6 +110,25 @@ pub enum KeyHeader {
     Bearer,
 }
 
+impl Drop for TestApp {
+    /// Removes the test queue's keys from the shared Redis.
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.settings.redis_url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.settings.queue))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
 /// An in-process worker on the test's queue; stops when dropped.
 pub struct TestWorker {
     stop: tokio_util::sync::CancellationToken,

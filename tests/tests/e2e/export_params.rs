@@ -234,6 +234,8 @@ async fn bad_parameters_are_named_and_store_nothing(pool: PgPool) {
         (json!({"sortBy": "price;drop table workflows"}), "sortBy"),
         (json!({"order": "sideways"}), "order"),
         (json!({"columns": ["name", "nope"]}), "columns[1]"),
+        (json!({"columns": ["name", "x' or '1'='1"]}), "columns[1]"),
+        (json!({"sortBy": "\"; DROP TABLE exports; --"}), "sortBy"),
         (json!({"runId": "not-a-uuid"}), "runId"),
         (json!({"compression": "zstd"}), "compression"),
         (json!({"rowIds": ["1"]}), "rowIds"),

@@ -77,6 +77,11 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/workflows/{workflowId}", "get"),
         ("/v1/workflows/{workflowId}/runs", "post"),
         ("/v1/workflows/{workflowId}/runs", "get"),
+        ("/v1/workflows/{workflowId}/exports", "post"),
+        ("/v1/workflows/{workflowId}/exports", "get"),
+        ("/v1/exports/{exportId}", "get"),
+        ("/v1/exports/{exportId}/cancel", "post"),
+        ("/v1/dock-status/{dockStatusId}", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
