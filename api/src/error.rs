@@ -18,6 +18,12 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<wharf_shared::store::StoreError> for ApiError {
+    fn from(e: wharf_shared::store::StoreError) -> Self {
+        ApiError(e.into())
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)

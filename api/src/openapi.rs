@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{exports, health, keys, projects, runs, workflows};
+use crate::routes::{compat, downloads, exports, health, keys, projects, runs, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,8 @@ use crate::routes::{exports, health, keys, projects, runs, workflows};
         workflows::create_workflow, workflows::list_workflows, workflows::get_workflow,
         runs::create_run, runs::list_runs,
         exports::post_export, exports::list_exports, exports::get_export, exports::cancel_export, exports::get_dock_status,
+        downloads::download, downloads::signed_file,
+        compat::kadoa_create, compat::kadoa_download, compat::project_download,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta)),
     modifiers(&Security),

@@ -63,6 +63,14 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    #[error("Export is not yet completed")]
+    ExportNotReady,
+    #[error("Export failed: {0}")]
+    ExportFailed(String),
+    #[error("Export was cancelled")]
+    ExportCancelled,
+    #[error("Export has expired and its file was deleted")]
+    ExportExpired,
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("object store error")]
@@ -88,6 +96,10 @@ impl Error {
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Error::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Error::ExportNotReady => ErrorCode::ExportNotReady,
+            Error::ExportFailed(_) => ErrorCode::ExportFailed,
+            Error::ExportCancelled => ErrorCode::ExportCancelled,
+            Error::ExportExpired => ErrorCode::ExportExpired,
             Error::Database(e) if is_unavailable(e) => ErrorCode::ServiceUnavailable,
             Error::Storage(e) if e.is_unavailable() => ErrorCode::ServiceUnavailable,
             Error::Database(_) | Error::Storage(_) | Error::Unexpected(_) => ErrorCode::Internal,

@@ -1,3 +1,4 @@
 //! The export worker: pulls jobs from Redis (apalis) and runs the export pipeline of `shared`.
 
+pub mod janitor;
 pub mod startup;

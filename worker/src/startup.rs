@@ -21,6 +21,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(());
     };
     let ctx = context(&settings, pool).await;
+    tokio::spawn(crate::janitor::run(
+        ctx.clone(),
+        crate::janitor::INTERVAL,
+        shutdown.clone(),
+    ));
     let redis = Redis::new(&settings.redis_url)?;
     run_worker(
         ctx,

@@ -1,5 +1,7 @@
 //! Route table. Each module holds the handlers of one resource.
 
+pub mod compat;
+pub mod downloads;
 pub mod exports;
 pub mod health;
 pub mod keys;
@@ -33,7 +35,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(exports::list_exports)
         .service(exports::get_export)
         .service(exports::cancel_export)
-        .service(exports::get_dock_status);
+        .service(exports::get_dock_status)
+        .service(downloads::download)
+        .service(downloads::signed_file)
+        .service(compat::kadoa_create)
+        .service(compat::kadoa_download)
+        .service(compat::project_download);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

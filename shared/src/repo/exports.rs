@@ -48,6 +48,19 @@ pub struct ExportRecord {
 }
 
 impl ExportRecord {
+    /// The object to download, or the error that says why there is none.
+    pub fn downloadable(&self, now: DateTime<Utc>) -> Result<&str> {
+        match self.effective_status(now) {
+            "COMPLETED" => self.object_key.as_deref().ok_or(Error::ExportNotReady),
+            "QUEUED" | "IN_PROGRESS" => Err(Error::ExportNotReady),
+            "FAILED" => Err(Error::ExportFailed(
+                self.error_message.clone().unwrap_or_default(),
+            )),
+            "CANCELLED" => Err(Error::ExportCancelled),
+            _ => Err(Error::ExportExpired),
+        }
+    }
+
     /// The status a client sees: a completed export past its retention reads EXPIRED at once,
     /// before the janitor has removed the object.
     pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
@@ -417,4 +430,30 @@ pub async fn run_exists(pool: &PgPool, workflow_id: Uuid, run_id: Uuid) -> Resul
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// Retention: marks due exports EXPIRED (downloads answer 410 from then on), then returns
+/// expired exports whose object still exists. Safe in many processes: each step is idempotent.
+pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, String)>> {
+    sqlx::query(
+        "UPDATE exports SET status = 'EXPIRED', updated_at = now()
+         WHERE status = 'COMPLETED' AND expires_at <= now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_as(
+        "SELECT id, object_key FROM exports WHERE status = 'EXPIRED' AND object_key IS NOT NULL LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records that an expired export's object is gone.
+pub async fn forget_object(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE exports SET object_key = NULL WHERE id = $1 AND status = 'EXPIRED'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -54,9 +54,20 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// A time-limited GET URL whose response carries `meta` as its headers.
+    async fn presign_get(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+        meta: &ObjectMeta,
+    ) -> Result<String, StoreError>;
+    /// The object's bytes, or the inclusive byte range `first..=last` of them, as a stream.
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StoreError>;
     /// Keys under a prefix (tests and the janitor's checks; not used on hot paths).
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
+
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;
 
 /// Headers stored with an object, so any GET of it carries them.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use aws_sdk_s3::config::{Credentials, Region, timeout::TimeoutConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use secrecy::ExposeSecret;
 
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -200,6 +201,52 @@ impl ObjectStore for S3Store {
             Ok(_) | Err(StoreError::NotFound) => Ok(()),
             Err(other) => Err(other),
         }
+    }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+        meta: &ObjectMeta,
+    ) -> Result<String, StoreError> {
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Other(e.to_string()))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_type(&meta.content_type)
+            .response_content_disposition(&meta.content_disposition)
+            .presigned(config)
+            .await
+            .map_err(classify)?;
+        Ok(req.uri().to_string())
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<super::ByteStream, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range.map(|(a, b)| format!("bytes={a}-{b}")))
+            .send()
+            .await
+            .map_err(classify)?;
+        let body = out.body;
+        let stream = futures::stream::unfold(body, |mut body| async move {
+            match body.next().await {
+                None => None,
+                Some(Ok(bytes)) => Some((Ok(bytes), body)),
+                Some(Err(e)) => Some((Err(StoreError::Service(format!("read failed: {e}"))), body)),
+            }
+        });
+        Ok(Box::pin(stream))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

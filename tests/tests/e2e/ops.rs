@@ -82,6 +82,11 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/exports/{exportId}", "get"),
         ("/v1/exports/{exportId}/cancel", "post"),
         ("/v1/dock-status/{dockStatusId}", "get"),
+        ("/v1/exports/{exportId}/download", "get"),
+        ("/v1/exports/{exportId}/file", "get"),
+        ("/v4/workflows/{workflowId}/data/export", "get"),
+        ("/v4/workflows/{workflowId}/data/exports/{exportId}", "get"),
+        ("/projects/{project}/export/download/{exportId}", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -1,0 +1,254 @@
+//! Getting the bytes of a finished export: 302 to a presigned S3 URL, streamed through the
+//! API (with Range, HEAD, ETag), or by a self-authenticating signed link.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, route, web};
+use chrono::Utc;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use wharf_shared::domain::export::content_disposition;
+use wharf_shared::domain::scopes::Scope;
+use wharf_shared::repo::exports::{self, ExportRecord};
+use wharf_shared::signing::{self, LinkClaims};
+use wharf_shared::store::ObjectMeta;
+use wharf_shared::{Error, ErrorCode};
+
+use super::exports::find_export;
+use crate::auth::{Auth, parse_id};
+use crate::error::{ApiError, envelope_response};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// `stream` to receive the bytes through the API instead of a redirect.
+    pub mode: Option<String>,
+}
+
+fn meta_of(rec: &ExportRecord) -> ObjectMeta {
+    ObjectMeta {
+        content_type: rec
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        content_disposition: content_disposition(rec.file_name.as_deref().unwrap_or("export")),
+    }
+}
+
+/// 302 to a presigned S3 URL (default), or the bytes with `?mode=stream` (read scope).
+#[utoipa::path(get, path = "/v1/exports/{exportId}/download", tag = "downloads",
+    params(("exportId" = uuid::Uuid, Path), DownloadQuery),
+    responses((status = 302, description = "Location: a presigned S3 GET URL (WHARF_PRESIGN_TTL)"),
+        (status = 200, description = "The file (mode=stream)"), (status = 206, description = "A byte range"),
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
+        (status = 410, description = "EXPORT_EXPIRED", body = crate::error::ErrorEnvelope),
+        (status = 416, body = crate::error::ErrorEnvelope)))]
+#[route("/v1/exports/{exportId}/download", method = "GET", method = "HEAD")]
+pub async fn download(
+    auth: Auth,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let rec = find_export(&state, principal.project_id, &path).await?;
+    match query.mode.as_deref() {
+        Some("stream") => stream(&state, &req, &rec).await,
+        None | Some("redirect") => {
+            let key = rec.downloadable(Utc::now())?;
+            let url = state
+                .store
+                .presign_get(key, state.settings.presign_ttl, &meta_of(&rec))
+                .await?;
+            Ok(HttpResponse::Found()
+                .insert_header((header::LOCATION, url))
+                .finish())
+        }
+        Some(other) => Err(Error::invalid(format!(
+            "mode: \"{}\" is not a download mode (stream or redirect)",
+            wharf_shared::domain::schema::printable(other)
+        ))
+        .into()),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    pub expires: Option<String>,
+    pub kid: Option<String>,
+    pub sig: Option<String>,
+}
+
+/// The self-authenticating link (no key): HMAC over export, workflow, format and expiry.
+#[utoipa::path(get, path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
+    params(("exportId" = uuid::Uuid, Path), FileQuery),
+    responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
+        (status = 403, description = "Bad or expired signature", body = crate::error::ErrorEnvelope),
+        (status = 410, description = "The artifact itself expired", body = crate::error::ErrorEnvelope)))]
+#[route("/v1/exports/{exportId}/file", method = "GET", method = "HEAD")]
+pub async fn signed_file(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<FileQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let rec = verify_link(&state, &path, &query).await?;
+    stream(&state, &req, &rec).await
+}
+
+/// Every failure is the same 403, so a link reveals nothing about other exports.
+async fn verify_link(
+    state: &AppState,
+    raw_id: &str,
+    q: &FileQuery,
+) -> Result<ExportRecord, ApiError> {
+    let forbidden = || Error::Forbidden("invalid or expired download link".into());
+    let id = uuid::Uuid::parse_str(raw_id).map_err(|_| forbidden())?;
+    let expires: i64 = q
+        .expires
+        .as_deref()
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(forbidden)?;
+    let (kid, sig) = q
+        .kid
+        .as_deref()
+        .zip(q.sig.as_deref())
+        .ok_or_else(forbidden)?;
+    let rec = exports::get_any(&state.pool, id)
+        .await?
+        .ok_or_else(forbidden)?;
+    let claims = LinkClaims {
+        export_id: rec.id,
+        workflow_id: rec.workflow_id,
+        format: &rec.format,
+        expires,
+    };
+    if !signing::verify(&state.settings.signing_keys, kid, sig, &claims) {
+        return Err(forbidden().into());
+    }
+    let now = Utc::now();
+    if rec.effective_status(now) == "EXPIRED" {
+        return Err(Error::ExportExpired.into());
+    }
+    if expires < now.timestamp() {
+        return Err(forbidden().into());
+    }
+    Ok(rec)
+}
+
+enum Range {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range (first-last, first-, -suffix); anything else serves the whole file.
+fn parse_range(value: Option<&str>, size: u64) -> Range {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Range::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(first), Ok(last)) if first <= last => Some((first, last.min(size.saturating_sub(1)))),
+        (Ok(_), Ok(_)) => return Range::Full,
+        (Ok(first), Err(_)) if b.is_empty() => Some((first, size.saturating_sub(1))),
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 {
+                return Range::Unsatisfiable;
+            }
+            Some((size.saturating_sub(n), size.saturating_sub(1)))
+        }
+        _ => return Range::Full,
+    };
+    match parsed {
+        Some((first, _)) if first >= size => Range::Unsatisfiable,
+        Some((first, last)) => Range::Part(first, last),
+        None => Range::Full,
+    }
+}
+
+/// The file through the API: Content-Type/-Length/-Disposition, ETag, Accept-Ranges, Range
+/// (206/416), HEAD and If-None-Match.
+pub async fn stream(
+    state: &AppState,
+    req: &HttpRequest,
+    rec: &ExportRecord,
+) -> Result<HttpResponse, ApiError> {
+    let key = rec.downloadable(Utc::now())?.to_string();
+    let size = rec.size_bytes.unwrap_or(0).max(0) as u64;
+    let etag = format!("\"{}\"", rec.sha256.as_deref().unwrap_or_default());
+    let meta = meta_of(rec);
+    let header_str =
+        |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if header_str(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    let (status, range) = match parse_range(header_str(header::RANGE), size) {
+        Range::Full => (StatusCode::OK, None),
+        Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        Range::Unsatisfiable => {
+            let mut res = envelope_response(
+                ErrorCode::InvalidRequest,
+                format!("Range not satisfiable: the file has {size} bytes"),
+            );
+            *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            res.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}"))
+                    .map_err(|e| Error::Unexpected(e.into()))?,
+            );
+            return Ok(res);
+        }
+    };
+    let len = range.map_or(size, |(a, b)| b - a + 1);
+    let mut res = HttpResponse::build(status);
+    res.insert_header((header::CONTENT_TYPE, meta.content_type))
+        .insert_header((header::CONTENT_DISPOSITION, meta.content_disposition))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=0"));
+    if let Some((a, b)) = range {
+        res.insert_header((header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}")));
+    }
+    if req.method() == Method::HEAD || len == 0 {
+        return Ok(res.body(SizedStream::new(
+            len,
+            futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        )));
+    }
+    let body = state
+        .store
+        .get(&key, range)
+        .await?
+        .map_err(std::io::Error::other);
+    Ok(res.body(SizedStream::new(len, body)))
+}
+
+/// Used by the seed-compatible routes: an export of the caller's project by raw id.
+pub async fn project_export(
+    state: &AppState,
+    project_id: uuid::Uuid,
+    raw: &str,
+) -> Result<ExportRecord, ApiError> {
+    let id = parse_id("exportId", raw)?;
+    Ok(exports::get(&state.pool, project_id, id)
+        .await?
+        .ok_or(Error::NotFound("export"))?)
+}

@@ -1,0 +1,45 @@
+//! Retention: exports past `expiresAt` read EXPIRED and their objects are deleted. Every
+//! worker runs it; each step is idempotent, so many processes at once do no harm.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wharf_shared::export::ExportContext;
+use wharf_shared::repo::exports;
+
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+/// One pass; returns the number of objects deleted.
+pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
+    let mut deleted = 0;
+    loop {
+        let due = exports::expire_due(&ctx.pool, 100).await?;
+        if due.is_empty() {
+            return Ok(deleted);
+        }
+        let batch = due.len();
+        for (id, key) in due {
+            ctx.store.delete(&key).await?;
+            exports::forget_object(&ctx.pool, id).await?;
+            tracing::info!(export_id = %id, "expired export deleted");
+            deleted += 1;
+        }
+        if batch < 100 {
+            return Ok(deleted);
+        }
+    }
+}
+
+pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = sweep(&ctx).await {
+                    tracing::warn!(error = %e, "janitor pass failed; will retry");
+                }
+            }
+        }
+    }
+}
