@@ -45,6 +45,14 @@ pub struct Settings {
     pub max_run_bytes: u64,
     /// The Redis queue (key prefix) exports travel on.
     pub queue: String,
+    /// Exports of one project running at once, across all workers.
+    pub project_concurrency: i64,
+    /// How long a stopping worker lets running exports finish before handing them back.
+    pub shutdown_grace: Duration,
+    /// How long a claim lives without a heartbeat before another worker may take it over.
+    pub lease: Duration,
+    /// How long a QUEUED export may stay unclaimed before the reconciler pushes it again.
+    pub requeue_after: Duration,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -93,6 +101,15 @@ impl Settings {
                 })?,
             },
             queue: var("WHARF_QUEUE").unwrap_or_else(|| "wharf:exports".into()),
+            project_concurrency: match var("WHARF_PROJECT_CONCURRENCY") {
+                None => 4,
+                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("WHARF_PROJECT_CONCURRENCY", "expected a positive integer")
+                })?,
+            },
+            shutdown_grace: duration_var(&var, "WHARF_SHUTDOWN_GRACE", "20s")?,
+            lease: duration_var(&var, "WHARF_LEASE", "30s")?,
+            requeue_after: duration_var(&var, "WHARF_REQUEUE_AFTER", "10s")?,
             max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
                 None => 1 << 30,
                 Some(v) => parse_bytes(&v).ok_or_else(|| {

@@ -145,17 +145,26 @@ impl TestApp {
     /// Starts a worker in process: heartbeats every 100 ms and 5 MiB parts, so tests see
     /// progress and multipart uploads on modest data.
     pub async fn start_worker(&self) -> TestWorker {
-        let mut ctx = wharf_worker::startup::context(&self.settings, self.pool.clone()).await;
-        ctx.heartbeat = std::time::Duration::from_millis(100);
-        ctx.part_size = 5 << 20;
-        let worker_id = ctx.worker_id.clone();
-        let redis = wharf_shared::queue::Redis::new(&self.settings.redis_url).expect("redis url");
+        self.start_worker_with(|_| {}).await
+    }
+
+    /// An in-process worker with test timings: heartbeats every 100 ms, 5 MiB parts, a
+    /// reconciler every 200 ms that re-pushes exports unclaimed for 2 s.
+    pub async fn start_worker_with(
+        &self,
+        tweak: impl FnOnce(&mut wharf_worker::startup::Worker),
+    ) -> TestWorker {
+        let mut worker = wharf_worker::startup::Worker::new(&self.settings, self.pool.clone())
+            .await
+            .expect("worker");
+        worker.ctx.heartbeat = std::time::Duration::from_millis(100);
+        worker.ctx.part_size = 5 << 20;
+        worker.reconcile_every = std::time::Duration::from_millis(200);
+        worker.requeue_after = std::time::Duration::from_secs(2);
+        tweak(&mut worker);
+        let worker_id = worker.ctx.worker_id.clone();
         let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        let queue = self.settings.queue.clone();
-        tokio::spawn(async move {
-            wharf_worker::startup::run_worker(ctx, redis, &queue, 4, token).await
-        });
+        tokio::spawn(worker.run(stop.clone()));
         TestWorker { stop, worker_id }
     }
 

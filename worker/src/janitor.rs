@@ -9,8 +9,12 @@ use wharf_shared::repo::exports;
 
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
+/// Multipart uploads older than this whose attempt is over are aborted.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
 /// One pass; returns the number of objects deleted.
 pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
+    abort_orphans(ctx, ORPHAN_AGE).await?;
     let mut deleted = 0;
     loop {
         let due = exports::expire_due(&ctx.pool, 100).await?;
@@ -42,4 +46,16 @@ pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToke
             }
         }
     }
+}
+
+/// Aborts multipart uploads left OPEN by attempts that ended without finishing them (a killed
+/// worker). Tracked in PostgreSQL: S3 servers differ in ListMultipartUploads support.
+pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::Result<usize> {
+    let orphans = exports::orphan_uploads(&ctx.pool, age).await?;
+    for (upload_id, key) in &orphans {
+        ctx.store.abort_multipart(key, upload_id).await?;
+        exports::finish_upload(&ctx.pool, upload_id, "ABORTED").await?;
+        tracing::info!(upload_id, "orphaned multipart upload aborted");
+    }
+    Ok(orphans.len())
 }

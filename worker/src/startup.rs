@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use apalis::prelude::*;
@@ -10,31 +11,34 @@ use wharf_shared::queue::{self, ExportJob, Redis};
 use wharf_shared::repo;
 use wharf_shared::store::s3::S3Store;
 
-/// Lease of a claim; heartbeats renew it every `HEARTBEAT`.
-pub const LEASE: Duration = Duration::from_secs(30);
+/// Heartbeats renew the lease (`WHARF_LEASE`, 30 s) and record progress every second, so a
+/// worker must miss 30 of them (a stall, a partition, a kill) before another takes over.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const PART_SIZE: usize = 8 << 20;
+
+/// Everything one worker process runs.
+#[derive(Clone)]
+pub struct Worker {
+    pub ctx: ExportContext,
+    pub redis: Redis,
+    pub queue: String,
+    pub concurrency: usize,
+    pub grace: Duration,
+    /// How often the reconciler looks for lost jobs, and how long a QUEUED export may go
+    /// unclaimed before it is pushed again.
+    pub reconcile_every: Duration,
+    pub requeue_after: Duration,
+    pub janitor_every: Duration,
+    inflight: Arc<AtomicUsize>,
+}
 
 /// Connects (waiting for services that are not up yet) and runs until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let Some(pool) = wait_for_postgres(&settings, &shutdown).await else {
         return Ok(());
     };
-    let ctx = context(&settings, pool).await;
-    tokio::spawn(crate::janitor::run(
-        ctx.clone(),
-        crate::janitor::INTERVAL,
-        shutdown.clone(),
-    ));
-    let redis = Redis::new(&settings.redis_url)?;
-    run_worker(
-        ctx,
-        redis,
-        &settings.queue,
-        settings.worker_concurrency,
-        shutdown,
-    )
-    .await
+    let worker = Worker::new(&settings, pool).await?;
+    worker.run(shutdown).await
 }
 
 pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
@@ -44,9 +48,11 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         store: Arc::new(store),
         worker_id: worker_name(),
         export_ttl: settings.export_ttl,
-        lease: LEASE,
+        lease: settings.lease,
         heartbeat: HEARTBEAT,
         part_size: PART_SIZE,
+        project_cap: settings.project_concurrency,
+        stop: CancellationToken::new(),
     }
 }
 
@@ -61,65 +67,152 @@ fn worker_name() -> String {
     )
 }
 
-/// Pulls jobs from `queue` until `shutdown`, `concurrency` at a time; restarts the apalis
-/// worker if its Redis connection breaks.
-pub async fn run_worker(
-    ctx: ExportContext,
-    redis: Redis,
-    queue_name: &str,
-    concurrency: usize,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    tracing::info!(worker = %ctx.worker_id, concurrency, queue = queue_name, "wharf-worker started");
-    while !shutdown.is_cancelled() {
-        let storage = match queue::storage(&redis, queue_name).await {
-            Ok(s) => s.poll_with_interval(Duration::from_millis(200)),
-            Err(e) => {
-                tracing::warn!(error = %e, "redis not reachable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
+impl Worker {
+    pub async fn new(settings: &Settings, pool: PgPool) -> anyhow::Result<Worker> {
+        Ok(Worker {
+            ctx: context(settings, pool).await,
+            redis: Redis::new(&settings.redis_url)?,
+            queue: settings.queue.clone(),
+            concurrency: settings.worker_concurrency,
+            grace: settings.shutdown_grace,
+            reconcile_every: Duration::from_secs(2),
+            requeue_after: settings.requeue_after,
+            janitor_every: crate::janitor::INTERVAL,
+            inflight: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Pulls jobs until `shutdown`; then lets running exports finish for `grace`, hands the
+    /// rest back (QUEUED and pushed again, so another worker resumes them at once), and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let loops = CancellationToken::new();
+        tokio::spawn(crate::janitor::run(
+            self.ctx.clone(),
+            self.janitor_every,
+            loops.clone(),
+        ));
+        tokio::spawn(crate::reconciler::run(self.clone(), loops.clone()));
+        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = %self.queue, "wharf-worker started");
+        self.pull(&shutdown).await;
+        loops.cancel();
+        if self.drained(self.grace).await {
+            tracing::info!("wharf-worker stopped");
+            return Ok(());
+        }
+        tracing::info!(
+            running = self.inflight.load(Ordering::SeqCst),
+            "grace period over; releasing running exports"
+        );
+        self.ctx.stop.cancel();
+        self.drained(Duration::from_secs(10)).await;
+        tracing::info!("wharf-worker stopped");
+        Ok(())
+    }
+
+    async fn drained(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
-        };
-        let worker = WorkerBuilder::new(format!(
-            "{}-{}",
-            ctx.worker_id,
-            uuid::Uuid::new_v4().simple()
-        ))
-        .backend(storage)
-        .concurrency(concurrency)
-        .data(ctx.clone())
-        .build(handle);
-        let stop = shutdown.clone();
-        let res = worker.run_until(async move {
-            stop.cancelled().await;
-            Ok::<(), std::io::Error>(())
-        });
-        if let Err(e) = res.await {
-            tracing::warn!(error = %e, "queue worker stopped; restarting");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// The apalis worker, restarted if its Redis connection breaks.
+    async fn pull(&self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let storage = match queue::storage(&self.redis, &self.queue).await {
+                Ok(s) => s.poll_with_interval(Duration::from_millis(200)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis not reachable; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let worker = WorkerBuilder::new(format!(
+                "{}-{}",
+                self.ctx.worker_id,
+                uuid::Uuid::new_v4().simple()
+            ))
+            .backend(storage)
+            .concurrency(self.concurrency)
+            .data(self.clone())
+            .build(handle);
+            let stop = shutdown.clone();
+            let res = worker
+                .run_until(async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "queue worker stopped; restarting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
-    tracing::info!("wharf-worker stopped");
-    Ok(())
+
+    /// Pushes an export to the queue again (after a release, or for the reconciler).
+    pub async fn enqueue(&self, export_id: uuid::Uuid, request_id: Option<String>) {
+        if let Err(e) = queue::enqueue(
+            &self.redis,
+            &self.queue,
+            ExportJob {
+                export_id,
+                request_id,
+            },
+        )
+        .await
+        {
+            tracing::warn!(export_id = %export_id, error = %e, "enqueue failed; the reconciler retries");
+            repo::exports::mark_unqueued(&self.ctx.pool, export_id)
+                .await
+                .ok();
+        }
+    }
 }
 
-/// One job. Every outcome is recorded in PostgreSQL, so the job is never retried by apalis:
-/// retries and attempts are Wharf's (see notes/apalis-1.0.md).
-async fn handle(job: ExportJob, ctx: Data<ExportContext>) -> Result<(), AbortError> {
-    let span = tracing::info_span!("job", export_id = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
-    let outcome =
-        tracing::Instrument::instrument(export::run(&ctx, job.export_id), span.clone()).await;
-    let _g = span.enter();
-    match outcome {
-        Ok(Outcome::Skipped) => {
-            tracing::info!("export not claimable (finished, taken or unknown); job dropped")
-        }
-        Ok(Outcome::Completed { .. } | Outcome::Cancelled | Outcome::Failed { .. }) => {}
-        Err(e) => tracing::error!(error = %e, "export job errored"),
+/// Decrements the in-flight count however the export task ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
-    Ok(())
+}
+
+/// One job. Every outcome is recorded in PostgreSQL, so apalis never retries it: attempts and
+/// retries are Wharf's (see notes/apalis-1.0.md). The export runs in a task of its own, so it
+/// survives apalis dropping this future at shutdown and is released, not abandoned.
+async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> {
+    let worker = (*worker).clone();
+    worker.inflight.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlight(worker.inflight.clone());
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        let span = tracing::info_span!("job", export_id = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
+        let outcome =
+            tracing::Instrument::instrument(export::run(&worker.ctx, job.export_id), span.clone())
+                .await;
+        let _g = span.enter();
+        match outcome {
+            Ok(Outcome::Skipped) => tracing::info!(
+                "export not claimable now (finished, taken, at its project's cap, or unknown); job dropped"
+            ),
+            Ok(Outcome::Released { after }) if after.is_zero() => {
+                worker.enqueue(job.export_id, job.request_id.clone()).await
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "export job errored; the reconciler will retry it")
+            }
+        }
+    });
+    task.await.map_err(AbortError::new)
 }
 
 /// A worker that starts before PostgreSQL (or before the API migrated it) waits and retries.

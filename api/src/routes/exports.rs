@@ -226,6 +226,7 @@ pub async fn create_export(
         // The export is recorded: if Redis is down, the reconciler enqueues it later.
         if let Err(e) = queue::enqueue(&state.redis, &state.settings.queue, job).await {
             tracing::warn!(export_id = %rec.id, error = %e, "enqueue failed; left for the reconciler");
+            exports::mark_unqueued(&state.pool, rec.id).await.ok();
         }
         tracing::info!(export_id = %rec.id, workflow_id = %wf.id, run_id = %run_id, format = spec.format.as_str(), "export created");
     }

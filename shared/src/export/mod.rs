@@ -41,6 +41,10 @@ pub struct ExportContext {
     pub heartbeat: Duration,
     /// Upload part size (S3 needs at least 5 MiB for every part but the last).
     pub part_size: usize,
+    /// Exports of one project running at once, across all workers.
+    pub project_cap: i64,
+    /// Fired when the process must give its running exports back (shutdown grace is over).
+    pub stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -53,6 +57,10 @@ pub enum Outcome {
     Cancelled,
     Failed {
         code: &'static str,
+    },
+    /// Given back: QUEUED again, due after `after` (0: enqueue it again now).
+    Released {
+        after: Duration,
     },
     /// Not claimable: unknown, finished, or held by another worker.
     Skipped,
@@ -67,7 +75,15 @@ struct Progress {
 
 /// Runs one export job if it can be claimed.
 pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
-    let Some(claim) = exports::claim(&ctx.pool, export_id, &ctx.worker_id, ctx.lease).await? else {
+    let Some(claim) = exports::claim(
+        &ctx.pool,
+        export_id,
+        &ctx.worker_id,
+        ctx.lease,
+        ctx.project_cap,
+    )
+    .await?
+    else {
         return Ok(Outcome::Skipped);
     };
     let rec = exports::get_any(&ctx.pool, export_id)
@@ -79,7 +95,7 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
     tracing::info!("export claimed");
     drop(_guard);
     let started = Instant::now();
-    let cancel = CancellationToken::new();
+    let cancel = ctx.stop.child_token();
     let progress = Arc::new(Progress::default());
     let beat = tokio::spawn(heartbeat(
         ctx.clone(),
@@ -105,7 +121,15 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
                 file_name: &done.file_name,
                 ttl: ctx.export_ttl,
             };
-            if exports::complete(&ctx.pool, &claim, &completion).await? {
+            let completed = match exports::complete(&ctx.pool, &claim, &completion).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // Unrecorded, the object must not stay; the lease lapses and it is retried.
+                    ctx.store.delete(&done.key).await.ok();
+                    return Err(e);
+                }
+            };
+            if completed {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(
                     rows = done.rows,
@@ -125,9 +149,22 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
                 Ok(Outcome::Cancelled)
             }
         }
+        Err(_) if ctx.stop.is_cancelled() => {
+            exports::release(&ctx.pool, &claim, Duration::ZERO).await?;
+            tracing::info!("worker stopping: export released to another worker");
+            Ok(Outcome::Released {
+                after: Duration::ZERO,
+            })
+        }
         Err(_) if cancel.is_cancelled() => {
             tracing::info!("export stopped: cancelled or claim lost");
             Ok(Outcome::Cancelled)
+        }
+        Err(e) if is_transient(&e) && exports::has_attempts_left(&claim, rec.max_attempts) => {
+            let after = backoff(claim.attempt);
+            tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "export attempt failed; will retry");
+            exports::release(&ctx.pool, &claim, after).await?;
+            Ok(Outcome::Released { after })
         }
         Err(e) => {
             let (code, message) = failure(&e);
@@ -136,6 +173,24 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
             Ok(Outcome::Failed { code })
         }
     }
+}
+
+/// Worth another attempt: a backing service failed, not the request.
+fn is_transient(e: &Error) -> bool {
+    matches!(e.code(), crate::error::ErrorCode::ServiceUnavailable)
+        || matches!(e, Error::Storage(s) if s.is_unavailable())
+        || matches!(
+            e,
+            Error::Database(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+        )
+}
+
+/// Exponential backoff with ±25 % jitter: 1 s, 2 s, 4 s … capped at 30 s.
+fn backoff(attempt: i32) -> Duration {
+    use rand::Rng;
+    let base = 1000u64 << attempt.clamp(1, 6).saturating_sub(1);
+    let ms = base.min(30_000) as f64 * rand::rng().random_range(0.75..1.25);
+    Duration::from_millis(ms as u64)
 }
 
 /// The stable code and a message a user can act on; internals stay in the logs.

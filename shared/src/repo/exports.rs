@@ -247,35 +247,152 @@ pub struct Claim {
     pub attempt: i32,
 }
 
-/// Claims a QUEUED export, or an IN_PROGRESS one whose lease has lapsed. None: someone else
-/// holds it, it is finished, or it does not exist; the job is then dropped.
+/// Claims a QUEUED export (due, under its attempt limit), or an IN_PROGRESS one whose lease
+/// has lapsed, unless its project already runs `project_cap` exports. None: not claimable now
+/// (someone else holds it, it is finished or unknown, or the project is at its cap).
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     worker_id: &str,
     lease: Duration,
+    project_cap: i64,
 ) -> Result<Option<Claim>> {
+    let mut tx = pool.begin().await?;
+    let Some(project_id): Option<Uuid> =
+        sqlx::query_scalar("SELECT project_id FROM exports WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    // Claims within one project take turns, so the cap cannot be overshot by a race.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = 'IN_PROGRESS'
+             AND lease_expires_at > now() AND id <> $2",
+    )
+    .bind(project_id)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if running >= project_cap {
+        // Back off a moment; the reconciler hands it out again once a slot frees.
+        sqlx::query(
+            "UPDATE exports SET enqueued_at = NULL, next_attempt_at = now() + interval '1 second'
+             WHERE id = $1 AND status = 'QUEUED'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
     let token = Uuid::new_v4();
     let attempt: Option<i32> = sqlx::query_scalar(
         "UPDATE exports SET status = 'IN_PROGRESS', attempts = attempts + 1, lease_token = $2,
              lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
              started_at = coalesce(started_at, now()), updated_at = now(),
-             rows_written = 0, bytes_written = 0
-         WHERE id = $1 AND (status = 'QUEUED'
-             OR (status = 'IN_PROGRESS' AND lease_expires_at < now()))
+             rows_written = 0, bytes_written = 0, next_attempt_at = NULL
+         WHERE id = $1 AND attempts < max_attempts
+             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+             AND (status = 'QUEUED' OR (status = 'IN_PROGRESS' AND lease_expires_at < now()))
          RETURNING attempts",
     )
     .bind(id)
     .bind(token)
     .bind(lease.as_secs_f64())
     .bind(worker_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(attempt.map(|attempt| Claim {
         export_id: id,
         token,
         attempt,
     }))
+}
+
+/// Gives a claimed export back (worker shutting down, or a transient failure): QUEUED again,
+/// due after `delay`, to be enqueued at once by the caller or by the reconciler.
+pub async fn release(pool: &PgPool, claim: &Claim, delay: Duration) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'QUEUED', lease_token = NULL, lease_expires_at = NULL,
+             worker_id = NULL, enqueued_at = NULL, updated_at = now(),
+             next_attempt_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether another attempt is allowed after this one.
+pub fn has_attempts_left(claim: &Claim, max_attempts: i32) -> bool {
+    claim.attempt < max_attempts
+}
+
+/// The reconciler's pass: lapsed leases go back to QUEUED (or FAILED once out of attempts, a
+/// crash counting as an attempt); due QUEUED exports not handed out for `stale` are returned
+/// to be pushed to the queue again. Safe in every worker at once (SKIP LOCKED; a duplicate
+/// push only finds the export already claimed).
+pub async fn reconcile(
+    pool: &PgPool,
+    stale: Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, Option<String>)>> {
+    sqlx::query(
+        "UPDATE exports SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+             enqueued_at = NULL, updated_at = now(),
+             status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END,
+             completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+             error_code = CASE WHEN attempts >= max_attempts THEN 'WORKER_LOST' END,
+             error_message = CASE WHEN attempts >= max_attempts
+                 THEN 'the export was interrupted on every attempt; create it again' END
+         WHERE status = 'IN_PROGRESS' AND lease_expires_at < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_as(
+        "UPDATE exports SET enqueued_at = now() WHERE id IN (
+             SELECT id FROM exports WHERE status = 'QUEUED'
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                 AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, request_id",
+    )
+    .bind(stale.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The API could not push the job: the reconciler's next pass will.
+pub async fn mark_unqueued(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE exports SET enqueued_at = NULL WHERE id = $1 AND status = 'QUEUED'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Multipart uploads left OPEN by attempts that are over (a killed worker), older than `age`.
+pub async fn orphan_uploads(pool: &PgPool, age: Duration) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT u.upload_id, u.object_key FROM export_uploads u JOIN exports e ON e.id = u.export_id
+         WHERE u.state = 'OPEN' AND u.created_at < now() - make_interval(secs => $1)
+             AND (e.status <> 'IN_PROGRESS' OR e.attempts > u.attempt OR e.lease_expires_at < now())
+         LIMIT 100",
+    )
+    .bind(age.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Renews the lease and records progress. False: the claim is lost (cancelled, taken over).
