@@ -133,6 +133,18 @@ impl Drop for TestApp {
 pub struct TestWorker {
     stop: tokio_util::sync::CancellationToken,
     pub worker_id: String,
+    handle: wharf_worker::startup::Worker,
+}
+
+impl TestWorker {
+    /// Waits until the worker runs no export (20 s at most).
+    pub async fn idle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.handle.running() > 0 {
+            assert!(std::time::Instant::now() < deadline, "worker still busy");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for TestWorker {
@@ -164,8 +176,13 @@ impl TestApp {
         tweak(&mut worker);
         let worker_id = worker.ctx.worker_id.clone();
         let stop = tokio_util::sync::CancellationToken::new();
+        let handle = worker.clone();
         tokio::spawn(worker.run(stop.clone()));
-        TestWorker { stop, worker_id }
+        TestWorker {
+            stop,
+            worker_id,
+            handle,
+        }
     }
 
     pub async fn store(&self) -> S3Store {

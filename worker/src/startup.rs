@@ -156,6 +156,11 @@ impl Worker {
         }
     }
 
+    /// Exports this worker is running right now.
+    pub fn running(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
     /// Pushes an export to the queue again (after a release, or for the reconciler).
     pub async fn enqueue(&self, export_id: uuid::Uuid, request_id: Option<String>) {
         if let Err(e) = queue::enqueue(

@@ -35,7 +35,10 @@ pub async fn receive_parts(
     let Some(second) = rx.recv().await else {
         return Ok(Parts::Single(first));
     };
-    let upload_id = ctx.store.create_multipart(key, meta).await?;
+    let upload_id = tokio::select! {
+        _ = cancel.cancelled() => return Err(stopped()),
+        id = ctx.store.create_multipart(key, meta) => id?,
+    };
     exports::record_upload(&ctx.pool, claim, &upload_id, key).await?;
     let mut etags = Vec::new();
     let mut parts = Parts::Multipart {
@@ -50,11 +53,12 @@ pub async fn receive_parts(
             return Err(stopped());
         }
         let number = etags.len() as i32 + 1;
-        match ctx
-            .store
-            .upload_part(key, &upload_id, number, current)
-            .await
-        {
+        // A hung object store must not keep a cancelled or stopping export from letting go.
+        let uploaded = tokio::select! {
+            _ = cancel.cancelled() => Err(crate::store::StoreError::Timeout),
+            r = ctx.store.upload_part(key, &upload_id, number, current) => r,
+        };
+        match uploaded {
             Ok(etag) => etags.push(etag),
             Err(e) => {
                 abort(ctx, key, Some(parts)).await;
@@ -86,16 +90,25 @@ pub async fn finish(ctx: &ExportContext, key: &str, meta: &ObjectMeta, parts: Pa
     }
 }
 
-/// Best effort: a failure here leaves an OPEN upload row for the janitor.
+/// Best effort and bounded: an upload that cannot be aborted now stays OPEN in PostgreSQL and
+/// the janitor aborts it later.
 pub async fn abort(ctx: &ExportContext, key: &str, parts: Option<Parts>) {
     if let Some(Parts::Multipart { upload_id, .. }) = parts {
-        match ctx.store.abort_multipart(key, &upload_id).await {
-            Ok(()) => {
+        let aborted = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            ctx.store.abort_multipart(key, &upload_id),
+        )
+        .await;
+        match aborted {
+            Ok(Ok(())) => {
                 if let Err(e) = exports::finish_upload(&ctx.pool, &upload_id, "ABORTED").await {
                     tracing::warn!(error = %e, "could not record the aborted upload");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, upload_id, "could not abort the upload"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, upload_id, "could not abort the upload; the janitor will")
+            }
+            Err(_) => tracing::warn!(upload_id, "aborting the upload timed out; the janitor will"),
         }
     }
 }

@@ -123,7 +123,7 @@ async fn a_running_export_shows_progress_then_completes(pool: PgPool) {
 async fn cancelling_a_running_export_leaves_no_object(pool: PgPool) {
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
-    let _worker = app.start_worker().await;
+    let worker = app.start_worker().await;
     let (p, wf) = big_workflow(&app, 100_000).await;
     s3.pause();
     let res = app
@@ -146,28 +146,13 @@ async fn cancelling_a_running_export_leaves_no_object(pool: PgPool) {
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["status"], "CANCELLED");
     s3.resume();
-    // The worker notices at its next heartbeat, aborts its upload, and writes nothing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM export_uploads WHERE state = 'OPEN'")
-                .fetch_one(&pool)
-                .await
-                .expect("q");
-        let aborted: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM export_uploads WHERE state = 'ABORTED'")
-                .fetch_one(&pool)
-                .await
-                .expect("q");
-        if open == 0 && aborted >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "upload not aborted: open {open}, aborted {aborted}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The worker notices at its next heartbeat, stops, and aborts whatever upload it began.
+    worker.idle().await;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM export_uploads WHERE state = 'OPEN'")
+        .fetch_one(&pool)
+        .await
+        .expect("q");
+    assert_eq!(open, 0, "no upload left open");
     assert!(app.object_keys().await.is_empty(), "no object may remain");
     let after = status(&app, &p.key, &id).await;
     assert_eq!(after["status"], "CANCELLED");
