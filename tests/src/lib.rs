@@ -185,6 +185,72 @@ impl TestApp {
         }
     }
 
+    /// A workflow of `rows` wide rows (≈420 bytes each: n, text), ingested as one streamed run.
+    pub async fn wide_workflow(&self, key: &str, rows: u64) -> String {
+        use futures::StreamExt;
+        let wf = self
+            .create_workflow(
+                key,
+                "Wide",
+                json!([{"name": "n", "type": "integer"}, {"name": "text", "type": "string"}]),
+            )
+            .await;
+        let filler = "x".repeat(400);
+        let chunks = futures::stream::iter(0..rows.div_ceil(10_000)).map(move |c| {
+            let s: String = (c * 10_000..((c + 1) * 10_000).min(rows))
+                .map(|n| format!("{{\"n\": {n}, \"text\": \"{filler}\"}}\n"))
+                .collect();
+            Ok::<_, std::io::Error>(bytes::Bytes::from(s))
+        });
+        let res = self
+            .post_run(
+                key,
+                &wf,
+                "application/x-ndjson",
+                reqwest::Body::wrap_stream(chunks),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "ingest");
+        wf
+    }
+
+    /// Polls an export's status until `pred` holds (30 s at most).
+    pub async fn poll_export(
+        &self,
+        key: &str,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s: Value = self
+                .get(&format!("/v1/exports/{id}"), key)
+                .await
+                .json()
+                .await
+                .expect("json");
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates an export and returns its id.
+    pub async fn create_export(&self, key: &str, workflow_id: &str, body: &Value) -> String {
+        let res = self.post_export(key, workflow_id, body).await;
+        assert_eq!(res.status(), 202, "create export");
+        res.json::<Value>().await.expect("json")["exportId"]
+            .as_str()
+            .expect("exportId")
+            .to_string()
+    }
+
     pub async fn store(&self) -> S3Store {
         S3Store::new(&self.settings.s3).await
     }
@@ -412,11 +478,12 @@ pub async fn assert_envelope(res: Response, status: u16) -> (String, String) {
     )
 }
 
-/// A private s3s-fs process, for tests that stop or pause the object store.
+/// A private s3s-fs process, for tests that stop, pause or restart the object store.
 pub struct S3Server {
     pub endpoint: String,
-    child: std::process::Child,
-    _dir: TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+    dir: TempDir,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -440,72 +507,154 @@ fn s3s_fs_binary() -> std::path::PathBuf {
     }
 }
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on port {port}");
+}
+
+fn signal_pid(sig: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
+}
+
 impl S3Server {
     pub async fn start() -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
         let dir = std::env::temp_dir().join(format!("wharf-s3-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = S3Server {
+            endpoint: String::new(),
+            port: free_port(),
+            child: None,
+            dir: TempDir(dir),
+        };
+        s.endpoint = format!("http://127.0.0.1:{}", s.port);
+        s.restart().await;
+        s
+    }
+
+    /// Starts the server again on the same port and data (after `kill`).
+    pub async fn restart(&mut self) {
         let child = std::process::Command::new(s3s_fs_binary())
             .args([
                 "--host",
                 "127.0.0.1",
                 "--port",
-                &port.to_string(),
+                &self.port.to_string(),
                 "--access-key",
                 "wharf",
                 "--secret-key",
                 "wharf-secret",
             ])
-            .arg(&dir)
+            .arg(&self.dir.0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("s3s-fs starts (scripts/services.sh installs it)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        S3Server {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            child,
-            _dir: TempDir(dir),
+        self.child = Some(child);
+        wait_port(self.port).await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .map(|s| s.success());
-        assert_eq!(ok.ok(), Some(true), "kill {sig}");
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Freezes the server (SIGSTOP): requests hang until `resume`.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        signal_pid("-STOP", self.pid());
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
+        signal_pid("-CONT", self.pid());
     }
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.resume();
+        self.kill();
+    }
+}
+
+/// A private redis-server process, for tests that flush, kill or restart Redis.
+pub struct RedisServer {
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let mut r = RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        wait_port(self.port).await;
+    }
+
+    pub fn flushall(&self) {
+        let client = redis::Client::open(self.url.as_str()).expect("url");
+        let mut conn = client.get_connection().expect("connect");
+        let _: () = redis::cmd("FLUSHALL").query(&mut conn).expect("FLUSHALL");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -581,6 +730,15 @@ impl TestApp {
 
     /// Starts a real worker process with `concurrency` slots.
     pub fn spawn_worker_process(&self, concurrency: usize) -> WorkerProcess {
+        self.spawn_worker_process_with(concurrency, &[])
+    }
+
+    /// A real worker process with extra environment (e.g. a short `WHARF_LEASE`).
+    pub fn spawn_worker_process_with(
+        &self,
+        concurrency: usize,
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         use secrecy::ExposeSecret;
         let log = std::env::temp_dir().join(format!(
             "wharf-worker-{}.log",
@@ -614,6 +772,7 @@ impl TestApp {
             .env("WHARF_WORKER_CONCURRENCY", concurrency.to_string())
             .env("WHARF_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
         signal.cancel();
     });
     wharf_worker::startup::run(settings, shutdown).await

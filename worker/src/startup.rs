@@ -30,6 +30,8 @@ pub struct Worker {
     pub requeue_after: Duration,
     pub janitor_every: Duration,
     inflight: Arc<AtomicUsize>,
+    /// Set when the process was told to stop: new jobs are passed on, not started.
+    draining: CancellationToken,
 }
 
 /// Connects (waiting for services that are not up yet) and runs until `shutdown`.
@@ -79,6 +81,7 @@ impl Worker {
             requeue_after: settings.requeue_after,
             janitor_every: crate::janitor::INTERVAL,
             inflight: Arc::new(AtomicUsize::new(0)),
+            draining: CancellationToken::new(),
         })
     }
 
@@ -93,18 +96,33 @@ impl Worker {
         ));
         tokio::spawn(crate::reconciler::run(self.clone(), loops.clone()));
         tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = %self.queue, "wharf-worker started");
-        self.pull(&shutdown).await;
+        // Drain first, then stop the queue worker: apalis's shutdown waits for its running
+        // tasks, so it only begins once ours have finished or been released.
+        let queue_stop = CancellationToken::new();
+        let drain = {
+            let (me, signal, queue_stop) = (self.clone(), shutdown.clone(), queue_stop.clone());
+            tokio::spawn(async move {
+                signal.cancelled().await;
+                me.draining.cancel();
+                tracing::info!(
+                    running = me.running(),
+                    grace_ms = me.grace.as_millis() as u64,
+                    "draining"
+                );
+                if !me.drained(me.grace).await {
+                    tracing::info!(
+                        running = me.running(),
+                        "grace period over; releasing running exports"
+                    );
+                    me.ctx.stop.cancel();
+                    me.drained(Duration::from_secs(10)).await;
+                }
+                queue_stop.cancel();
+            })
+        };
+        self.pull(&queue_stop).await;
         loops.cancel();
-        if self.drained(self.grace).await {
-            tracing::info!("wharf-worker stopped");
-            return Ok(());
-        }
-        tracing::info!(
-            running = self.inflight.load(Ordering::SeqCst),
-            "grace period over; releasing running exports"
-        );
-        self.ctx.stop.cancel();
-        self.drained(Duration::from_secs(10)).await;
+        drain.await.ok();
         tracing::info!("wharf-worker stopped");
         Ok(())
     }
@@ -195,6 +213,11 @@ impl Drop for InFlight {
 /// survives apalis dropping this future at shutdown and is released, not abandoned.
 async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> {
     let worker = (*worker).clone();
+    if worker.draining.is_cancelled() {
+        // Stopping: hand the job straight to another worker.
+        worker.enqueue(job.export_id, job.request_id).await;
+        return Ok(());
+    }
     worker.inflight.fetch_add(1, Ordering::SeqCst);
     let guard = InFlight(worker.inflight.clone());
     let task = tokio::spawn(async move {

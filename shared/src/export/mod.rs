@@ -296,9 +296,18 @@ async fn produce(
     let (read, parts) = futures::join!(reader, uploader);
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     let result = match (read, encoded, parts) {
-        (Err(e), _, parts) | (Ok(()), Err(e), parts) => Err((e, parts.ok())),
-        (Ok(()), Ok(_), Err(e)) => Err((e, None)),
         (Ok(()), Ok((written, rows)), Ok(parts)) => Ok((written, rows, parts)),
+        // The root cause, not its echo: when one stage fails the others see a closed channel.
+        (read, encoded, Err(e)) => Err((root_cause(e, read.err(), encoded.err()), None)),
+        (read, encoded, Ok(parts)) => {
+            let e = match (read, encoded) {
+                (Err(r), Err(enc)) if is_stopped(&r) => enc,
+                (Err(r), _) => r,
+                (Ok(()), Err(enc)) => enc,
+                (Ok(()), Ok(_)) => stopped(),
+            };
+            Err((e, Some(parts)))
+        }
     };
     match result {
         Ok((written, rows, parts)) if !cancel.is_cancelled() => {
@@ -313,13 +322,33 @@ async fn produce(
         }
         Ok((_, _, parts)) => {
             upload::abort(ctx, &key, Some(parts)).await;
-            Err(Error::Unexpected(anyhow::anyhow!("cancelled")))
+            Err(stopped())
         }
         Err((e, parts)) => {
             upload::abort(ctx, &key, parts).await;
             Err(e)
         }
     }
+}
+
+/// A stage ended because another one did: never the cause worth reporting.
+#[derive(Debug, thiserror::Error)]
+#[error("export pipeline stopped")]
+struct Stopped;
+
+fn stopped() -> Error {
+    Error::Unexpected(anyhow::Error::new(Stopped))
+}
+
+fn is_stopped(e: &Error) -> bool {
+    matches!(e, Error::Unexpected(a) if a.downcast_ref::<Stopped>().is_some())
+}
+
+fn root_cause(upload: Error, read: Option<Error>, encode: Option<Error>) -> Error {
+    if !is_stopped(&upload) {
+        return upload;
+    }
+    read.filter(|e| !is_stopped(e)).or(encode).unwrap_or(upload)
 }
 
 /// Streams the COPY output in ~256 KiB batches; for CSV each CopyData message is one row.
@@ -334,7 +363,6 @@ async fn read_rows(
     let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
     let mut batch = BytesMut::with_capacity(512 * 1024);
     let mut rows = 0u64;
-    let stopped = || Error::Unexpected(anyhow::anyhow!("export stopped"));
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(stopped()),
@@ -373,7 +401,7 @@ fn spawn_encoder(
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
         let gzip = spec.compression == dom::Compression::Gzip;
-        let incomplete = || Error::Unexpected(anyhow::anyhow!("row stream ended early"));
+        let incomplete = stopped;
         let io = |e: std::io::Error| Error::Unexpected(e.into());
         match spec.format {
             Format::Csv => {
@@ -425,11 +453,7 @@ fn decode(
                 progress.rows.store(rows, Ordering::Relaxed);
             }
             Some(None) if reader.finished => return Ok(rows),
-            _ => {
-                return Err(Error::Unexpected(anyhow::anyhow!(
-                    "binary COPY stream ended early"
-                )));
-            }
+            _ => return Err(stopped()),
         }
     }
 }

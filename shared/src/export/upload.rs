@@ -6,8 +6,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ExportContext;
-use crate::error::{Error, Result};
+use super::{ExportContext, stopped};
+use crate::error::Result;
 use crate::repo::exports::{self, Claim};
 use crate::store::ObjectMeta;
 
@@ -28,7 +28,6 @@ pub async fn receive_parts(
     mut rx: mpsc::Receiver<Bytes>,
     cancel: &CancellationToken,
 ) -> Result<Parts> {
-    let stopped = || Error::Unexpected(anyhow::anyhow!("export stopped"));
     let Some(first) = rx.recv().await else {
         return Err(stopped());
     };

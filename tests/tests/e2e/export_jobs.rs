@@ -1,40 +1,15 @@
 //! Export jobs as jobs: progress while running, cancel mid-export, several worker processes.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use wharf_tests::{S3Server, TestApp, TestProject, spawn_app, spawn_app_with};
 
-/// A workflow with `rows` wide rows (≈420 bytes each), ingested as one streamed run.
 async fn big_workflow(app: &TestApp, rows: u64) -> (TestProject, String) {
     let p = app.create_project("acme").await;
-    let wf = app
-        .create_workflow(
-            &p.key,
-            "Big",
-            json!([{"name": "n", "type": "integer"}, {"name": "text", "type": "string"}]),
-        )
-        .await;
-    let filler = "x".repeat(400);
-    let chunks = futures::stream::iter(0..rows.div_ceil(10_000)).map(move |c| {
-        let s: String = (c * 10_000..((c + 1) * 10_000).min(rows))
-            .map(|n| format!("{{\"n\": {n}, \"text\": \"{filler}\"}}\n"))
-            .collect();
-        Ok::<_, std::io::Error>(Bytes::from(s))
-    });
-    let res = app
-        .post_run(
-            &p.key,
-            &wf,
-            "application/x-ndjson",
-            reqwest::Body::wrap_stream(chunks),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
+    let wf = app.wide_workflow(&p.key, rows).await;
     (p, wf)
 }
 
@@ -46,7 +21,6 @@ async fn status(app: &TestApp, key: &str, id: &str) -> Value {
         .expect("json")
 }
 
-/// Polls until `pred` holds (30 s at most).
 async fn poll_until(
     app: &TestApp,
     key: &str,
@@ -54,18 +28,7 @@ async fn poll_until(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(app, key, id).await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.poll_export(key, id, what, pred).await
 }
 
 #[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]

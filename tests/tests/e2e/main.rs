@@ -6,6 +6,7 @@ mod errors;
 mod export_jobs;
 mod export_params;
 mod exports;
+mod faults;
 mod ingest;
 mod ops;
 mod workflows;

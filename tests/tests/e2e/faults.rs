@@ -1,0 +1,288 @@
+//! Fault injection with real processes and real services: every export ends COMPLETED with
+//! the right rows and sha256 (or FAILED with a clear code), none twice, no orphan left.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use wharf_tests::{RedisServer, S3Server, TestApp, assert_envelope, spawn_app, spawn_app_with};
+
+const FAST: [(&str, &str); 2] = [("WHARF_LEASE", "3s"), ("WHARF_REQUEUE_AFTER", "2s")];
+
+async fn running(app: &TestApp, key: &str, id: &str) -> Value {
+    app.poll_export(key, id, "a running export", |s| {
+        s["status"] == "IN_PROGRESS" && s["progress"]["rowsWritten"].as_i64().unwrap_or(0) > 0
+    })
+    .await
+}
+
+/// No OPEN upload once the janitor has looked (orphans of dead attempts aborted).
+async fn assert_no_open_uploads(app: &TestApp, pool: &PgPool) {
+    let ctx = wharf_worker::startup::context(&app.settings, pool.clone()).await;
+    wharf_worker::janitor::abort_orphans(&ctx, Duration::ZERO)
+        .await
+        .expect("janitor");
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM export_uploads WHERE state = 'OPEN'")
+        .fetch_one(pool)
+        .await
+        .expect("q");
+    assert_eq!(open, 0, "an upload was left open");
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn a_worker_killed_mid_export_is_replaced(pool: PgPool) {
+    let s3 = S3Server::start().await;
+    let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
+    let p = app.create_project("acme").await;
+    let wf = app.wide_workflow(&p.key, 100_000).await;
+    s3.pause();
+    let mut a = app.spawn_worker_process_with(1, &FAST);
+    let id = app
+        .create_export(&p.key, &wf, &json!({"format": "csv"}))
+        .await;
+    running(&app, &p.key, &id).await;
+    a.signal("-KILL");
+    assert!(a.wait_exit(5));
+    let _b = app.spawn_worker_process_with(1, &FAST);
+    s3.resume();
+    let done = app.wait_done(&p.key, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["rowCount"], 100_000);
+    assert_eq!(done["attempts"], 2, "the crash counts as an attempt");
+    app.export_file(&done).await;
+    assert_eq!(
+        app.object_keys().await.len(),
+        1,
+        "only the completed attempt's object"
+    );
+    assert_no_open_uploads(&app, &pool).await;
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn sigterm_hands_the_export_over_without_waiting_for_the_lease(pool: PgPool) {
+    let s3 = S3Server::start().await;
+    let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
+    let p = app.create_project("acme").await;
+    let wf = app.wide_workflow(&p.key, 100_000).await;
+    s3.pause();
+    // A 30 s lease: a takeover that waited for it would take far longer than this test allows.
+    let env = [("WHARF_LEASE", "30s"), ("WHARF_SHUTDOWN_GRACE", "1s")];
+    let mut a = app.spawn_worker_process_with(1, &env);
+    let id = app
+        .create_export(&p.key, &wf, &json!({"format": "ndjson"}))
+        .await;
+    running(&app, &p.key, &id).await;
+    let _b = app.spawn_worker_process_with(1, &env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    a.signal("-TERM");
+    app.poll_export(&p.key, &id, "the second worker's claim", |s| {
+        s["attempts"] == 2
+    })
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "taken over in {:?}",
+        sent.elapsed()
+    );
+    assert!(a.wait_exit(10), "the stopping worker exits");
+    assert!(
+        a.log_text().contains("released to another worker"),
+        "{}",
+        a.log_text()
+    );
+    s3.resume();
+    let done = app.wait_done(&p.key, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["rowCount"], 100_000);
+    app.export_file(&done).await;
+    assert_eq!(app.object_keys().await.len(), 1);
+    assert_no_open_uploads(&app, &pool).await;
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn a_stale_worker_cannot_overwrite_a_completed_export(pool: PgPool) {
+    let s3 = S3Server::start().await;
+    let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
+    let p = app.create_project("acme").await;
+    let wf = app.wide_workflow(&p.key, 60_000).await;
+    s3.pause();
+    let a = app.spawn_worker_process_with(1, &FAST);
+    let id = app
+        .create_export(&p.key, &wf, &json!({"format": "csv"}))
+        .await;
+    running(&app, &p.key, &id).await;
+    a.signal("-STOP");
+    let _b = app.spawn_worker_process_with(1, &FAST);
+    s3.resume();
+    let done = app.wait_done(&p.key, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["attempts"], 2);
+    let keys = app.object_keys().await;
+    // The frozen worker wakes up with a lapsed lease: it must not complete or overwrite.
+    a.signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Value = app
+        .get(&format!("/v1/exports/{id}"), &p.key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    for field in [
+        "status",
+        "sha256",
+        "sizeBytes",
+        "rowCount",
+        "attempts",
+        "completedAt",
+    ] {
+        assert_eq!(after[field], done[field], "{field} changed");
+    }
+    app.export_file(&after).await;
+    assert_eq!(
+        app.object_keys().await,
+        keys,
+        "no object added by the stale worker"
+    );
+    assert_no_open_uploads(&app, &pool).await;
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn a_flushed_and_restarted_redis_loses_no_export(pool: PgPool) {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_app_with(pool, &[("REDIS_URL", &redis.url)]).await;
+    let p = app.create_project("acme").await;
+    let wf = app
+        .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    let body: String = (0..100).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    assert_eq!(
+        app.post_run(&p.key, &wf, "application/x-ndjson", body)
+            .await
+            .status(),
+        201
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_export(&p.key, &wf, &json!({})).await);
+    }
+    redis.flushall();
+    redis.kill();
+    // With Redis down, a create is still recorded and answered quickly: the 202 is a promise.
+    let t = Instant::now();
+    ids.push(
+        app.create_export(&p.key, &wf, &json!({"format": "json"}))
+            .await,
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "create took {:?}",
+        t.elapsed()
+    );
+    let (code, msg) = assert_envelope(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("sent"),
+        503,
+    )
+    .await;
+    assert_eq!(code, "SERVICE_UNAVAILABLE");
+    assert!(msg.contains("redis"), "{msg}");
+    redis.restart().await;
+    let _worker = app.start_worker().await;
+    for id in &ids {
+        let done = app.wait_done(&p.key, id).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["rowCount"], 100);
+        assert_eq!(done["attempts"], 1);
+    }
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn terminated_postgres_connections_are_survived(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let _worker = app.start_worker().await;
+    let p = app.create_project("acme").await;
+    let wf = app.wide_workflow(&p.key, 50_000).await;
+    let mut ids = Vec::new();
+    for f in ["csv", "ndjson", "parquet", "json"] {
+        ids.push(app.create_export(&p.key, &wf, &json!({"format": f})).await);
+    }
+    running(&app, &p.key, &ids[0]).await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty());
+    for id in &ids {
+        let done = app.wait_done(&p.key, id).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["rowCount"], 50_000);
+        app.export_file(&done).await;
+    }
+}
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn an_object_store_outage_is_retried_and_answered_with_503(pool: PgPool) {
+    let mut s3 = S3Server::start().await;
+    let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
+    let _worker = app.start_worker().await;
+    let p = app.create_project("acme").await;
+    let wf = app.wide_workflow(&p.key, 100_000).await;
+    let first = app
+        .export_and_wait(&p.key, &wf, &json!({"format": "csv"}))
+        .await;
+    let id = app
+        .create_export(&p.key, &wf, &json!({"format": "csv", "order": "desc"}))
+        .await;
+    app.poll_export(&p.key, &id, "a part uploaded", |s| {
+        s["progress"]["bytesWritten"].as_i64().unwrap_or(0) > 6 << 20
+    })
+    .await;
+    s3.kill();
+    // Downloads fail fast with 503 while the store is down, and readiness says which.
+    let t = Instant::now();
+    let first_id = first["exportId"].as_str().expect("id");
+    let (code, _) = assert_envelope(
+        app.get(
+            &format!("/v1/exports/{first_id}/download?mode=stream"),
+            &p.key,
+        )
+        .await,
+        503,
+    )
+    .await;
+    assert_eq!(code, "SERVICE_UNAVAILABLE");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let (_, msg) = assert_envelope(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("sent"),
+        503,
+    )
+    .await;
+    assert!(msg.contains("s3"), "{msg}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s3.restart().await;
+    let done = app.wait_done(&p.key, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(done["attempts"].as_i64().unwrap_or(0) >= 2, "{done}");
+    assert_eq!(done["rowCount"], 100_000);
+    app.export_file(&done).await;
+    assert_eq!(
+        app.get(
+            &format!("/v1/exports/{first_id}/download?mode=stream"),
+            &p.key
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_no_open_uploads(&app, &pool).await;
+}
