@@ -3,6 +3,7 @@
 //! upload, so no one can ever download a partial object.
 
 mod binary;
+mod csv;
 mod parquet;
 mod sink;
 mod text;
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::export::{self as dom, ExportSpec, Format};
 use crate::error::{Error, Result};
-use crate::repo::export_query::{Plan, Wire};
+use crate::repo::export_query::Plan;
 use crate::repo::exports::{self, Claim, Completion, ExportRecord};
 use crate::repo::workflows;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -241,8 +242,8 @@ struct Produced {
     rows: u64,
 }
 
-/// A batch of COPY data and the rows it holds; `None` marks the end of a complete read.
-type Chunk = Option<(Bytes, u64)>;
+/// A batch of COPY data; `None` marks the end of a complete read.
+type Chunk = Option<Bytes>;
 
 async fn produce(
     ctx: &ExportContext,
@@ -256,12 +257,7 @@ async fn produce(
         .ok_or(Error::NotFound("workflow"))?;
     let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
     let spec: &ExportSpec = &rec.params.0;
-    let wire = if spec.format == Format::Csv {
-        Wire::Csv
-    } else {
-        Wire::Binary
-    };
-    let plan = Plan::new(&wf, run_id, spec, wire)?;
+    let plan = Plan::new(&wf, run_id, spec)?;
     let date = rec.created_at.date_naive();
     let file_name = dom::file_name(&wf.name, date, spec.format, spec.compression);
     let meta = ObjectMeta {
@@ -291,7 +287,7 @@ async fn produce(
         chunk_rx,
         progress.clone(),
     );
-    let reader = read_rows(&mut tx, &plan, wire, chunk_tx, progress, cancel);
+    let reader = read_rows(&mut tx, &plan, chunk_tx, cancel);
     let uploader = upload::receive_parts(ctx, claim, &key, &meta, part_rx, cancel);
     let (read, parts) = futures::join!(reader, uploader);
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
@@ -351,18 +347,15 @@ fn root_cause(upload: Error, read: Option<Error>, encode: Option<Error>) -> Erro
     read.filter(|e| !is_stopped(e)).or(encode).unwrap_or(upload)
 }
 
-/// Streams the COPY output in ~256 KiB batches; for CSV each CopyData message is one row.
+/// Streams the binary COPY output to the encoder in ~256 KiB batches.
 async fn read_rows(
     conn: &mut PgConnection,
     plan: &Plan,
-    wire: Wire,
     tx: mpsc::Sender<Chunk>,
-    progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
     let mut batch = BytesMut::with_capacity(512 * 1024);
-    let mut rows = 0u64;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Err(stopped()),
@@ -370,23 +363,13 @@ async fn read_rows(
         };
         let Some(item) = next else { break };
         batch.extend_from_slice(&item?);
-        rows += 1;
         if batch.len() >= 256 * 1024 {
-            if wire == Wire::Csv {
-                progress.rows.fetch_add(rows, Ordering::Relaxed);
-            }
-            tx.send(Some((batch.split().freeze(), rows)))
+            tx.send(Some(batch.split().freeze()))
                 .await
                 .map_err(|_| stopped())?;
-            rows = 0;
         }
     }
-    if wire == Wire::Csv {
-        progress.rows.fetch_add(rows, Ordering::Relaxed);
-    }
-    tx.send(Some((batch.freeze(), rows)))
-        .await
-        .map_err(|_| stopped())?;
+    tx.send(Some(batch.freeze())).await.map_err(|_| stopped())?;
     tx.send(None).await.map_err(|_| stopped())
 }
 
@@ -401,25 +384,11 @@ fn spawn_encoder(
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
         let gzip = spec.compression == dom::Compression::Gzip;
-        let incomplete = stopped;
-        let io = |e: std::io::Error| Error::Unexpected(e.into());
         match spec.format {
             Format::Csv => {
-                let mut out = Output::new(sink, gzip);
-                let header: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-                std::io::Write::write_all(&mut out, format!("{}\n", header.join(",")).as_bytes())
-                    .map_err(io)?;
-                let mut rows = 0;
-                loop {
-                    match rx.blocking_recv() {
-                        Some(Some((bytes, n))) => {
-                            rows += n;
-                            std::io::Write::write_all(&mut out, &bytes).map_err(io)?;
-                        }
-                        Some(None) => return Ok((out.finish().map_err(io)?, rows)),
-                        None => return Err(incomplete()),
-                    }
-                }
+                let mut w = csv::CsvWriter::new(Output::new(sink, gzip), &columns)?;
+                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
+                Ok((w.finish()?, rows))
             }
             Format::Json | Format::Ndjson => {
                 let out = Output::new(sink, gzip);
@@ -447,7 +416,7 @@ fn decode(
     let mut rows = 0;
     loop {
         match rx.blocking_recv() {
-            Some(Some((bytes, _))) => {
+            Some(Some(bytes)) => {
                 reader.push(&bytes);
                 rows += reader.drain(&mut fields, &mut row)?;
                 progress.rows.store(rows, Ordering::Relaxed);

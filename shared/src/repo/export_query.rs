@@ -12,15 +12,6 @@ use crate::domain::export::{Column, ExportSpec, Filter, Op, Order, resolve};
 use crate::domain::schema::{Field, FieldType};
 use crate::error::{Error, Result};
 
-/// How PostgreSQL sends the rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// CSV text already formatted as the export wants it.
-    Csv,
-    /// Binary COPY of the typed columns, decoded by the worker.
-    Binary,
-}
-
 /// One output column: its name in the file and its type (`None` for `_id`).
 #[derive(Debug, Clone)]
 pub struct OutColumn {
@@ -36,7 +27,6 @@ pub struct Plan {
     from_where: String,
     select: String,
     order_by: String,
-    wire: Wire,
 }
 
 fn column_sql(col: Column) -> String {
@@ -46,24 +36,8 @@ fn column_sql(col: Column) -> String {
     }
 }
 
-/// Our text form of a value in CSV: booleans as true/false, timestamps RFC 3339 UTC with
-/// the fraction only when there is one, everything else PostgreSQL's round-trip output.
-fn csv_expr(col: Column, fields: &[Field]) -> String {
-    let c = column_sql(col);
-    match col {
-        Column::Field(i) => match fields[i].field_type {
-            FieldType::Boolean => format!("{c}::text"),
-            FieldType::Timestamp => format!(
-                "rtrim(rtrim(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '0'), '.') || 'Z'"
-            ),
-            _ => c,
-        },
-        Column::Id => c,
-    }
-}
-
 impl Plan {
-    pub fn new(wf: &Workflow, run_id: Uuid, spec: &ExportSpec, wire: Wire) -> Result<Plan> {
+    pub fn new(wf: &Workflow, run_id: Uuid, spec: &ExportSpec) -> Result<Plan> {
         let fields = &wf.fields;
         let unknown = |name: &str| Error::invalid(format!("unknown field \"{name}\""));
         let mut settings = vec![run_id.to_string()];
@@ -96,10 +70,7 @@ impl Plan {
         let mut exprs = Vec::with_capacity(spec.columns.len());
         for name in &spec.columns {
             let col = resolve(fields, name).ok_or_else(|| unknown(name))?;
-            exprs.push(match wire {
-                Wire::Csv => csv_expr(col, fields),
-                Wire::Binary => column_sql(col),
-            });
+            exprs.push(column_sql(col));
             columns.push(match col {
                 Column::Id => OutColumn {
                     name: "_id".into(),
@@ -119,16 +90,11 @@ impl Plan {
             from_where: format!("FROM {} WHERE {}", wf.table_name, conds.join(" AND ")),
             select: exprs.join(", "),
             order_by,
-            wire,
         })
     }
 
     /// Binds this plan's values for the current transaction.
     pub async fn apply(&self, conn: &mut PgConnection) -> Result<()> {
-        // Shortest round-trip float output, whatever the server's default.
-        sqlx::query("SET LOCAL extra_float_digits = 1")
-            .execute(&mut *conn)
-            .await?;
         for (i, value) in self.settings.iter().enumerate() {
             sqlx::query("SELECT set_config($1, $2, true)")
                 .bind(format!("wharf.p{i}"))
@@ -150,12 +116,8 @@ impl Plan {
     }
 
     pub fn copy_sql(&self) -> String {
-        let format = match self.wire {
-            Wire::Csv => "csv",
-            Wire::Binary => "binary",
-        };
         format!(
-            "COPY (SELECT {} {} ORDER BY {}) TO STDOUT (FORMAT {format})",
+            "COPY (SELECT {} {} ORDER BY {}) TO STDOUT (FORMAT binary)",
             self.select, self.from_where, self.order_by
         )
     }

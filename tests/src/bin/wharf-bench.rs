@@ -254,7 +254,8 @@ async fn copy_floor(database_url: &str, wf_id: &str, run_id: &str) -> anyhow::Re
     for _ in 0..2 {
         let mut conn = PgConnection::connect(database_url).await?;
         let path = std::env::temp_dir().join("wharf-bench-floor.csv");
-        let mut file = tokio::fs::File::create(&path).await?;
+        let mut file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&path).await?);
         let t = Instant::now();
         let mut stream = conn.copy_out_raw(&sql).await?;
         while let Some(chunk) = stream.next().await {

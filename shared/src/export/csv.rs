@@ -1,0 +1,115 @@
+//! RFC 4180 CSV from binary COPY tuples: a header row, values verbatim, null as an empty
+//! field and the empty string as `""`, quoting only where a field needs it.
+
+use std::io::Write;
+
+use super::binary::{bool_of, f64_of, i64_of, jsonb_of, push_timestamp, str_of, timestamp_of};
+use super::sink::{Output, Written};
+use crate::domain::schema::FieldType;
+use crate::error::{Error, Result};
+use crate::repo::export_query::OutColumn;
+
+pub struct CsvWriter {
+    out: Output,
+    types: Vec<Option<FieldType>>,
+    row: Vec<u8>,
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Unexpected(e.into())
+}
+
+/// Appends `s` as one CSV field.
+fn push_field(out: &mut Vec<u8>, s: &str) {
+    if s.is_empty() {
+        out.extend_from_slice(b"\"\"");
+    } else if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+impl CsvWriter {
+    pub fn new(mut out: Output, columns: &[OutColumn]) -> Result<Self> {
+        let header: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        out.write_all(format!("{}\n", header.join(",")).as_bytes())
+            .map_err(io)?;
+        Ok(CsvWriter {
+            out,
+            types: columns.iter().map(|c| c.field_type).collect(),
+            row: Vec::with_capacity(128 * 1024),
+        })
+    }
+
+    pub fn row(&mut self, buf: &[u8], fields: &[Option<(usize, usize)>]) -> Result<()> {
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                self.row.push(b',');
+            }
+            let Some((off, len)) = *field else { continue };
+            let v = &buf[off..off + len];
+            match self.types[i] {
+                None | Some(FieldType::Integer) => {
+                    self.row
+                        .extend_from_slice(itoa::Buffer::new().format(i64_of(v)?).as_bytes());
+                }
+                Some(FieldType::Number) => {
+                    self.row
+                        .extend_from_slice(ryu::Buffer::new().format_finite(f64_of(v)?).as_bytes());
+                }
+                Some(FieldType::Boolean) => {
+                    self.row
+                        .extend_from_slice(if bool_of(v)? { b"true" } else { b"false" })
+                }
+                Some(FieldType::Timestamp) => push_timestamp(&mut self.row, timestamp_of(v)?)?,
+                Some(FieldType::String) => push_field(&mut self.row, str_of(v)?),
+                Some(FieldType::Json) => push_field(&mut self.row, jsonb_of(v)?),
+            }
+        }
+        self.row.push(b'\n');
+        if self.row.len() >= 64 * 1024 {
+            self.out.write_all(&self.row).map_err(io)?;
+            self.row.clear();
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Written> {
+        self.out.write_all(&self.row).map_err(io)?;
+        self.out.finish().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_field;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        let mut out = Vec::new();
+        for s in [
+            "plain",
+            "",
+            "a,b",
+            "say \"hi\"",
+            "line\nbreak",
+            "=SUM(A1)",
+            "tab\there",
+        ] {
+            push_field(&mut out, s);
+            out.push(b'|');
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "plain|\"\"|\"a,b\"|\"say \"\"hi\"\"\"|\"line\nbreak\"|=SUM(A1)|tab\there|"
+        );
+    }
+}
