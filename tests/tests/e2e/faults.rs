@@ -286,3 +286,118 @@ async fn an_object_store_outage_is_retried_and_answered_with_503(pool: PgPool) {
     );
     assert_no_open_uploads(&app, &pool).await;
 }
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn soak_three_projects_three_workers_one_keeps_dying(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let cap = 2;
+    let env = [
+        ("WHARF_LEASE", "3s"),
+        ("WHARF_REQUEUE_AFTER", "2s"),
+        ("WHARF_PROJECT_CONCURRENCY", "2"),
+    ];
+    let mut projects = Vec::new();
+    for (i, slug) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let p = app.create_project(slug).await;
+        let wf = app
+            .create_workflow(
+                &p.key,
+                slug,
+                json!([{"name": "n", "type": "integer"}, {"name": "s", "type": "string"}]),
+            )
+            .await;
+        let rows = 200 * (i + 1);
+        let body: String = (0..rows)
+            .map(|n| format!("{{\"n\": {n}, \"s\": \"v{n}\"}}\n"))
+            .collect();
+        assert_eq!(
+            app.post_run(&p.key, &wf, "application/x-ndjson", body)
+                .await
+                .status(),
+            201
+        );
+        projects.push((p, wf, rows));
+    }
+    let formats = ["csv", "json", "ndjson", "parquet"];
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let (p, wf, rows) = &projects[i % 3];
+        ids.push((
+            p.key.clone(),
+            app.create_export(&p.key, wf, &json!({"format": formats[i % 4]}))
+                .await,
+            *rows,
+        ));
+    }
+    let started = Instant::now();
+    let _steady = [
+        app.spawn_worker_process_with(2, &env),
+        app.spawn_worker_process_with(2, &env),
+    ];
+    let mut flaky = app.spawn_worker_process_with(2, &env);
+    // Samples the most exports any project has running at once.
+    let sampler_pool = pool.clone();
+    let done_sampling = tokio_util::sync::CancellationToken::new();
+    let stop_sampling = done_sampling.clone();
+    let sampler = tokio::spawn(async move {
+        let mut max = 0i64;
+        while !stop_sampling.is_cancelled() {
+            let counts: Vec<i64> = sqlx::query_scalar(
+                "SELECT count(*) FROM exports WHERE status = 'IN_PROGRESS' AND lease_expires_at > now() GROUP BY project_id",
+            )
+            .fetch_all(&sampler_pool)
+            .await
+            .unwrap_or_default();
+            max = max.max(counts.into_iter().max().unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        max
+    });
+    let mut kills = 0;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM exports WHERE status IN ('QUEUED', 'IN_PROGRESS')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("q");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "soak did not finish: {open} open"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        flaky.signal("-KILL");
+        flaky.wait_exit(5);
+        kills += 1;
+        flaky = app.spawn_worker_process_with(2, &env);
+    }
+    let elapsed = started.elapsed();
+    done_sampling.cancel();
+    let max_running = sampler.await.expect("sampler");
+    assert!(
+        max_running <= cap,
+        "a project ran {max_running} exports at once (cap {cap})"
+    );
+    assert!(max_running >= 1);
+    let mut attempts = 0;
+    for (key, id, rows) in &ids {
+        let done: Value = app
+            .get(&format!("/v1/exports/{id}"), key)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["rowCount"].as_u64(), Some(*rows as u64));
+        attempts += done["attempts"].as_i64().unwrap_or(0);
+    }
+    // One object per export: no attempt completed twice, no stray object of a killed one.
+    assert_eq!(app.object_keys().await.len(), 300);
+    println!(
+        "soak: 300 exports, 3 projects, 3 workers, {kills} kills, {elapsed:?}, {attempts} attempts, max {max_running} running per project"
+    );
+    assert_no_open_uploads(&app, &pool).await;
+}
