@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             ("WHARF_QUEUE", &queue),
             ("WHARF_PUBLIC_URL", &base),
             ("DATABASE_URL", &database_url),
+            ("WHARF_MAX_RUN_BYTES", "16GiB"),
         ],
     );
     let app = Application::build_with(settings.clone(), pool.clone(), listener).await?;
