@@ -53,6 +53,8 @@ pub struct Settings {
     pub lease: Duration,
     /// How long a QUEUED export may stay unclaimed before the reconciler pushes it again.
     pub requeue_after: Duration,
+    /// Attempts an export gets (crashes included) before it is FAILED.
+    pub max_attempts: i32,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -110,6 +112,17 @@ impl Settings {
             shutdown_grace: duration_var(&var, "WHARF_SHUTDOWN_GRACE", "20s")?,
             lease: duration_var(&var, "WHARF_LEASE", "30s")?,
             requeue_after: duration_var(&var, "WHARF_REQUEUE_AFTER", "10s")?,
+            max_attempts: match var("WHARF_MAX_ATTEMPTS") {
+                None => 5,
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n: &i32| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        invalid("WHARF_MAX_ATTEMPTS", "expected an integer from 1 to 100")
+                    })?,
+            },
             max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
                 None => 1 << 30,
                 Some(v) => parse_bytes(&v).ok_or_else(|| {

@@ -216,6 +216,7 @@ pub async fn create_export(
         idempotency_key,
         request_hash: &hash,
         request_id: &request_id,
+        max_attempts: state.settings.max_attempts,
     };
     let created = exports::create(&state.pool, new).await?;
     if let Created::New(rec) = &created {

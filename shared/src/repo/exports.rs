@@ -82,6 +82,7 @@ pub struct NewExport<'a> {
     pub idempotency_key: Option<&'a str>,
     pub request_hash: &'a str,
     pub request_id: &'a str,
+    pub max_attempts: i32,
 }
 
 pub enum Created {
@@ -136,8 +137,8 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     let id = new_id();
     sqlx::query(
         "INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
-             idempotency_key, request_hash, request_id, enqueued_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+             idempotency_key, request_hash, request_id, max_attempts, enqueued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())",
     )
     .bind(id)
     .bind(new.project_id)
@@ -149,6 +150,7 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     .bind(new.idempotency_key)
     .bind(new.request_hash)
     .bind(new.request_id)
+    .bind(new.max_attempts)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

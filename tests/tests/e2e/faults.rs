@@ -401,3 +401,60 @@ async fn soak_three_projects_three_workers_one_keeps_dying(pool: PgPool) {
     );
     assert_no_open_uploads(&app, &pool).await;
 }
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart(pool: PgPool) {
+    let proxy = wharf_tests::TcpProxy::start("127.0.0.1:5432").await;
+    let options = (*pool.connect_options())
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.port);
+    let via_proxy = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(options);
+    let app = wharf_tests::spawn_app_on(via_proxy, &[]).await;
+    let p = app.create_project("acme").await;
+    assert_eq!(app.get("/v1/workflows", &p.key).await.status(), 200);
+    proxy.cut();
+    let t = Instant::now();
+    let (code, msg) = assert_envelope(app.get("/v1/workflows", &p.key).await, 503).await;
+    assert_eq!(code, "SERVICE_UNAVAILABLE");
+    assert!(
+        !msg.contains("5432") && !msg.contains("sqlx"),
+        "no internals: {msg}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    let (_, msg) = assert_envelope(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("sent"),
+        503,
+    )
+    .await;
+    assert!(msg.contains("postgres") && !msg.contains("redis"), "{msg}");
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = app.get("/v1/workflows", &p.key).await;
+        if res.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not heal: {}", res.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+}
