@@ -704,6 +704,39 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// A `wharf-worker` command with the services of `s`, a clean environment and `database_url`.
+pub fn worker_command(
+    bin: &std::path::Path,
+    s: &Settings,
+    database_url: &str,
+) -> std::process::Command {
+    use secrecy::ExposeSecret;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", &s.redis_url)
+        .env("WHARF_QUEUE", &s.queue)
+        .env(
+            "WHARF_S3_ENDPOINT",
+            s.s3.endpoint.clone().unwrap_or_default(),
+        )
+        .env("WHARF_S3_BUCKET", &s.s3.bucket)
+        .env(
+            "WHARF_S3_ACCESS_KEY",
+            s.s3.access_key.clone().unwrap_or_default(),
+        )
+        .env(
+            "WHARF_S3_SECRET_KEY",
+            s.s3.secret_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_string())
+                .unwrap_or_default(),
+        )
+        .env("WHARF_SIGNING_KEYS", "k1:test-secret-one");
+    cmd
+}
+
 /// The `wharf-worker` binary built beside this test binary (`cargo test --workspace` builds it).
 pub fn worker_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -744,36 +777,12 @@ impl TestApp {
         concurrency: usize,
         env: &[(&str, &str)],
     ) -> WorkerProcess {
-        use secrecy::ExposeSecret;
         let log = std::env::temp_dir().join(format!(
             "wharf-worker-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
         let file = std::fs::File::create(&log).expect("log file");
-        let s = &self.settings;
-        let child = std::process::Command::new(worker_binary())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", self.database_url())
-            .env("REDIS_URL", &s.redis_url)
-            .env("WHARF_QUEUE", &s.queue)
-            .env(
-                "WHARF_S3_ENDPOINT",
-                s.s3.endpoint.clone().unwrap_or_default(),
-            )
-            .env("WHARF_S3_BUCKET", &s.s3.bucket)
-            .env(
-                "WHARF_S3_ACCESS_KEY",
-                s.s3.access_key.clone().unwrap_or_default(),
-            )
-            .env(
-                "WHARF_S3_SECRET_KEY",
-                s.s3.secret_key
-                    .as_ref()
-                    .map(|k| k.expose_secret().to_string())
-                    .unwrap_or_default(),
-            )
-            .env("WHARF_SIGNING_KEYS", "k1:test-secret-one")
+        let child = worker_command(&worker_binary(), &self.settings, &self.database_url())
             .env("WHARF_WORKER_CONCURRENCY", concurrency.to_string())
             .env("WHARF_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")

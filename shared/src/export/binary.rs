@@ -154,6 +154,25 @@ pub fn timestamp_of(b: &[u8]) -> Result<i64> {
     Ok(i64_of(b)? + PG_EPOCH_MICROS)
 }
 
+/// An integer (or `_id`), number or boolean as text, the same in CSV and JSON.
+pub fn push_scalar(
+    out: &mut Vec<u8>,
+    ty: Option<crate::domain::schema::FieldType>,
+    v: &[u8],
+) -> Result<()> {
+    use crate::domain::schema::FieldType;
+    match ty {
+        Some(FieldType::Number) => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(f64_of(v)?).as_bytes())
+        }
+        Some(FieldType::Boolean) => {
+            out.extend_from_slice(if bool_of(v)? { b"true" } else { b"false" })
+        }
+        _ => out.extend_from_slice(itoa::Buffer::new().format(i64_of(v)?).as_bytes()),
+    }
+    Ok(())
+}
+
 /// RFC 3339 UTC, with the fraction only when there is one (trailing zeros trimmed), as the
 /// CSV path's SQL formats it too.
 pub fn push_timestamp(out: &mut Vec<u8>, unix_micros: i64) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use super::binary::{bool_of, f64_of, i64_of, jsonb_of, push_timestamp, str_of, timestamp_of};
+use super::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
 use super::sink::{Output, Written};
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
@@ -61,17 +61,8 @@ impl JsonWriter {
             };
             let v = &buf[off..off + len];
             match self.types[i] {
-                None | Some(FieldType::Integer) => {
-                    self.row
-                        .extend_from_slice(itoa::Buffer::new().format(i64_of(v)?).as_bytes());
-                }
-                Some(FieldType::Number) => {
-                    self.row
-                        .extend_from_slice(ryu::Buffer::new().format_finite(f64_of(v)?).as_bytes());
-                }
-                Some(FieldType::Boolean) => {
-                    self.row
-                        .extend_from_slice(if bool_of(v)? { b"true" } else { b"false" });
+                None | Some(FieldType::Integer | FieldType::Number | FieldType::Boolean) => {
+                    push_scalar(&mut self.row, self.types[i], v)?
                 }
                 Some(FieldType::String) => {
                     serde_json::to_writer(&mut self.row, str_of(v)?)

@@ -275,28 +275,7 @@ fn spawn_worker(
     s: &wharf_shared::config::Settings,
     database_url: &str,
 ) -> anyhow::Result<std::process::Child> {
-    use secrecy::ExposeSecret;
-    Ok(std::process::Command::new(bin)
-        .env("DATABASE_URL", database_url)
-        .env("REDIS_URL", &s.redis_url)
-        .env("WHARF_QUEUE", &s.queue)
-        .env(
-            "WHARF_S3_ENDPOINT",
-            s.s3.endpoint.clone().unwrap_or_default(),
-        )
-        .env("WHARF_S3_BUCKET", &s.s3.bucket)
-        .env(
-            "WHARF_S3_ACCESS_KEY",
-            s.s3.access_key.clone().unwrap_or_default(),
-        )
-        .env(
-            "WHARF_S3_SECRET_KEY",
-            s.s3.secret_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_string())
-                .unwrap_or_default(),
-        )
-        .env("WHARF_SIGNING_KEYS", "k1:bench")
+    Ok(wharf_tests::worker_command(bin, s, database_url)
         .env("RUST_LOG", "warn")
         .spawn()?)
 }
