@@ -53,7 +53,11 @@ pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToke
 pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::Result<usize> {
     let orphans = exports::orphan_uploads(&ctx.pool, age).await?;
     for (upload_id, key) in &orphans {
-        ctx.store.abort_multipart(key, upload_id).await?;
+        if !upload_id.starts_with(wharf_shared::export::upload::PUT_PREFIX) {
+            ctx.store.abort_multipart(key, upload_id).await?;
+        }
+        // The attempt is over without completing: whatever object it wrote is not the export's.
+        ctx.store.delete(key).await?;
         exports::finish_upload(&ctx.pool, upload_id, "ABORTED").await?;
         tracing::info!(upload_id, "orphaned multipart upload aborted");
     }

@@ -7,7 +7,7 @@ mod csv;
 mod parquet;
 mod sink;
 mod text;
-mod upload;
+pub mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,7 +307,7 @@ async fn produce(
     };
     match result {
         Ok((written, rows, parts)) if !cancel.is_cancelled() => {
-            upload::finish(ctx, &key, &meta, parts).await?;
+            upload::finish(ctx, claim, &key, &meta, parts).await?;
             Ok(Produced {
                 key,
                 file_name,

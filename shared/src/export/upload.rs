@@ -76,18 +76,34 @@ pub async fn receive_parts(
     }
 }
 
-pub async fn finish(ctx: &ExportContext, key: &str, meta: &ObjectMeta, parts: Parts) -> Result<()> {
+/// Makes the object exist. Its upload record stays OPEN until the export's completion marks it
+/// COMPLETED in the same transaction, so an object whose attempt died in between is found by
+/// the janitor and deleted.
+pub async fn finish(
+    ctx: &ExportContext,
+    claim: &Claim,
+    key: &str,
+    meta: &ObjectMeta,
+    parts: Parts,
+) -> Result<()> {
     match parts {
-        Parts::Single(body) => Ok(ctx.store.put(key, meta, body).await?),
+        Parts::Single(body) => {
+            let record = format!("{PUT_PREFIX}{}:{}", claim.export_id, claim.attempt);
+            exports::record_upload(&ctx.pool, claim, &record, key).await?;
+            Ok(ctx.store.put(key, meta, body).await?)
+        }
         Parts::Multipart { upload_id, etags } => {
             if let Err(e) = ctx.store.complete_multipart(key, &upload_id, &etags).await {
                 abort(ctx, key, Some(Parts::Multipart { upload_id, etags })).await;
                 return Err(e.into());
             }
-            exports::finish_upload(&ctx.pool, &upload_id, "COMPLETED").await
+            Ok(())
         }
     }
 }
+
+/// Upload records of single-PUT objects have this id prefix (there is no S3 upload to abort).
+pub const PUT_PREFIX: &str = "put:";
 
 /// Best effort and bounded: an upload that cannot be aborted now stays OPEN in PostgreSQL and
 /// the janitor aborts it later.

@@ -440,9 +440,10 @@ pub struct Completion<'a> {
     pub ttl: Duration,
 }
 
-/// Marks the export COMPLETED, fenced on the claim. False: the claim was lost meanwhile,
-/// and the caller must delete the object it wrote.
+/// Marks the export COMPLETED, fenced on the claim, and its attempt's upload record with it.
+/// False: the claim was lost meanwhile, and the caller must delete the object it wrote.
 pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Result<bool> {
+    let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "UPDATE exports SET status = 'COMPLETED', completed_at = now(), updated_at = now(),
              expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
@@ -460,9 +461,21 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
     .bind(c.content_type)
     .bind(c.file_name)
     .bind(c.ttl.as_secs_f64())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE export_uploads SET state = 'COMPLETED', updated_at = now()
+         WHERE export_id = $1 AND attempt = $2 AND state = 'OPEN'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.attempt)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Ends the export FAILED with a stable code and a message a user can act on.
