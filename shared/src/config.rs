@@ -23,6 +23,8 @@ pub struct SigningKey {
 pub struct S3Settings {
     /// Empty: the AWS default endpoint.
     pub endpoint: Option<String>,
+    /// Endpoint put into presigned URLs, when clients reach S3 by another address.
+    pub public_endpoint: Option<String>,
     pub bucket: String,
     pub region: String,
     pub access_key: Option<String>,
@@ -82,6 +84,7 @@ impl Settings {
             redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             s3: S3Settings {
                 endpoint: var("WHARF_S3_ENDPOINT"),
+                public_endpoint: var("WHARF_S3_PUBLIC_ENDPOINT"),
                 bucket: var("WHARF_S3_BUCKET").unwrap_or_else(|| "wharf-exports".into()),
                 region: var("WHARF_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
                 access_key: var("WHARF_S3_ACCESS_KEY"),

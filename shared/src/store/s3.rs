@@ -20,6 +20,7 @@ use crate::config::S3Settings;
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    presigner: Option<Client>,
     bucket: String,
 }
 
@@ -49,8 +50,18 @@ impl S3Store {
         let conf = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(true)
             .build();
+        // Presigned URLs are opened by clients, so they carry the public endpoint when the
+        // service's own one is internal (e.g. http://minio:9000 inside docker-compose).
+        let presigner = s.public_endpoint.as_ref().map(|public| {
+            let conf = aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(true)
+                .endpoint_url(public.clone())
+                .build();
+            Client::from_conf(conf)
+        });
         S3Store {
             client: Client::from_conf(conf),
+            presigner,
             bucket: s.bucket.clone(),
         }
     }
@@ -212,7 +223,9 @@ impl ObjectStore for S3Store {
         let config =
             PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Other(e.to_string()))?;
         let req = self
-            .client
+            .presigner
+            .as_ref()
+            .unwrap_or(&self.client)
             .get_object()
             .bucket(&self.bucket)
             .key(key)

@@ -620,3 +620,37 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn presigned_urls_use_the_public_endpoint(pool: PgPool) {
+    // The service reaches S3 at 127.0.0.1; clients are told to use "localhost".
+    let internal =
+        std::env::var("WHARF_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
+    let public = internal.replace("127.0.0.1", "localhost");
+    let app = spawn_app_with(pool, &[("WHARF_S3_PUBLIC_ENDPOINT", &public)]).await;
+    let _worker = app.start_worker().await;
+    let (p, _, status) = completed(&app, "Public", 10, "csv").await;
+    let object = app.export_file(&status).await;
+    let id = status["exportId"].as_str().expect("id");
+    let res = no_redirects()
+        .get(app.url(&format!("/v1/exports/{id}/download")))
+        .header("x-api-key", &p.key)
+        .send()
+        .await
+        .expect("sent");
+    let location = res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(location.starts_with(&public), "{location}");
+    assert_eq!(
+        reqwest::get(&location)
+            .await
+            .expect("GET")
+            .bytes()
+            .await
+            .expect("body")
+            .to_vec(),
+        object
+    );
+}
