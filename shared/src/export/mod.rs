@@ -92,9 +92,7 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
         .ok_or(Error::NotFound("export"))?;
     let span = tracing::info_span!("export", export_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
         attempt = claim.attempt, format = %rec.format);
-    let _guard = span.enter();
-    tracing::info!("export claimed");
-    drop(_guard);
+    span.in_scope(|| tracing::info!("export claimed"));
     let started = Instant::now();
     let cancel = ctx.stop.child_token();
     let progress = Arc::new(Progress::default());
@@ -110,7 +108,20 @@ pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
     )
     .await;
     beat.abort();
-    let _guard = span.enter();
+    tracing::Instrument::instrument(settle(ctx, &claim, &rec, produced, started, &cancel), span)
+        .await
+}
+
+/// Records how the attempt ended: completed (fenced), released, cancelled, or failed.
+async fn settle(
+    ctx: &ExportContext,
+    claim: &Claim,
+    rec: &ExportRecord,
+    produced: Result<Produced>,
+    started: Instant,
+    cancel: &CancellationToken,
+) -> Result<Outcome> {
+    let claim = *claim;
     match produced {
         Ok(done) => {
             let completion = Completion {
