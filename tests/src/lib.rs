@@ -256,6 +256,19 @@ impl TestApp {
             .to_string()
     }
 
+    /// `/readyz` while a service is down: asserts the 503 envelope and returns its message.
+    pub async fn readyz_down(&self) -> String {
+        let res = self
+            .client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("sent");
+        let (code, msg) = assert_envelope(res, 503).await;
+        assert_eq!(code, "SERVICE_UNAVAILABLE");
+        msg
+    }
+
     pub async fn store(&self) -> S3Store {
         S3Store::new(&self.settings.s3).await
     }

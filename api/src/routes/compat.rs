@@ -15,8 +15,8 @@ use wharf_shared::repo::projects;
 use wharf_shared::signing::{self, LinkClaims};
 use wharf_shared::{Error, auth};
 
-use super::downloads::{project_export, stream};
-use super::exports::{create_export, export_dto};
+use super::downloads::stream;
+use super::exports::{create_export, export_dto, find_export};
 use crate::auth::{Auth, parse_id, presented_key};
 use crate::error::{ApiError, Enveloped, status_of};
 use crate::request_id;
@@ -174,7 +174,7 @@ pub async fn kadoa_download(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let workflow_id = parse_id("workflowId", &path.0)?;
-    let rec = project_export(&state, principal.project_id, &path.1).await?;
+    let rec = find_export(&state, principal.project_id, &path.1).await?;
     if rec.workflow_id != workflow_id {
         return Err(Error::NotFound("export").into());
     }

@@ -17,7 +17,7 @@ use wharf_shared::store::ObjectMeta;
 use wharf_shared::{Error, ErrorCode};
 
 use super::exports::find_export;
-use crate::auth::{Auth, parse_id};
+use crate::auth::Auth;
 use crate::error::{ApiError, envelope_response};
 use crate::state::AppState;
 
@@ -239,16 +239,4 @@ pub async fn stream(
         .await?
         .map_err(std::io::Error::other);
     Ok(res.body(SizedStream::new(len, body)))
-}
-
-/// Used by the seed-compatible routes: an export of the caller's project by raw id.
-pub async fn project_export(
-    state: &AppState,
-    project_id: uuid::Uuid,
-    raw: &str,
-) -> Result<ExportRecord, ApiError> {
-    let id = parse_id("exportId", raw)?;
-    Ok(exports::get(&state.pool, project_id, id)
-        .await?
-        .ok_or(Error::NotFound("export"))?)
 }

@@ -179,16 +179,7 @@ async fn a_flushed_and_restarted_redis_loses_no_export(pool: PgPool) {
         "create took {:?}",
         t.elapsed()
     );
-    let (code, msg) = assert_envelope(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .expect("sent"),
-        503,
-    )
-    .await;
-    assert_eq!(code, "SERVICE_UNAVAILABLE");
+    let msg = app.readyz_down().await;
     assert!(msg.contains("redis"), "{msg}");
     redis.restart().await;
     let _worker = app.start_worker().await;
@@ -258,15 +249,7 @@ async fn an_object_store_outage_is_retried_and_answered_with_503(pool: PgPool) {
     .await;
     assert_eq!(code, "SERVICE_UNAVAILABLE");
     assert!(t.elapsed() < Duration::from_secs(5));
-    let (_, msg) = assert_envelope(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .expect("sent"),
-        503,
-    )
-    .await;
+    let msg = app.readyz_down().await;
     assert!(msg.contains("s3"), "{msg}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s3.restart().await;
@@ -430,15 +413,7 @@ async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart(pool: PgPool
         "answered in {:?}",
         t.elapsed()
     );
-    let (_, msg) = assert_envelope(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .expect("sent"),
-        503,
-    )
-    .await;
+    let msg = app.readyz_down().await;
     assert!(msg.contains("postgres") && !msg.contains("redis"), "{msg}");
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(10);
