@@ -757,7 +757,7 @@ pub fn worker_binary() -> std::path::PathBuf {
     let bin = dir.join("wharf-worker");
     assert!(
         bin.exists(),
-        "{} is missing: run scripts/test (cargo test --workspace builds it)",
+        "{} is missing: run scripts/test (it builds the binaries first)",
         bin.display()
     );
     bin
