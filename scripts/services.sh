@@ -37,8 +37,10 @@ fi
 if ! up "$S3_PORT"; then
   echo "services: starting s3s-fs on 127.0.0.1:$S3_PORT"
   mkdir -p "$CACHE/s3-data"
-  nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
+  # Started from its own directory: s3s-fs resolves paths against its working directory, so it
+  # must not live in a checkout that may be deleted.
+  (cd "$CACHE" && nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
     --access-key "${WHARF_S3_ACCESS_KEY:-wharf}" --secret-key "${WHARF_S3_SECRET_KEY:-wharf-secret}" \
-    "$CACHE/s3-data" >"$CACHE/s3s-fs.log" 2>&1 &
+    "$CACHE/s3-data" >"$CACHE/s3s-fs.log" 2>&1 &)
   wait_for "$S3_PORT" s3s-fs
 fi
