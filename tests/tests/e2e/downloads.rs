@@ -37,6 +37,21 @@ async fn completed(
     (p, wf, status)
 }
 
+/// `GET /v1/exports/{id}/download` without following it: asserts the 302, returns Location.
+async fn redirect_location(app: &TestApp, key: &str, id: &str) -> String {
+    let res = no_redirects()
+        .get(app.url(&format!("/v1/exports/{id}/download")))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 302);
+    res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string()
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -52,17 +67,7 @@ async fn all_three_paths_give_the_objects_bytes(pool: PgPool) {
     let object = app.export_file(&status).await;
     let id = status["exportId"].as_str().expect("id");
     // 1. 302 to a presigned URL, fetched by a plain HTTP client.
-    let res = no_redirects()
-        .get(app.url(&format!("/v1/exports/{id}/download")))
-        .header("x-api-key", &p.key)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 302);
-    let location = res.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
+    let location = redirect_location(&app, &p.key, id).await;
     assert!(
         location.starts_with(app.settings.s3.endpoint.as_deref().unwrap_or_default()),
         "{location}"
@@ -632,16 +637,7 @@ async fn presigned_urls_use_the_public_endpoint(pool: PgPool) {
     let (p, _, status) = completed(&app, "Public", 10, "csv").await;
     let object = app.export_file(&status).await;
     let id = status["exportId"].as_str().expect("id");
-    let res = no_redirects()
-        .get(app.url(&format!("/v1/exports/{id}/download")))
-        .header("x-api-key", &p.key)
-        .send()
-        .await
-        .expect("sent");
-    let location = res.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
+    let location = redirect_location(&app, &p.key, id).await;
     assert!(location.starts_with(&public), "{location}");
     assert_eq!(
         reqwest::get(&location)
