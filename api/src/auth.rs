@@ -51,6 +51,7 @@ impl FromRequest for Auth {
             let state =
                 state.ok_or_else(|| Error::Unexpected(anyhow::anyhow!("app state missing")))?;
             let principal = auth::authenticate(&state.pool, &key).await?;
+            state.limiter.check(principal.key_id)?;
             tracing::Span::current()
                 .record("project_id", tracing::field::display(principal.project_id));
             Ok(Auth(principal))

@@ -1,6 +1,6 @@
 //! The one place where domain error codes become HTTP statuses and the error envelope.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -43,6 +43,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::ExportExpired => StatusCode::GONE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +90,10 @@ pub fn envelope_response(code: ErrorCode, message: String) -> HttpResponse {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("5"));
     }
+    if code == ErrorCode::RequestTimeout {
+        // The rest of a stalled body will never be read: close rather than keep the socket.
+        res.head_mut().set_connection_type(ConnectionType::Close);
+    }
     res.extensions_mut().insert(Enveloped);
     res
 }
@@ -105,7 +111,11 @@ impl ResponseError for ApiError {
             }
             _ => tracing::info!(code = code.as_str(), error = %self.0, "request rejected"),
         }
-        envelope_response(code, self.0.public_message())
+        let mut res = envelope_response(code, self.0.public_message());
+        if let Some(secs) = self.0.retry_after() {
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
     }
 }
 

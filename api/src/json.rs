@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::error::JsonPayloadError;
 use actix_web::{FromRequest, HttpRequest, web};
 use serde::de::DeserializeOwned;
 use wharf_shared::Error;
@@ -21,18 +20,45 @@ impl JsonBody {
     }
 }
 
-/// Deserializes a JSON value; errors name the JSON path of the bad part.
+/// Deserializes a JSON object; errors name the JSON path of the bad part, never a Rust type.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(Error::invalid("the body must be a JSON object").into());
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = plain(&e.into_inner().to_string());
         let msg = if path == "." {
-            inner.to_string()
+            inner
         } else {
             format!("{path}: {inner}")
         };
         ApiError(Error::invalid(msg))
     })
+}
+
+/// serde's messages with the names of Rust types replaced by JSON's.
+fn plain(msg: &str) -> String {
+    let mut out = msg.to_string();
+    if let Some(i) = out.find("expected struct ") {
+        out.replace_range(i.., "expected an object");
+    }
+    if let Some(i) = out.find("expected enum ") {
+        out.replace_range(i.., "expected a string");
+    }
+    for (rust, json) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected i32", "expected an integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a borrowed string", "expected a string"),
+        ("expected UUID", "expected a UUID"),
+    ] {
+        out = out.replace(rust, json);
+    }
+    out
 }
 
 /// Reads a whole (small) body, refusing more than `limit` bytes with 413.
@@ -58,30 +84,28 @@ impl FromRequest for JsonBody {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let fut = web::Json::<serde_json::Value>::from_request(req, payload);
+        let is_json = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        let body = web::Payload::from_request(req, payload);
         Box::pin(async move {
-            Ok(JsonBody(
-                fut.await.map(web::Json::into_inner).map_err(classify),
-            ))
+            if !is_json {
+                return Ok(JsonBody(Err(Error::UnsupportedMediaType(
+                    "Content-Type must be application/json".into(),
+                ))));
+            }
+            let parsed = match body.await {
+                Ok(body) => match read_limited(body, crate::startup::MAX_JSON_BYTES).await {
+                    Ok(bytes) => wharf_shared::json::parse(&bytes)
+                        .map_err(|e| Error::invalid(format!("invalid JSON body: {e}"))),
+                    Err(e) => Err(e.0),
+                },
+                Err(e) => Err(Error::invalid(format!("request body could not be read: {e}"))),
+            };
+            Ok(JsonBody(parsed))
         })
-    }
-}
-
-fn classify(err: actix_web::Error) -> Error {
-    match err.as_error::<JsonPayloadError>() {
-        Some(JsonPayloadError::ContentType) => {
-            Error::UnsupportedMediaType("Content-Type must be application/json".into())
-        }
-        Some(
-            JsonPayloadError::Overflow { limit }
-            | JsonPayloadError::OverflowKnownLength { limit, .. },
-        ) => Error::PayloadTooLarge {
-            limit: *limit as u64,
-        },
-        Some(JsonPayloadError::Deserialize(de)) => {
-            Error::invalid(format!("invalid JSON body: {de}"))
-        }
-        Some(other) => Error::invalid(format!("invalid JSON body: {other}")),
-        None => Error::invalid("invalid JSON body"),
     }
 }

@@ -18,15 +18,15 @@ use crate::routes::{compat, downloads, exports, health, keys, projects, runs, wo
     ),
     paths(
         health::healthz, health::readyz, health::metrics,
-        projects::create_project, keys::create_key, keys::revoke_key,
+        projects::create_project, keys::create_key, keys::list_keys, keys::revoke_key,
         workflows::create_workflow, workflows::list_workflows, workflows::get_workflow,
         runs::create_run, runs::list_runs,
         exports::post_export, exports::list_exports, exports::get_export, exports::cancel_export, exports::get_dock_status,
         downloads::download, downloads::signed_file,
         compat::kadoa_create, compat::kadoa_download, compat::project_download,
     ),
-    components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta)),
-    modifiers(&Security),
+    components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta, compat::ProjectErrorEnvelope)),
+    modifiers(&Security, &CommonResponses),
     security(("apiKey" = []), ("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -45,4 +45,115 @@ impl Modify for Security {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// The answers every route can give besides its own: the HTTP layer's (400, 414, 431), a
+/// backing service down (503), and on keyed routes the key's (401, 403) and the rate limit's
+/// (429). Added here once, so no route's list can forget them.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let envelope = |schema: &str, what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let unkeyed = ["/healthz", "/metrics", "/readyz"].contains(&path.as_str());
+            let schema = if path.starts_with("/projects/") {
+                "ProjectErrorEnvelope"
+            } else {
+                "ErrorEnvelope"
+            };
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.head,
+            ];
+            for op in ops.into_iter().flatten() {
+                let keyed = op.security.is_none() && !unkeyed;
+                let mut common = vec![
+                    ("400", "Malformed request or invalid parameters (the message names them)"),
+                    ("414", "Request URI over 8 KiB"),
+                    ("431", "More than 64 request headers"),
+                ];
+                if !unkeyed {
+                    common.push(("503", "A backing service is unavailable; retry (Retry-After)"));
+                }
+                if keyed {
+                    common.extend([
+                        ("401", "Missing, unknown or revoked API key"),
+                        ("403", "The key lacks the scope this route needs"),
+                        ("429", "Over the key's rate limit (WHARF_RATE_LIMIT); see Retry-After"),
+                    ]);
+                }
+                if op.request_body.is_some() {
+                    common.extend([
+                        ("413", "Request body too large"),
+                        ("415", "Unsupported Content-Type"),
+                    ]);
+                }
+                for (code, what) in common {
+                    let schema = if ["414", "431"].contains(&code) { "ErrorEnvelope" } else { schema };
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| envelope(schema, what).into());
+                }
+            }
+        }
+    }
+}
+
+/// The methods the API serves on `path` (from this document), when the path is one of its
+/// routes: a request with another method is 405 with `Allow`.
+pub fn allowed_methods(path: &str) -> Option<Vec<&'static str>> {
+    static TABLE: std::sync::OnceLock<Vec<(actix_web::dev::ResourceDef, Vec<&'static str>)>> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        ApiDoc::openapi()
+            .paths
+            .paths
+            .iter()
+            .map(|(pattern, item)| {
+                let mut methods: Vec<&'static str> = Vec::new();
+                let ops = [
+                    ("GET", item.get.is_some()),
+                    ("HEAD", item.head.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                ];
+                for (name, present) in ops {
+                    if present {
+                        methods.push(name);
+                    }
+                }
+                (actix_web::dev::ResourceDef::new(pattern.as_str()), methods)
+            })
+            .collect()
+    });
+    let mut allowed: Vec<&'static str> = Vec::new();
+    for (def, methods) in table {
+        if def.is_match(path) {
+            for m in methods {
+                if !allowed.contains(m) {
+                    allowed.push(m);
+                }
+            }
+        }
+    }
+    (!allowed.is_empty()).then_some(allowed)
 }

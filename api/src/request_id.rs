@@ -6,7 +6,8 @@ use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::HttpResponse;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;
 use wharf_shared::ErrorCode;
@@ -32,6 +33,11 @@ fn sane(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The longest request target served; longer is 414 in the envelope.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most request headers served; more is 431 in the envelope.
+pub const MAX_HEADERS: usize = 64;
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -48,6 +54,9 @@ pub async fn middleware(
     let started = std::time::Instant::now();
     let result = REQUEST_ID
         .scope(id.clone(), async {
+            if let Some(refused) = refuse_head(&req) {
+                return Ok(req.into_response(refused));
+            }
             // Handlers and extractors turn their errors into responses; an Err here comes
             // from actix itself and is left to it.
             next.call(req)
@@ -57,8 +66,17 @@ pub async fn middleware(
         .instrument(span.clone())
         .await;
     let mut res = result?;
+    let headers = res.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(HEADER, value);
+        headers.insert(HEADER, value);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // API answers carry keys and signed links: no cache may keep them. Downloads set their own.
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     span.in_scope(|| {
         tracing::info!(
@@ -70,16 +88,57 @@ pub async fn middleware(
     Ok(res)
 }
 
+/// Request heads over Wharf's own limits (actix's are far larger), refused in the envelope.
+fn refuse_head(req: &ServiceRequest) -> Option<HttpResponse> {
+    let uri_len = req.uri().to_string().len();
+    let (status, message) = if uri_len > MAX_URI_BYTES {
+        (
+            StatusCode::URI_TOO_LONG,
+            format!("the request URI has {uri_len} bytes; the limit is {MAX_URI_BYTES}"),
+        )
+    } else if req.headers().len() > MAX_HEADERS {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers; the limit is {MAX_HEADERS}",
+                req.headers().len()
+            ),
+        )
+    } else {
+        return None;
+    };
+    let mut res = envelope_response(ErrorCode::InvalidRequest, message);
+    *res.status_mut() = status;
+    Some(res)
+}
+
 /// Rewrites an error response that is not yet in the envelope (actix's own 404/405/...).
 fn ensure_envelope(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
     let status = res.status();
     if status.as_u16() < 400 || res.response().extensions().get::<Enveloped>().is_some() {
         return res;
     }
+    if status == StatusCode::NOT_FOUND {
+        // No handler matched: a known path with another method is 405, naming what it allows.
+        if let Some(allowed) = crate::openapi::allowed_methods(res.request().path()) {
+            let method = res.request().method().as_str().to_string();
+            let mut envelope = envelope_response(
+                ErrorCode::MethodNotAllowed,
+                format!(
+                    "method {method} is not allowed on this route; allowed: {}",
+                    allowed.join(", ")
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                envelope.headers_mut().insert(header::ALLOW, v);
+            }
+            return res.into_response(envelope);
+        }
+    }
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route".to_string()),
         StatusCode::METHOD_NOT_ALLOWED => (
-            ErrorCode::InvalidRequest,
+            ErrorCode::MethodNotAllowed,
             "method not allowed on this route".into(),
         ),
         StatusCode::PAYLOAD_TOO_LARGE => (

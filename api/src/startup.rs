@@ -17,6 +17,7 @@ use wharf_shared::store::s3::S3Store;
 use wharf_shared::{Error, repo};
 
 use crate::error::ApiError;
+use crate::limits::{IngestSlots, KeyLimiter};
 use crate::routes;
 use crate::state::AppState;
 
@@ -50,11 +51,17 @@ impl Application {
             // Not fatal: /readyz reports S3 until it is reachable.
             tracing::warn!(bucket = %settings.s3.bucket, error = %e, "could not ensure the bucket exists");
         }
+        let ingest_pool = repo::ingest_pool(&pool);
+        let limiter = KeyLimiter::new(settings.rate_limit);
+        tokio::spawn(shrink_now_and_then(limiter.clone()));
         let state = AppState {
             redis: Redis::new(&settings.redis_url)?,
+            ingest_slots: IngestSlots::new(settings.project_ingests),
             settings: Arc::new(settings),
             pool,
+            ingest_pool,
             store: Arc::new(store),
+            limiter,
         };
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
@@ -95,6 +102,15 @@ async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
         }
     }
     unreachable!("the retry loop returns")
+}
+
+/// Drops the rate limiter's full buckets every minute (memory bounded by active keys).
+async fn shrink_now_and_then(limiter: KeyLimiter) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        limiter.shrink();
+    }
 }
 
 fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {

@@ -5,11 +5,17 @@ use wharf_shared::config::Settings;
 use wharf_shared::queue::Redis;
 use wharf_shared::store::ObjectStore;
 
+use crate::limits::{IngestSlots, KeyLimiter};
+
 /// What every handler may reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
+    /// A small pool of its own for run uploads, so reads and status never wait behind them.
+    pub ingest_pool: PgPool,
     pub redis: Redis,
     pub store: Arc<dyn ObjectStore>,
+    pub limiter: KeyLimiter,
+    pub ingest_slots: IngestSlots,
 }

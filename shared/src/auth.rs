@@ -66,6 +66,15 @@ pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Principal> {
     let key: ApiKey = keys::find_active(pool, &hash_key(secret))
         .await?
         .ok_or(Error::Unauthorized)?;
+    let stale = key
+        .last_used_at
+        .is_none_or(|t| chrono::Utc::now() - t > chrono::TimeDelta::seconds(60));
+    if stale {
+        // lastUsedAt is a hint, not a record: written at most about once a minute, off the
+        // request's path.
+        let (pool, id) = (pool.clone(), key.id);
+        tokio::spawn(async move { keys::touch(&pool, id).await.ok() });
+    }
     Ok(Principal {
         key_id: key.id,
         project_id: key.project_id,

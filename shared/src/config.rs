@@ -57,6 +57,42 @@ pub struct Settings {
     pub requeue_after: Duration,
     /// Attempts an export gets (crashes included) before it is FAILED.
     pub max_attempts: i32,
+    /// One NDJSON line, CSV record or JSON-array element.
+    pub max_row_bytes: usize,
+    /// How long a request body may send nothing before it is dropped with 408.
+    pub body_timeout: Duration,
+    /// Run uploads of one project at once (per API process).
+    pub project_ingests: usize,
+    /// Requests per key: a token bucket refilled at `rate` per second holding `burst`;
+    /// `None` turns it off.
+    pub rate_limit: Option<RateLimit>,
+    /// Exports QUEUED per project before creates are refused.
+    pub project_queue_max: i64,
+}
+
+/// `WHARF_RATE_LIMIT` = `RATE/s,BURST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// `50/s,100`, `10/s` (burst = rate), or `0` (off).
+pub fn parse_rate_limit(raw: &str) -> Option<Option<RateLimit>> {
+    let raw = raw.trim();
+    if raw == "0" {
+        return Some(None);
+    }
+    let (rate, burst) = match raw.split_once(',') {
+        Some((r, b)) => (r.trim(), Some(b.trim())),
+        None => (raw, None),
+    };
+    let per_second: u32 = rate.strip_suffix("/s")?.trim().parse().ok()?;
+    let burst: u32 = match burst {
+        Some(b) => b.parse().ok()?,
+        None => per_second,
+    };
+    (per_second > 0 && burst > 0).then_some(Some(RateLimit { per_second, burst }))
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -125,6 +161,37 @@ impl Settings {
                     .ok_or_else(|| {
                         invalid("WHARF_MAX_ATTEMPTS", "expected an integer from 1 to 100")
                     })?,
+            },
+            max_row_bytes: match var("WHARF_MAX_ROW_BYTES") {
+                None => 1 << 20,
+                Some(v) => parse_bytes(&v)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n >= 64)
+                    .ok_or_else(|| {
+                        invalid("WHARF_MAX_ROW_BYTES", "expected e.g. 1MiB, 64KiB (at least 64)")
+                    })?,
+            },
+            body_timeout: duration_var(&var, "WHARF_BODY_TIMEOUT", "30s")?,
+            project_ingests: match var("WHARF_PROJECT_INGESTS") {
+                None => 4,
+                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("WHARF_PROJECT_INGESTS", "expected a positive integer")
+                })?,
+            },
+            rate_limit: match var("WHARF_RATE_LIMIT") {
+                None => Some(RateLimit {
+                    per_second: 50,
+                    burst: 100,
+                }),
+                Some(v) => parse_rate_limit(&v).ok_or_else(|| {
+                    invalid("WHARF_RATE_LIMIT", "expected RATE/s,BURST such as 50/s,100, or 0")
+                })?,
+            },
+            project_queue_max: match var("WHARF_PROJECT_QUEUE_MAX") {
+                None => 1_000,
+                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid("WHARF_PROJECT_QUEUE_MAX", "expected a positive integer")
+                })?,
             },
             max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
                 None => 1 << 30,
@@ -266,6 +333,17 @@ mod tests {
         assert_eq!(s.presign_ttl, Duration::from_secs(300));
         assert_eq!(s.worker_concurrency, 4);
         assert_eq!(s.max_run_bytes, 1 << 30);
+        assert_eq!(s.max_row_bytes, 1 << 20);
+        assert_eq!(s.body_timeout, Duration::from_secs(30));
+        assert_eq!(s.project_ingests, 4);
+        assert_eq!(
+            s.rate_limit,
+            Some(RateLimit {
+                per_second: 50,
+                burst: 100
+            })
+        );
+        assert_eq!(s.project_queue_max, 1_000);
         assert_eq!(
             s.signing_keys
                 .iter()
@@ -308,5 +386,15 @@ mod tests {
         assert_eq!(parse_bytes("10MB"), Some(10_000_000));
         assert_eq!(parse_bytes("12"), Some(12));
         assert_eq!(parse_bytes("1 parsec"), None);
+        assert_eq!(parse_rate_limit("0"), Some(None));
+        assert_eq!(
+            parse_rate_limit("10/s"),
+            Some(Some(RateLimit {
+                per_second: 10,
+                burst: 10
+            }))
+        );
+        assert_eq!(parse_rate_limit("10"), None);
+        assert_eq!(parse_rate_limit("0/s,5"), None);
     }
 }

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     ExportExpired,
     PayloadTooLarge,
     UnsupportedMediaType,
+    MethodNotAllowed,
+    RequestTimeout,
     RateLimited,
     ServiceUnavailable,
     Internal,
@@ -36,6 +38,8 @@ impl ErrorCode {
             ErrorCode::ExportExpired => "EXPORT_EXPIRED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
@@ -59,8 +63,17 @@ pub enum Error {
     Conflict(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// One row over `WHARF_MAX_ROW_BYTES`; the message names its line.
+    #[error("{0}")]
+    RowTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A body stalled for `WHARF_BODY_TIMEOUT`.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// A limit on the rate or the number of things in flight; retry after that many seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
     #[error("Export is not yet completed")]
@@ -93,8 +106,10 @@ impl Error {
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Conflict(_) => ErrorCode::Conflict,
-            Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::PayloadTooLarge { .. } | Error::RowTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Error::ExportNotReady => ErrorCode::ExportNotReady,
             Error::ExportFailed(_) => ErrorCode::ExportFailed,
@@ -103,6 +118,15 @@ impl Error {
             Error::Database(e) if is_unavailable(e) => ErrorCode::ServiceUnavailable,
             Error::Storage(e) if e.is_unavailable() => ErrorCode::ServiceUnavailable,
             Error::Database(_) | Error::Storage(_) | Error::Unexpected(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`), for the codes that have it.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            _ if self.code() == ErrorCode::ServiceUnavailable => Some(5),
+            _ => None,
         }
     }
 

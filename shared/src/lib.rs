@@ -5,7 +5,10 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod export;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
+pub mod json;
 pub mod queue;
 pub mod repo;
 pub mod signing;

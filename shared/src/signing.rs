@@ -58,6 +58,21 @@ pub fn signed_url(
     Some((url, expires_at))
 }
 
+/// Seconds a link's expiry may lie beyond now + `WHARF_LINK_TTL` (clocks of API processes).
+pub const CLOCK_SKEW_SECS: i64 = 5;
+
+/// The printed form of a link's parts: `expires` plain decimal digits (no sign, no leading
+/// zero), `sig` 64 lowercase hex digits. Any other spelling of the same values is refused.
+pub fn is_canonical(expires: &str, sig: &str) -> bool {
+    let plain_decimal = !expires.is_empty()
+        && expires.len() <= 19
+        && expires.bytes().all(|b| b.is_ascii_digit())
+        && (expires == "0" || !expires.starts_with('0'));
+    let lower_hex =
+        sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    plain_decimal && lower_hex
+}
+
 /// Constant-time check of `sig` (hex) under the key named `kid`. Expiry is the caller's.
 pub fn verify(keys: &[SigningKey], kid: &str, sig: &str, c: &LinkClaims<'_>) -> bool {
     let Some(key) = keys.iter().find(|k| k.kid == kid) else {
@@ -119,5 +134,16 @@ mod tests {
         ));
         assert!(!verify(&keys, "gone", &sig, &c));
         assert!(!verify(&keys, "old", "zz", &c));
+    }
+
+    #[test]
+    fn only_the_printed_form_is_canonical() {
+        let sig = "ab".repeat(32);
+        assert!(is_canonical("1700000000", &sig));
+        assert!(!is_canonical("01700000000", &sig));
+        assert!(!is_canonical("+1700000000", &sig));
+        assert!(!is_canonical("1700000000", &sig.to_uppercase()));
+        assert!(!is_canonical("1700000000", &sig[..62]));
+        assert!(!is_canonical("", &sig));
     }
 }

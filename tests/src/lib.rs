@@ -1,6 +1,8 @@
 //! The end-to-end test harness: the API in process on a random port, against a fresh database
 //! (from `#[sqlx::test]`), its own S3 bucket, and the local Redis.
 
+pub mod process;
+
 use std::net::TcpListener;
 
 use reqwest::{Client, Response};
@@ -87,7 +89,9 @@ pub async fn spawn_app_on(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
         "http://127.0.0.1:{}",
         listener.local_addr().expect("addr").port()
     );
+    // No rate limit unless a test asks for one: tests poll hard on purpose.
     let mut all: Vec<(&str, &str)> = vec![
+        ("WHARF_RATE_LIMIT", "0"),
         ("WHARF_LISTEN", "127.0.0.1:0"),
         ("WHARF_QUEUE", &queue),
         ("WHARF_PUBLIC_URL", &public),
@@ -752,15 +756,7 @@ pub fn worker_command(
 
 /// The `wharf-worker` binary built beside this test binary (`cargo test --workspace` builds it).
 pub fn worker_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("wharf-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test (it builds the binaries first)",
-        bin.display()
-    );
-    bin
+    process::binary("wharf-worker")
 }
 
 impl TestApp {

@@ -55,7 +55,7 @@ impl KadoaQuery {
         put("sortBy", self.sort_by.clone().map(Value::String));
         put("order", self.order.clone().map(Value::String));
         if let Some(f) = &self.filters {
-            let v: Value = serde_json::from_str(f)
+            let v: Value = wharf_shared::json::parse(f.as_bytes())
                 .map_err(|e| Error::invalid(format!("filters: not a JSON array: {e}")))?;
             put("filters", Some(v));
         }
@@ -196,9 +196,14 @@ fn project_export_id(raw: &str) -> Option<uuid::Uuid> {
 /// snake_case codes. `X-Operation-Key` and `X-Operation-Run-Id` are echoed.
 #[utoipa::path(get, path = "/projects/{project}/export/download/{exportId}", tag = "compat",
     params(("project" = String, Path, description = "Project slug"), ("exportId" = String, Path, description = "exp_<32 hex> or a UUID")),
-    responses((status = 200, description = "The file"),
-        (status = 404, description = "{\"ok\": false, \"data\": null, \"error\": {\"code\": \"not_found\", ...}, \"request_id\", \"meta\"}"),
-        (status = 410, description = "export_expired in the same envelope")))]
+    responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 401, body = ProjectErrorEnvelope), (status = 403, body = ProjectErrorEnvelope),
+        (status = 404, description = "Unknown project or export (not_found)", body = ProjectErrorEnvelope),
+        (status = 409, description = "export_not_ready, export_failed or export_cancelled", body = ProjectErrorEnvelope),
+        (status = 410, description = "export_expired", body = ProjectErrorEnvelope),
+        (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
+        (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
 #[get("/projects/{project}/export/download/{exportId}")]
 pub async fn project_download(
     req: HttpRequest,
@@ -228,7 +233,11 @@ async fn project_download_inner(
         .filter(|k| !k.is_empty())
         .ok_or(Error::Unauthorized)?;
     let principal = auth::authenticate(&state.pool, &key).await?;
+    state.limiter.check(principal.key_id)?;
     principal.require(Scope::Read)?;
+    if project.contains('\0') {
+        return Err(Error::invalid("project: text may not contain the NUL character (U+0000)").into());
+    }
     let owner = projects::get_by_slug(&state.pool, project).await?;
     if owner.map(|p| p.id) != Some(principal.project_id) {
         return Err(Error::NotFound("project").into());
@@ -238,6 +247,24 @@ async fn project_download_inner(
         .await?
         .ok_or(Error::NotFound("export"))?;
     stream(state, req, &rec).await
+}
+
+/// The project-scoped routes' error envelope (codes in snake_case).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectErrorEnvelope {
+    /// Always false.
+    pub ok: bool,
+    /// Always null.
+    #[schema(value_type = Option<String>)]
+    pub data: Option<()>,
+    pub error: crate::error::ErrorBody,
+    pub request_id: String,
+    pub meta: ProjectMeta,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectMeta {
+    pub generated_at: String,
 }
 
 fn project_error(e: &Error) -> HttpResponse {

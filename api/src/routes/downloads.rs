@@ -43,8 +43,11 @@ fn meta_of(rec: &ExportRecord) -> ObjectMeta {
     params(("exportId" = uuid::Uuid, Path), DownloadQuery),
     responses((status = 302, description = "Location: a presigned S3 GET URL (WHARF_PRESIGN_TTL)"),
         (status = 200, description = "The file (mode=stream)"), (status = 206, description = "A byte range"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
+        (status = 429, body = crate::error::ErrorEnvelope),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
         (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
         (status = 410, description = "EXPORT_EXPIRED", body = crate::error::ErrorEnvelope),
         (status = 416, body = crate::error::ErrorEnvelope)))]
@@ -90,8 +93,11 @@ pub struct FileQuery {
 #[utoipa::path(get, path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
     params(("exportId" = uuid::Uuid, Path), FileQuery),
     responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
-        (status = 403, description = "Bad or expired signature", body = crate::error::ErrorEnvelope),
-        (status = 410, description = "The artifact itself expired", body = crate::error::ErrorEnvelope)))]
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 403, description = "Bad, non-canonical or expired signature", body = crate::error::ErrorEnvelope),
+        (status = 410, description = "The artifact itself expired", body = crate::error::ErrorEnvelope),
+        (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
+        (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
 #[route("/v1/exports/{exportId}/file", method = "GET", method = "HEAD")]
 pub async fn signed_file(
     req: HttpRequest,
@@ -99,28 +105,38 @@ pub async fn signed_file(
     path: web::Path<String>,
     query: web::Query<FileQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let rec = verify_link(&state, &path, &query).await?;
+    let rec = verify_link(&state, &path, &query, req.query_string()).await?;
     stream(&state, &req, &rec).await
 }
 
-/// Every failure is the same 403, so a link reveals nothing about other exports.
+/// Every failure is the same 403, so a link reveals nothing about other exports. Only the
+/// form the API prints verifies: the id hyphenated in lowercase, `expires` as plain decimal
+/// digits, `sig` as 64 lowercase hex digits, the three parameters alone and in that order,
+/// and an expiry no further ahead than `WHARF_LINK_TTL`.
 async fn verify_link(
     state: &AppState,
     raw_id: &str,
     q: &FileQuery,
+    raw_query: &str,
 ) -> Result<ExportRecord, ApiError> {
     let forbidden = || Error::Forbidden("invalid or expired download link".into());
     let id = uuid::Uuid::parse_str(raw_id).map_err(|_| forbidden())?;
-    let expires: i64 = q
-        .expires
-        .as_deref()
-        .and_then(|e| e.parse().ok())
-        .ok_or_else(forbidden)?;
-    let (kid, sig) = q
-        .kid
-        .as_deref()
-        .zip(q.sig.as_deref())
-        .ok_or_else(forbidden)?;
+    let (Some(expires_raw), Some(kid), Some(sig)) =
+        (q.expires.as_deref(), q.kid.as_deref(), q.sig.as_deref())
+    else {
+        return Err(forbidden().into());
+    };
+    let canonical = id.to_string() == raw_id
+        && raw_query == format!("expires={expires_raw}&kid={kid}&sig={sig}")
+        && signing::is_canonical(expires_raw, sig);
+    if !canonical {
+        return Err(forbidden().into());
+    }
+    let expires: i64 = expires_raw.parse().map_err(|_| forbidden())?;
+    let ttl = state.settings.link_ttl.as_secs() as i64;
+    if expires > Utc::now().timestamp() + ttl + signing::CLOCK_SKEW_SECS {
+        return Err(forbidden().into());
+    }
     let rec = exports::get_any(&state.pool, id)
         .await?
         .ok_or_else(forbidden)?;
@@ -193,14 +209,33 @@ pub async fn stream(
     let meta = meta_of(rec);
     let header_str =
         |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if header_str(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    if let Some(v) = header_str(header::IF_MATCH) {
+        // Strong comparison: a weak tag never matches (RFC 9110, 13.1.1).
+        if !v.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            let mut res = envelope_response(
+                ErrorCode::InvalidRequest,
+                format!("If-Match: the file's ETag is {etag}"),
+            );
+            *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+            return Ok(res);
+        }
+    }
+    if header_str(header::IF_NONE_MATCH).is_some_and(|v| {
+        // Weak comparison (RFC 9110, 13.1.2): W/"x" matches "x".
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    }) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
             .finish());
     }
-    let (status, range) = match parse_range(header_str(header::RANGE), size) {
+    // If-Range with anything but the current strong ETag: the whole file, not a stale part.
+    let range_header = match header_str(header::IF_RANGE) {
+        Some(tag) if tag.trim() != etag => None,
+        _ => header_str(header::RANGE),
+    };
+    let (status, range) = match parse_range(range_header, size) {
         Range::Full => (StatusCode::OK, None),
         Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
         Range::Unsatisfiable => {

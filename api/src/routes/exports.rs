@@ -182,7 +182,7 @@ fn parse_body(
             Error::UnsupportedMediaType("Content-Type must be application/json".into()).into(),
         );
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
+    let value = wharf_shared::json::parse(body)
         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
     let parsed = crate::json::from_value(value.clone())?;
     Ok((parsed, value))
@@ -217,6 +217,7 @@ pub async fn create_export(
         request_hash: &hash,
         request_id: &request_id,
         max_attempts: state.settings.max_attempts,
+        queue_max: state.settings.project_queue_max,
     };
     let created = exports::create(&state.pool, new).await?;
     if let Created::New(rec) = &created {
@@ -257,7 +258,8 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
         (status = 409, body = crate::error::ErrorEnvelope), (status = 413, body = crate::error::ErrorEnvelope),
-        (status = 415, body = crate::error::ErrorEnvelope)))]
+        (status = 415, body = crate::error::ErrorEnvelope),
+        (status = 429, description = "WHARF_RATE_LIMIT, or WHARF_PROJECT_QUEUE_MAX exports already queued (Retry-After)", body = crate::error::ErrorEnvelope)))]
 #[post("/v1/workflows/{workflowId}/exports")]
 pub async fn post_export(
     auth: Auth,

@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::openapi_json)
         .service(projects::create_project)
         .service(keys::create_key)
+        .service(keys::list_keys)
         .service(keys::revoke_key)
         .service(workflows::create_workflow)
         .service(workflows::list_workflows)

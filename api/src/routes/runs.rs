@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
-use wharf_shared::ingest::{BodyFormat, ingest_run};
+use wharf_shared::ingest::{BodyFormat, IngestLimits, ingest_run};
 use wharf_shared::repo::runs::{self, Run};
 
 use super::workflows::find;
@@ -60,8 +60,11 @@ fn body_format(req: &HttpRequest) -> Result<BodyFormat, Error> {
             (String = "text/csv"))),
     responses((status = 201, body = RunDto), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope), (status = 413, body = crate::error::ErrorEnvelope),
-        (status = 415, body = crate::error::ErrorEnvelope)))]
+        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 408, description = "The body sent nothing for WHARF_BODY_TIMEOUT", body = crate::error::ErrorEnvelope),
+        (status = 413, description = "The body is over WHARF_MAX_RUN_BYTES, or one row over WHARF_MAX_ROW_BYTES (the message names its line)", body = crate::error::ErrorEnvelope),
+        (status = 415, body = crate::error::ErrorEnvelope),
+        (status = 429, description = "WHARF_RATE_LIMIT, or WHARF_PROJECT_INGESTS uploads of this project already running", body = crate::error::ErrorEnvelope)))]
 #[post("/v1/workflows/{workflowId}/runs")]
 pub async fn create_run(
     auth: Auth,
@@ -81,8 +84,14 @@ pub async fn create_run(
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::PayloadTooLarge { limit }.into());
     }
+    let _slot = state.ingest_slots.acquire(principal.project_id)?;
+    let limits = IngestLimits {
+        max_body: limit,
+        max_row: state.settings.max_row_bytes,
+        body_timeout: state.settings.body_timeout,
+    };
     let started = std::time::Instant::now();
-    let run = ingest_run(&state.pool, &wf, format, body, limit).await?;
+    let run = ingest_run(&state.ingest_pool, &wf, format, body, limits).await?;
     tracing::info!(workflow_id = %wf.id, run_id = %run.id, rows = run.row_count,
         ms = started.elapsed().as_millis() as u64, "run ingested");
     Ok(HttpResponse::Created().json(RunDto::from(run)))

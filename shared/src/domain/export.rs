@@ -307,15 +307,29 @@ fn check_value(ty: FieldType, v: &Value) -> std::result::Result<(), String> {
         FieldType::Integer => v.is_i64(),
         FieldType::Number => v.is_number(),
         FieldType::Boolean => v.is_boolean(),
-        FieldType::Timestamp => v
-            .as_str()
-            .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        FieldType::Timestamp => match v.as_str() {
+            Some(s) => return crate::ingest::parse_timestamp(s).map(|_| ()),
+            None => false,
+        },
         FieldType::Json => !v.is_null(),
     };
+    if ok && has_nul(v) {
+        return Err("text may not contain the NUL character (U+0000)".into());
+    }
     if ok {
         Ok(())
     } else {
         Err(format!("expected a value of type {}, got {v}", ty.as_str()))
+    }
+}
+
+/// U+0000 anywhere in a value (PostgreSQL cannot take it).
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -334,6 +348,7 @@ pub fn file_name(
     };
     let base: String = workflow_name
         .chars()
+        .filter(|c| !is_format_char(*c))
         .map(|c| {
             if c.is_control() || matches!(c, '/' | '\\' | '"' | ':' | '*' | '?' | '<' | '>' | '|') {
                 '_'
@@ -354,8 +369,22 @@ pub fn file_name(
     format!("{base}-{date}.{ext}{gz}")
 }
 
+/// Invisible characters that change how a name is shown (Unicode category Cf: bidirectional
+/// overrides and isolates, zero-width joiners and spaces, the BOM, tag characters...).
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+        | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
 /// `attachment; filename="ascii"; filename*=UTF-8''percent-encoded` (RFC 6266 / 5987).
 pub fn content_disposition(file_name: &str) -> String {
+    let shown: String = file_name.chars().filter(|c| !is_format_char(*c)).collect();
+    let file_name = shown.as_str();
     let ascii: String = file_name
         .chars()
         .map(|c| {
@@ -481,5 +510,18 @@ mod tests {
             d.contains("filename*=UTF-8''%C3%91and%C3%BA%20%E4%BB%B7%E6%A0%BC-2024-01-01.csv"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn format_characters_cannot_spoof_the_name() {
+        let name = file_name(
+            "invoice\u{202E}fdp.exe\u{200B}",
+            chrono::NaiveDate::MIN,
+            Format::Csv,
+            Compression::None,
+        );
+        assert!(name.starts_with("invoicefdp.exe-"), "{name}");
+        let d = content_disposition("a\u{2066}b.csv");
+        assert_eq!(d, "attachment; filename=\"ab.csv\"");
     }
 }

@@ -2,11 +2,12 @@
 //! and COPY text flows to PostgreSQL as it is produced. Memory is bounded by the channel sizes,
 //! never by the body.
 
-mod parse;
-mod values;
-mod writer;
+pub(crate) mod parse;
+pub(crate) mod values;
+pub(crate) mod writer;
 
 use std::io::Read;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
@@ -17,7 +18,19 @@ use crate::domain::ids::new_id;
 use crate::error::{Error, Result};
 use crate::repo::runs::{self, Run, RunFeed};
 use crate::repo::workflows::Workflow;
-pub use writer::RowError;
+pub use values::parse_timestamp;
+pub use writer::{FirstId, RowError, WideRows};
+
+/// The limits one upload is held to (API.md, Limits).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// The whole body (`WHARF_MAX_RUN_BYTES`).
+    pub max_body: u64,
+    /// One NDJSON line, CSV record or JSON-array element (`WHARF_MAX_ROW_BYTES`).
+    pub max_row: usize,
+    /// Longest wait for the next body chunk (`WHARF_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
+}
 
 /// The media types a run body may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +59,14 @@ const CHUNKS_IN_FLIGHT: usize = 16;
 /// COPY batches (256 KiB each) in flight between the parser and PostgreSQL.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// Stores one run from a streamed body, all-or-nothing.
+/// Stores one run from a streamed body, all-or-nothing. The database connection and the
+/// workflow's lock are taken only once the first batch of rows has been parsed and checked.
 pub async fn ingest_run<S, E>(
     pool: &PgPool,
     wf: &Workflow,
     format: BodyFormat,
     body: S,
-    limit: u64,
+    limits: IngestLimits,
 ) -> Result<Run>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -61,35 +75,48 @@ where
     let run_id = new_id();
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
+    let (ask_tx, ask_rx) = oneshot::channel();
     let (first_tx, first_rx) = oneshot::channel();
     let (verdict_tx, verdict_rx) = oneshot::channel();
     let fields = wf.fields.clone();
+    let wide = WideRows::default();
+    let parser_wide = wide.clone();
+    let max_row = limits.max_row;
     let parser = tokio::task::spawn_blocking(move || {
-        let first_id = first_rx.blocking_recv().map_err(|_| RowError::Aborted)?;
+        let first_id = FirstId {
+            ask: Some(ask_tx),
+            answer: first_rx,
+        };
         let mut w = writer::RowWriter::new(&fields, run_id, first_id, batch_tx);
+        w.wide = parser_wide;
         let reader = ChunkReader {
             rx: chunk_rx,
             cur: Bytes::new(),
         };
         match format {
-            BodyFormat::Ndjson => parse::ndjson(reader, &mut w)?,
-            BodyFormat::JsonArray => parse::json_array(reader, &mut w)?,
-            BodyFormat::Csv => parse::csv(reader, &mut w)?,
+            BodyFormat::Ndjson => parse::ndjson(reader, &mut w, max_row)?,
+            BodyFormat::JsonArray => parse::json_array(reader, &mut w, max_row)?,
+            BodyFormat::Csv => parse::csv(reader, &mut w, max_row)?,
         }
         w.finish()
     });
     let feed = RunFeed {
+        ask: ask_rx,
         first_row_id: first_tx,
         batches: batch_rx,
         verdict: verdict_rx,
+        wide,
     };
     let input = async move {
-        let pumped = pump(body, chunk_tx, limit).await;
+        let pumped = pump(body, chunk_tx, limits).await;
         let parsed = parser.await.map_err(|e| Error::Unexpected(e.into()));
         let verdict = match (pumped, parsed) {
             (Err(e), _) => Err(e),
             (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(Err(RowError::Bad(msg)))) => Err(Error::Invalid(msg)),
+            (Ok(()), Ok(Err(e @ RowError::TooLarge { .. }))) => {
+                Err(Error::RowTooLarge(e.to_string()))
+            }
             (Ok(()), Ok(Err(RowError::Aborted))) => {
                 Err(Error::Unexpected(anyhow::anyhow!("ingest aborted")))
             }
@@ -103,7 +130,15 @@ where
     let (stored, verdict) = futures::join!(runs::copy_run(pool, wf, run_id, feed), input);
     match (verdict, stored) {
         // The input's own fault (bad row, too large) explains a failure better than the COPY's.
-        (Err(e @ (Error::Invalid(_) | Error::PayloadTooLarge { .. })), _) => Err(e),
+        (
+            Err(
+                e @ (Error::Invalid(_)
+                | Error::PayloadTooLarge { .. }
+                | Error::RowTooLarge(_)
+                | Error::RequestTimeout(_)),
+            ),
+            _,
+        ) => Err(e),
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
         (Ok(_), Ok(Some(run))) => Ok(run),
@@ -111,19 +146,30 @@ where
     }
 }
 
-/// Moves body chunks to the parser, enforcing the size limit.
-async fn pump<S, E>(mut body: S, tx: mpsc::Sender<Bytes>, limit: u64) -> Result<()>
+/// Moves body chunks to the parser, enforcing the size limit and the stall timeout.
+async fn pump<S, E>(mut body: S, tx: mpsc::Sender<Bytes>, limits: IngestLimits) -> Result<()>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut total: u64 = 0;
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(limits.body_timeout, body.next())
+            .await
+            .map_err(|_| {
+                Error::RequestTimeout(format!(
+                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT); nothing was stored",
+                    limits.body_timeout.as_secs_f64()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| Error::invalid(format!("request body could not be read: {e}")))?;
         total += chunk.len() as u64;
-        if total > limit {
-            return Err(Error::PayloadTooLarge { limit });
+        if total > limits.max_body {
+            return Err(Error::PayloadTooLarge {
+                limit: limits.max_body,
+            });
         }
         if tx.send(chunk).await.is_err() {
             // The parser stopped (a bad row, or the database went away); its verdict explains.

@@ -1,7 +1,6 @@
 //! Checks one value against its field's type and writes it in PostgreSQL's COPY text format.
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
-use serde_json::Value;
 
 use crate::domain::schema::FieldType;
 
@@ -33,34 +32,45 @@ pub fn push_text(buf: &mut Vec<u8>, s: &str) -> Result<(), ValueError> {
 
 pub const NULL: &[u8] = b"\\N";
 
-/// A JSON value (from NDJSON or a JSON array) for a field of type `ty`.
-pub fn push_json_value(buf: &mut Vec<u8>, ty: FieldType, v: &Value) -> Result<(), ValueError> {
-    match (ty, v) {
-        (FieldType::String, Value::String(s)) => push_text(buf, s),
-        (FieldType::Integer, Value::Number(n)) => match n.as_i64() {
-            Some(i) => {
-                buf.extend_from_slice(i.to_string().as_bytes());
+/// A JSON value as its raw text (from NDJSON or a JSON array) for a field of type `ty`.
+/// Numbers are parsed from their text (correctly rounded); `json` values are stored as their
+/// text, so PostgreSQL's `jsonb` keeps every digit.
+pub fn push_raw_value(buf: &mut Vec<u8>, ty: FieldType, raw: &str) -> Result<(), ValueError> {
+    let first = raw.as_bytes().first().copied().unwrap_or(b'n');
+    match (ty, first) {
+        (FieldType::Json, _) => push_json_text(buf, raw),
+        (FieldType::String, b'"') => push_text(buf, &json_string(raw)?),
+        (FieldType::Timestamp, b'"') => push_timestamp(buf, &json_string(raw)?),
+        (FieldType::Integer, b'-' | b'0'..=b'9') => match raw.parse::<i64>() {
+            Ok(i) => {
+                buf.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
                 Ok(())
             }
-            None if n.is_f64() => Err(format!("expected an integer, got {n}")),
-            None => Err(format!("integer {n} is out of range (64-bit signed)")),
+            Err(_) if raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
+                Err(format!("expected an integer, got {}", short(raw)))
+            }
+            Err(_) => Err(format!("integer {} is out of range (64-bit signed)", short(raw))),
         },
-        (FieldType::Number, Value::Number(n)) => match n.as_f64() {
-            Some(f) => push_float(buf, f),
-            None => Err(format!("number {n} is out of range")),
+        (FieldType::Number, b'-' | b'0'..=b'9') => match raw.parse::<f64>() {
+            Ok(f) if f.is_finite() => push_float(buf, f),
+            _ => Err(format!("number {} is out of range", short(raw))),
         },
-        (FieldType::Boolean, Value::Bool(b)) => {
-            buf.push(if *b { b't' } else { b'f' });
+        (FieldType::Boolean, b't' | b'f') => {
+            buf.push(first);
             Ok(())
         }
-        (FieldType::Timestamp, Value::String(s)) => push_timestamp(buf, s),
-        (FieldType::Json, v) => {
-            check_no_nul(v)?;
-            let text = serde_json::to_string(v).map_err(|e| e.to_string())?;
-            push_text(buf, &text)
-        }
-        (ty, v) => Err(format!("expected {}, got {}", describe(ty), kind_of(v))),
+        (ty, _) => Err(format!("expected {}, got {}", describe(ty), kind_of(first))),
     }
+}
+
+fn json_string(raw: &str) -> Result<String, ValueError> {
+    serde_json::from_str::<String>(raw).map_err(|e| crate::json::describe(&e))
+}
+
+/// A `json` field's text: checked strictly (duplicate keys, NUL, depth), stored verbatim.
+fn push_json_text(buf: &mut Vec<u8>, raw: &str) -> Result<(), ValueError> {
+    crate::json::check(raw)?;
+    push_text(buf, raw)
 }
 
 /// A CSV cell (never empty: empty cells are nulls) for a field of type `ty`.
@@ -93,13 +103,12 @@ pub fn push_csv_value(buf: &mut Vec<u8>, ty: FieldType, s: &str) -> Result<(), V
         }
         FieldType::Timestamp => push_timestamp(buf, s.trim()),
         FieldType::Json => {
-            let v: Value = serde_json::from_str(s)
-                .map_err(|_| format!("expected a JSON value, got \"{}\"", short(s)))?;
-            if v.is_null() {
+            if s.trim() == "null" {
                 buf.extend_from_slice(NULL);
                 return Ok(());
             }
-            push_json_value(buf, FieldType::Json, &v)
+            push_json_text(buf, s.trim())
+                .map_err(|e| format!("expected a JSON value, got \"{}\": {e}", short(s)))
         }
     }
 }
@@ -114,34 +123,30 @@ fn push_float(buf: &mut Vec<u8>, f: f64) -> Result<(), ValueError> {
 }
 
 fn push_timestamp(buf: &mut Vec<u8>, s: &str) -> Result<(), ValueError> {
-    let t: DateTime<Utc> = DateTime::parse_from_rfc3339(s)
-        .map_err(|_| format!("expected an RFC 3339 timestamp, got \"{}\"", short(s)))?
-        .with_timezone(&Utc);
-    if t.year() < 1 {
-        return Err(format!("timestamp \"{}\" is before year 1", short(s)));
-    }
+    let t = parse_timestamp(s)?;
     buf.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
     Ok(())
 }
 
-fn check_no_nul(v: &Value) -> Result<(), ValueError> {
-    let bad = match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => return a.iter().try_for_each(check_no_nul),
-        Value::Object(o) => {
-            if o.keys().any(|k| k.contains('\0')) {
-                true
-            } else {
-                return o.values().try_for_each(check_no_nul);
-            }
-        }
-        _ => false,
-    };
-    if bad {
-        Err("JSON text may not contain the NUL character (U+0000)".into())
-    } else {
-        Ok(())
+/// An RFC 3339 timestamp within 0001-01-01 and 9999-12-31 UTC (API.md, Limits). A leap second
+/// (`:60`) is refused: PostgreSQL would store it as the next minute, changing the value.
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, ValueError> {
+    let t: DateTime<Utc> = DateTime::parse_from_rfc3339(s)
+        .map_err(|_| format!("expected an RFC 3339 timestamp, got \"{}\"", short(s)))?
+        .with_timezone(&Utc);
+    if !(1..=9999).contains(&t.year()) {
+        return Err(format!(
+            "timestamp \"{}\" is outside 0001-01-01 to 9999-12-31 UTC",
+            short(s)
+        ));
     }
+    if t.timestamp_subsec_nanos() >= 1_000_000_000 {
+        return Err(format!(
+            "timestamp \"{}\" is a leap second, which cannot be stored",
+            short(s)
+        ));
+    }
+    Ok(t)
 }
 
 fn describe(ty: FieldType) -> &'static str {
@@ -155,14 +160,15 @@ fn describe(ty: FieldType) -> &'static str {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What a JSON value is, from its first byte.
+fn kind_of(first: u8) -> &'static str {
+    match first {
+        b'n' => "null",
+        b't' | b'f' => "a boolean",
+        b'"' => "a string",
+        b'[' => "an array",
+        b'{' => "an object",
+        _ => "a number",
     }
 }
 
@@ -173,11 +179,11 @@ fn short(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn json_cell(ty: FieldType, v: Value) -> Result<String, ValueError> {
         let mut buf = Vec::new();
-        push_json_value(&mut buf, ty, &v)?;
+        push_raw_value(&mut buf, ty, &v.to_string())?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
@@ -243,6 +249,29 @@ mod tests {
         assert_eq!(buf, b"t7");
         assert!(push_csv_value(&mut buf, FieldType::Number, "NaN").is_err());
         assert!(push_csv_value(&mut buf, FieldType::Integer, "7.5").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn timestamps_stay_in_range_and_exact() {
+        let year_10000 = json_cell(FieldType::Timestamp, json!("9999-12-31T23:59:59-14:00"));
+        assert!(year_10000.is_err_and(|e| e.contains("outside 0001-01-01")));
+        let leap = json_cell(FieldType::Timestamp, json!("2016-12-31T23:59:60Z"));
+        assert!(leap.is_err_and(|e| e.contains("leap second")));
+        assert!(json_cell(FieldType::Timestamp, json!("0001-01-01T00:00:00Z")).is_ok());
+    }
+
+    #[test]
+    fn numbers_keep_their_value() -> Result<(), ValueError> {
+        let mut buf = Vec::new();
+        push_raw_value(&mut buf, FieldType::Number, "123456789.12345679")?;
+        assert_eq!(buf, b"123456789.12345679");
+        let mut buf = Vec::new();
+        let big = "{\"n\":123456789012345678901234567890123456789}";
+        push_raw_value(&mut buf, FieldType::Json, big)?;
+        assert_eq!(buf, big.as_bytes());
+        assert!(push_raw_value(&mut buf, FieldType::Json, "{\"a\":1,\"a\":2}").is_err());
+        assert!(push_raw_value(&mut buf, FieldType::Number, "1e400").is_err());
         Ok(())
     }
 }

@@ -1,12 +1,13 @@
 //! Turns validated rows into COPY text and hands it on in batches of bounded size.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
 
 use super::values::{self, NULL};
-use crate::domain::schema::{Field, printable};
+use crate::domain::schema::{Field, FieldType, printable};
 
 /// Where a row came from, for error messages.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +30,9 @@ impl std::fmt::Display for Loc {
 pub enum RowError {
     #[error("{0}")]
     Bad(String),
+    /// One row is larger than `WHARF_MAX_ROW_BYTES`.
+    #[error("{loc}: a row is larger than the limit of {limit} bytes (WHARF_MAX_ROW_BYTES)")]
+    TooLarge { loc: Loc, limit: usize },
     /// The consumer went away (the COPY failed or the request ended); not the row's fault.
     #[error("ingest aborted")]
     Aborted,
@@ -45,21 +49,45 @@ impl RowError {
 
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// PostgreSQL's largest heap tuple (8 KiB pages): a row wider than this after compression and
+/// out-of-line storage is "row is too big".
+const MAX_TUPLE: usize = 8160;
+/// Tuple header, `_id` and `run_id`.
+const TUPLE_BASE: usize = 24 + 8 + 16;
+/// An out-of-line (TOAST) pointer, and the least a compressed inline value can take.
+const TOAST_POINTER: usize = 18;
+const MIN_COMPRESSED: usize = 10;
+
+/// Rows that might be too wide for PostgreSQL (it depends on how well they compress): their
+/// COPY line (1-based row of the run) → where they came from, so a refusal can name the line.
+pub type WideRows = Arc<Mutex<HashMap<u64, Loc>>>;
+
+/// Asks for the run's first `_id` (which takes the workflow's lock) only once the first batch
+/// is ready, so an upload holds no database connection while its first rows trickle in.
+pub struct FirstId {
+    pub ask: Option<oneshot::Sender<()>>,
+    pub answer: oneshot::Receiver<i64>,
+}
+
 pub struct RowWriter<'a> {
     fields: &'a [Field],
     by_name: HashMap<&'a str, usize>,
     run_id: String,
+    first_id: Option<FirstId>,
     next_id: i64,
     rows: u64,
     buf: Vec<u8>,
+    /// Until the first id is known: where each buffered row starts (rows lack their `_id`).
+    pending: Vec<usize>,
     out: mpsc::Sender<Vec<u8>>,
+    pub wide: WideRows,
 }
 
 impl<'a> RowWriter<'a> {
     pub fn new(
         fields: &'a [Field],
         run_id: uuid::Uuid,
-        first_id: i64,
+        first_id: FirstId,
         out: mpsc::Sender<Vec<u8>>,
     ) -> Self {
         let by_name = fields
@@ -71,10 +99,13 @@ impl<'a> RowWriter<'a> {
             fields,
             by_name,
             run_id: run_id.to_string(),
-            next_id: first_id,
+            first_id: Some(first_id),
+            next_id: 0,
             rows: 0,
             buf: Vec::with_capacity(BATCH_BYTES + 64 * 1024),
+            pending: Vec::new(),
             out,
+            wide: WideRows::default(),
         }
     }
 
@@ -86,28 +117,29 @@ impl<'a> RowWriter<'a> {
         self.by_name.get(name).copied()
     }
 
-    /// One row given as a JSON object (NDJSON line or JSON array element).
-    pub fn write_object(&mut self, loc: Loc, obj: &Map<String, Value>) -> Result<(), RowError> {
-        let mut slots: Vec<Option<&Value>> = vec![None; self.fields.len()];
-        for (key, value) in obj {
-            let idx = self.field_index(key).ok_or_else(|| {
-                RowError::field(loc, key, "unknown field (not in the workflow's schema)")
-            })?;
-            slots[idx] = Some(value).filter(|v| !v.is_null());
-        }
+    /// One row given as JSON values (an NDJSON line or a JSON array element), by schema slot.
+    pub fn write_raw<T>(&mut self, loc: Loc, slots: &[Option<T>]) -> Result<(), RowError>
+    where
+        T: std::ops::Deref<Target = RawValue>,
+    {
         let start = self.begin_row();
+        let mut width = TuplWidth::default();
         for (field, slot) in self.fields.iter().zip(slots) {
             self.buf.push(b'\t');
-            let res = match slot {
-                Some(v) => values::push_json_value(&mut self.buf, field.field_type, v),
-                None => self.push_null(field),
+            let before = self.buf.len();
+            let res = match slot.as_deref().map(RawValue::get) {
+                Some(raw) if raw != "null" => {
+                    values::push_raw_value(&mut self.buf, field.field_type, raw)
+                }
+                _ => self.push_null(field),
             };
             if let Err(msg) = res {
                 self.buf.truncate(start);
                 return Err(RowError::field(loc, &field.name, msg));
             }
+            width.add(field.field_type, &self.buf[before..]);
         }
-        self.end_row()
+        self.end_row(loc, start, width)
     }
 
     /// One CSV record; `columns[i]` is the schema index of CSV column i.
@@ -122,8 +154,10 @@ impl<'a> RowWriter<'a> {
             slots[*idx] = Some(cell).filter(|c| !c.is_empty());
         }
         let start = self.begin_row();
+        let mut width = TuplWidth::default();
         for (field, slot) in self.fields.iter().zip(slots) {
             self.buf.push(b'\t');
+            let before = self.buf.len();
             let res = match slot {
                 Some(s) => values::push_csv_value(&mut self.buf, field.field_type, s),
                 None => self.push_null(field),
@@ -132,8 +166,9 @@ impl<'a> RowWriter<'a> {
                 self.buf.truncate(start);
                 return Err(RowError::field(loc, &field.name, msg));
             }
+            width.add(field.field_type, &self.buf[before..]);
         }
-        self.end_row()
+        self.end_row(loc, start, width)
     }
 
     fn push_null(&mut self, field: &Field) -> Result<(), String> {
@@ -144,26 +179,73 @@ impl<'a> RowWriter<'a> {
         Ok(())
     }
 
+    /// Starts a row: `_id<TAB>run_id`, or only `run_id` while the first id is not known yet.
     fn begin_row(&mut self) -> usize {
         let start = self.buf.len();
-        self.buf
-            .extend_from_slice(self.next_id.to_string().as_bytes());
-        self.buf.push(b'\t');
+        if self.first_id.is_none() {
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(self.next_id).as_bytes());
+            self.buf.push(b'\t');
+        } else {
+            self.pending.push(start);
+        }
         self.buf.extend_from_slice(self.run_id.as_bytes());
         start
     }
 
-    fn end_row(&mut self) -> Result<(), RowError> {
+    fn end_row(&mut self, loc: Loc, start: usize, width: TuplWidth) -> Result<(), RowError> {
+        let row = self.rows + 1;
+        if width.least > MAX_TUPLE {
+            self.buf.truncate(start);
+            return Err(RowError::at(
+                loc,
+                format!(
+                    "the row is too wide to store: at least {} bytes after compression and \
+                     out-of-line storage, over PostgreSQL's {MAX_TUPLE}-byte row limit \
+                     (too many long text or json fields)",
+                    width.least
+                ),
+            ));
+        }
+        if width.likely > MAX_TUPLE {
+            if let Ok(mut wide) = self.wide.lock() {
+                wide.insert(row, loc);
+            }
+        }
         self.buf.push(b'\n');
         self.next_id += 1;
-        self.rows += 1;
+        self.rows = row;
         if self.buf.len() >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Learns the first `_id` (once) and writes it into the rows buffered without one.
+    fn number_pending(&mut self) -> Result<(), RowError> {
+        let Some(FirstId { ask, answer }) = self.first_id.take() else {
+            return Ok(());
+        };
+        if let Some(ask) = ask {
+            ask.send(()).map_err(|_| RowError::Aborted)?;
+        }
+        let first = answer.blocking_recv().map_err(|_| RowError::Aborted)?;
+        let mut numbered = Vec::with_capacity(self.buf.len() + self.pending.len() * 12);
+        let starts = std::mem::take(&mut self.pending);
+        let mut id = itoa::Buffer::new();
+        for (i, start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(self.buf.len());
+            numbered.extend_from_slice(id.format(first + i as i64).as_bytes());
+            numbered.push(b'\t');
+            numbered.extend_from_slice(&self.buf[*start..end]);
+        }
+        self.buf = numbered;
+        self.next_id = first + starts.len() as i64;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), RowError> {
+        self.number_pending()?;
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -175,5 +257,39 @@ impl<'a> RowWriter<'a> {
     pub fn finish(mut self) -> Result<u64, RowError> {
         self.flush()?;
         Ok(self.rows)
+    }
+}
+
+/// What a row will take in a PostgreSQL heap tuple: `least` if every long value compresses
+/// very well, `likely` if none does (each long value then leaves an 18-byte TOAST pointer).
+struct TuplWidth {
+    least: usize,
+    likely: usize,
+}
+
+impl Default for TuplWidth {
+    fn default() -> Self {
+        TuplWidth {
+            least: TUPLE_BASE,
+            likely: TUPLE_BASE,
+        }
+    }
+}
+
+impl TuplWidth {
+    fn add(&mut self, ty: FieldType, copy_text: &[u8]) {
+        if copy_text == NULL {
+            return;
+        }
+        let (least, likely) = match ty {
+            FieldType::Integer | FieldType::Number | FieldType::Timestamp => (8, 8),
+            FieldType::Boolean => (1, 1),
+            FieldType::String | FieldType::Json => {
+                let len = copy_text.len() + if copy_text.len() < 127 { 1 } else { 4 };
+                (len.min(MIN_COMPRESSED), len.min(TOAST_POINTER))
+            }
+        };
+        self.least += least;
+        self.likely += likely;
     }
 }

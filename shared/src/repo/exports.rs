@@ -83,6 +83,8 @@ pub struct NewExport<'a> {
     pub request_hash: &'a str,
     pub request_id: &'a str,
     pub max_attempts: i32,
+    /// Exports QUEUED in the project at most (`WHARF_PROJECT_QUEUE_MAX`).
+    pub queue_max: i64,
 }
 
 pub enum Created {
@@ -133,6 +135,21 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
             }
             None => {}
         }
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = 'QUEUED'",
+    )
+    .bind(new.project_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if queued >= new.queue_max {
+        return Err(Error::RateLimited {
+            message: format!(
+                "this project already has {queued} exports waiting in the queue \
+                 (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
+            ),
+            retry_after: 10,
+        });
     }
     let id = new_id();
     sqlx::query(

@@ -30,6 +30,18 @@ pub fn connect_lazy(settings: &Settings) -> Result<PgPool> {
     Ok(pool_options().connect_lazy(settings.database_url.expose_secret())?)
 }
 
+/// Connections for run uploads, apart from `pool`'s (same server and credentials): an upload
+/// holds its connection for as long as its rows stream in, so uploads get a few of their own
+/// and wait for one rather than take what reads and status need.
+pub fn ingest_pool(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(INGEST_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+pub const INGEST_CONNECTIONS: u32 = 8;
+
 fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(20)

@@ -7,6 +7,7 @@ use super::workflows::Workflow;
 use super::{Page, paginate};
 use crate::domain::schema::Field;
 use crate::error::{Error, Result};
+use crate::ingest::WideRows;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Run {
@@ -37,12 +38,17 @@ pub async fn list(
 
 /// The channels that feed one run's rows into `copy_run`.
 pub struct RunFeed {
+    /// The parser asks for the first `_id` once its first batch is ready; until then no
+    /// connection is taken. Dropped without asking: the input failed before that.
+    pub ask: oneshot::Receiver<()>,
     /// Receives the `_id` of the run's first row once the workflow is locked.
     pub first_row_id: oneshot::Sender<i64>,
     /// COPY text batches, in order; closed when the input ends.
     pub batches: mpsc::Receiver<Vec<u8>>,
     /// The input's verdict: `Ok(rows)` commits, `Err` rolls back. Sent after `batches` closes.
     pub verdict: oneshot::Receiver<Result<u64, ()>>,
+    /// Rows that may be too wide for PostgreSQL, to name their line if it refuses one.
+    pub wide: WideRows,
 }
 
 /// Stores a run all-or-nothing: locks the workflow (runs into one workflow take turns, so ids
@@ -55,10 +61,15 @@ pub async fn copy_run(
     feed: RunFeed,
 ) -> Result<Option<Run>> {
     let RunFeed {
+        ask,
         first_row_id,
         mut batches,
         verdict,
+        wide,
     } = feed;
+    if ask.await.is_err() {
+        return Ok(None);
+    }
     let mut tx = pool.begin().await?;
     let next: i64 =
         sqlx::query_scalar("SELECT next_row_id FROM workflows WHERE id = $1 FOR UPDATE")
@@ -72,7 +83,7 @@ pub async fn copy_run(
     while let Some(batch) = batches.recv().await {
         if let Err(e) = copy.send(batch).await {
             drop(batches);
-            return Err(e.into());
+            return Err(refused_row(e, &wide));
         }
     }
     let rows = match verdict.await {
@@ -82,7 +93,7 @@ pub async fn copy_run(
             return Ok(None);
         }
     };
-    let copied = copy.finish().await?;
+    let copied = copy.finish().await.map_err(|e| refused_row(e, &wide))?;
     if copied != rows {
         return Err(Error::Unexpected(anyhow::anyhow!(
             "copied {copied} rows, parsed {rows}"
@@ -106,6 +117,33 @@ pub async fn copy_run(
     .await?;
     tx.commit().await?;
     Ok(Some(run))
+}
+
+/// PostgreSQL refusing a row that validation let through: "row is too big" (54000, a row too
+/// wide for one 8 KiB page after TOAST) is the client's input, named by its line; anything
+/// else stays an internal error.
+fn refused_row(e: sqlx::Error, wide: &WideRows) -> Error {
+    let Some(db) = e.as_database_error() else {
+        return e.into();
+    };
+    if db.code().as_deref() != Some("54000") {
+        return e.into();
+    }
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let row: Option<u64> = pg.and_then(|p| p.r#where()).and_then(|w| {
+        let after = w.split(", line ").nth(1)?;
+        after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    });
+    let loc = row.and_then(|r| wide.lock().ok()?.get(&r).copied());
+    let place = match (loc, row) {
+        (Some(loc), _) => loc.to_string(),
+        (None, Some(r)) => format!("row {r} of the run"),
+        (None, None) => "a row".into(),
+    };
+    Error::invalid(format!(
+        "{place}: the row is too wide to store (over PostgreSQL's 8160-byte row limit after \
+         compression and out-of-line storage: too many long text or json fields)"
+    ))
 }
 
 /// Only generated names: `rows_<hex>` and `c1..cn`.

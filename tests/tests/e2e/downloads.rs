@@ -178,6 +178,33 @@ async fn ranges_resume_to_the_same_sha256(pool: PgPool) {
         assert!(cr.ends_with(&format!("/{size}")), "{spec}: {cr}");
         assert_eq!(res.bytes().await.expect("body").to_vec(), want, "{spec}");
     }
+    // Conditional requests: a weak tag matches for If-None-Match; If-Range with a stale tag
+    // gets the whole file; a failed If-Match is 412.
+    let etag = format!("\"{}\"", status["sha256"].as_str().expect("sha"));
+    let conditional = |name: &'static str, value: String, range: Option<&'static str>| {
+        let mut rb = app
+            .client
+            .get(app.url(&path))
+            .header("x-api-key", &p.key)
+            .header(name, value);
+        if let Some(r) = range {
+            rb = rb.header("range", r);
+        }
+        async move { rb.send().await.expect("sent") }
+    };
+    let res = conditional("if-none-match", format!("W/{etag}"), None).await;
+    assert_eq!(res.status(), 304);
+    let res = conditional("if-range", "\"stale\"".into(), Some("bytes=0-9")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.expect("body").len(), size);
+    let res = conditional("if-range", etag.clone(), Some("bytes=0-9")).await;
+    assert_eq!(res.status(), 206);
+    let res = conditional("if-range", format!("W/{etag}"), Some("bytes=0-9")).await;
+    assert_eq!(res.status(), 200, "a weak tag never matches If-Range");
+    let res = conditional("if-match", "\"other\"".into(), None).await;
+    assert_envelope(res, 412).await;
+    let res = conditional("if-match", etag.clone(), None).await;
+    assert_eq!(res.status(), 200);
     for bad in [
         format!("bytes={size}-"),
         format!("bytes={}-{}", size + 5, size + 9),
@@ -299,6 +326,26 @@ async fn signed_links_resist_tampering_and_rotate(pool: PgPool) {
         app.url(&format!(
             "/v1/exports/not-a-uuid/file?expires={later}&kid=k1&sig={good}"
         )),
+        // The same values in another spelling: only the printed form verifies.
+        file(format!("0{later}"), "k1", &good),
+        file(format!("+{later}"), "k1", &good),
+        file(later.to_string(), "k1", &good.to_uppercase()),
+        app.url(&format!(
+            "/v1/exports/{}/file?expires={later}&kid=k1&sig={good}",
+            id.to_uppercase()
+        )),
+        app.url(&format!(
+            "/v1/exports/{id}/file?kid=k1&expires={later}&sig={good}"
+        )),
+        app.url(&format!(
+            "/v1/exports/{id}/file?expires={later}&kid=k1&sig={good}&x=1"
+        )),
+        // Validly signed, but further ahead than WHARF_LINK_TTL (1 h).
+        file(
+            (later + 86_400 * 365).to_string(),
+            "k1",
+            &sign(id, &wf, "json", later + 86_400 * 365, "k1", "test-secret-one").1,
+        ),
     ];
     for (i, u) in cases.iter().enumerate() {
         let res = reqwest::get(u).await.expect("sent");
