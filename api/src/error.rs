@@ -1,7 +1,7 @@
 //! The one place where domain error codes become HTTP statuses and the error envelope.
 
-use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -113,7 +113,8 @@ impl ResponseError for ApiError {
         }
         let mut res = envelope_response(code, self.0.public_message());
         if let Some(secs) = self.0.retry_after() {
-            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

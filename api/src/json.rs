@@ -103,7 +103,9 @@ impl FromRequest for JsonBody {
                         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}"))),
                     Err(e) => Err(e.0),
                 },
-                Err(e) => Err(Error::invalid(format!("request body could not be read: {e}"))),
+                Err(e) => Err(Error::invalid(format!(
+                    "request body could not be read: {e}"
+                ))),
             };
             Ok(JsonBody(parsed))
         })

@@ -98,12 +98,12 @@ impl IngestSlots {
 
 impl Drop for IngestSlot {
     fn drop(&mut self) {
-        if let Ok(mut busy) = self.busy.lock() {
-            if let Some(n) = busy.get_mut(&self.project) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    busy.remove(&self.project);
-                }
+        if let Ok(mut busy) = self.busy.lock()
+            && let Some(n) = busy.get_mut(&self.project)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.remove(&self.project);
             }
         }
     }
@@ -137,7 +137,10 @@ mod tests {
             assert!(limiter.check(key).is_ok());
         }
         let err = limiter.check(key);
-        assert!(matches!(err, Err(Error::RateLimited { retry_after: 1, .. })));
+        assert!(matches!(
+            err,
+            Err(Error::RateLimited { retry_after: 1, .. })
+        ));
         assert!(limiter.check(uuid::Uuid::now_v7()).is_ok());
         assert!(KeyLimiter::new(None).check(key).is_ok());
     }

@@ -84,18 +84,27 @@ impl Modify for CommonResponses {
             for op in ops.into_iter().flatten() {
                 let keyed = op.security.is_none() && !unkeyed;
                 let mut common = vec![
-                    ("400", "Malformed request or invalid parameters (the message names them)"),
+                    (
+                        "400",
+                        "Malformed request or invalid parameters (the message names them)",
+                    ),
                     ("414", "Request URI over 8 KiB"),
                     ("431", "More than 64 request headers"),
                 ];
                 if !unkeyed {
-                    common.push(("503", "A backing service is unavailable; retry (Retry-After)"));
+                    common.push((
+                        "503",
+                        "A backing service is unavailable; retry (Retry-After)",
+                    ));
                 }
                 if keyed {
                     common.extend([
                         ("401", "Missing, unknown or revoked API key"),
                         ("403", "The key lacks the scope this route needs"),
-                        ("429", "Over the key's rate limit (WHARF_RATE_LIMIT); see Retry-After"),
+                        (
+                            "429",
+                            "Over the key's rate limit (WHARF_RATE_LIMIT); see Retry-After",
+                        ),
                     ]);
                 }
                 if op.request_body.is_some() {
@@ -105,7 +114,11 @@ impl Modify for CommonResponses {
                     ]);
                 }
                 for (code, what) in common {
-                    let schema = if ["414", "431"].contains(&code) { "ErrorEnvelope" } else { schema };
+                    let schema = if ["414", "431"].contains(&code) {
+                        "ErrorEnvelope"
+                    } else {
+                        schema
+                    };
                     op.responses
                         .responses
                         .entry(code.to_string())

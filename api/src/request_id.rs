@@ -3,10 +3,10 @@
 //! (unknown route, wrong method) are rewritten into the envelope here, so every error has it.
 
 use actix_web::HttpMessage;
+use actix_web::HttpResponse;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;

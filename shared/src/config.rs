@@ -168,7 +168,10 @@ impl Settings {
                     .and_then(|n| usize::try_from(n).ok())
                     .filter(|n| *n >= 64)
                     .ok_or_else(|| {
-                        invalid("WHARF_MAX_ROW_BYTES", "expected e.g. 1MiB, 64KiB (at least 64)")
+                        invalid(
+                            "WHARF_MAX_ROW_BYTES",
+                            "expected e.g. 1MiB, 64KiB (at least 64)",
+                        )
                     })?,
             },
             body_timeout: duration_var(&var, "WHARF_BODY_TIMEOUT", "30s")?,
@@ -184,7 +187,10 @@ impl Settings {
                     burst: 100,
                 }),
                 Some(v) => parse_rate_limit(&v).ok_or_else(|| {
-                    invalid("WHARF_RATE_LIMIT", "expected RATE/s,BURST such as 50/s,100, or 0")
+                    invalid(
+                        "WHARF_RATE_LIMIT",
+                        "expected RATE/s,BURST such as 50/s,100, or 0",
+                    )
                 })?,
             },
             project_queue_max: match var("WHARF_PROJECT_QUEUE_MAX") {

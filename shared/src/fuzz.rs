@@ -128,10 +128,10 @@ proptest! {
             .map(|(f, op, v)| format!("{{\"field\": \"{f}\", \"op\": \"{op}\", \"value\": {v}}}"))
             .collect();
         for text in [format!("{{\"filters\": [{}]}}", filters.join(",")), body] {
-            if let Ok(value) = crate::json::parse(text.as_bytes()) {
-                if let Ok(req) = serde_json::from_value::<ExportRequest>(value) {
-                    let _ = req.validate(&fields());
-                }
+            if let Ok(value) = crate::json::parse(text.as_bytes())
+                && let Ok(req) = serde_json::from_value::<ExportRequest>(value)
+            {
+                let _ = req.validate(&fields());
             }
         }
     }
@@ -152,7 +152,11 @@ proptest! {
 
 #[test]
 fn parsed_rows_are_numbered_from_the_first_id() -> Result<(), RowError> {
-    let out = run_parser(BodyFormat::Ndjson, b"{\"s\": \"a\"}\n{\"s\": \"b\"}\n", 1024)?;
+    let out = run_parser(
+        BodyFormat::Ndjson,
+        b"{\"s\": \"a\"}\n{\"s\": \"b\"}\n",
+        1024,
+    )?;
     let text = String::from_utf8_lossy(&out);
     let ids: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next()).collect();
     assert_eq!(ids, ["1", "2"]);

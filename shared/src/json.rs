@@ -186,7 +186,10 @@ fn no_nul<E: de::Error>(s: &str) -> Result<(), E> {
 }
 
 fn duplicate<E: de::Error>(key: &str) -> E {
-    E::custom(format!(": duplicate key \"{}\" in an object", printable(key)))
+    E::custom(format!(
+        ": duplicate key \"{}\" in an object",
+        printable(key)
+    ))
 }
 
 fn within<E: de::Error>(step: &str, e: E) -> E {
@@ -224,7 +227,9 @@ mod tests {
 
     #[test]
     fn nul_is_refused_in_keys_and_values() {
-        let e = parse(br#"{"f":[{"value":"x\u0000"}]}"#).err().unwrap_or_default();
+        let e = parse(br#"{"f":[{"value":"x\u0000"}]}"#)
+            .err()
+            .unwrap_or_default();
         assert_eq!(e, format!("f[0].value: {NUL}"));
         assert!(check(r#"{"\u0000":1}"#).is_err_and(|e| e.contains("NUL")));
     }
@@ -241,7 +246,10 @@ mod tests {
     fn floats_parse_to_the_nearest_f64() -> Result<(), String> {
         let v = parse(b"123456789.12345679")?;
         assert_eq!(v.as_f64(), Some(123456789.12345679_f64));
-        assert_eq!(format!("{:?}", v.as_f64().unwrap_or_default()), "123456789.12345679");
+        assert_eq!(
+            format!("{:?}", v.as_f64().unwrap_or_default()),
+            "123456789.12345679"
+        );
         Ok(())
     }
 

@@ -68,8 +68,10 @@ pub fn is_canonical(expires: &str, sig: &str) -> bool {
         && expires.len() <= 19
         && expires.bytes().all(|b| b.is_ascii_digit())
         && (expires == "0" || !expires.starts_with('0'));
-    let lower_hex =
-        sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex = sig.len() == 64
+        && sig
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     plain_decimal && lower_hex
 }
 

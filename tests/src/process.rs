@@ -17,8 +17,8 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Peak resident memory of the process so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -70,10 +70,8 @@ impl TestApp {
             .map(|a| a.port())
             .expect("a free port");
         let address = format!("http://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!(
-            "wharf-api-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("wharf-api-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = worker_command(&binary("wharf-api"), &self.settings, &self.database_url())
             .env("WHARF_LISTEN", format!("127.0.0.1:{port}"))
@@ -102,7 +100,11 @@ impl TestApp {
             if up {
                 return api;
             }
-            assert!(Instant::now() < deadline, "wharf-api did not start: {}", api.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "wharf-api did not start: {}",
+                api.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

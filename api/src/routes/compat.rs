@@ -236,7 +236,9 @@ async fn project_download_inner(
     state.limiter.check(principal.key_id)?;
     principal.require(Scope::Read)?;
     if project.contains('\0') {
-        return Err(Error::invalid("project: text may not contain the NUL character (U+0000)").into());
+        return Err(
+            Error::invalid("project: text may not contain the NUL character (U+0000)").into(),
+        );
     }
     let owner = projects::get_by_slug(&state.pool, project).await?;
     if owner.map(|p| p.id) != Some(principal.project_id) {

@@ -52,6 +52,9 @@ pub fn ndjson(reader: impl Read, w: &mut RowWriter<'_>, max_row: usize) -> Resul
 }
 
 fn line_error(e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("invalid type") {
+        return "expected a JSON object".into();
+    }
     if e.is_syntax() || e.is_eof() {
         if e.to_string().starts_with("recursion limit") {
             return crate::json::describe(e);
@@ -72,7 +75,11 @@ fn read_line(r: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::Result
     loop {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
-            return Ok(if line.is_empty() { Line::End } else { Line::Read });
+            return Ok(if line.is_empty() {
+                Line::End
+            } else {
+                Line::Read
+            });
         }
         let (take, done) = match buf.iter().position(|b| *b == b'\n') {
             Some(i) => (i + 1, true),
@@ -368,13 +375,16 @@ impl<'de> Visitor<'de> for ElementsVisitor<'_, '_, '_> {
             self.budget.mark();
             slots.clear();
             slots.resize_with(self.w.fields().len(), || None);
-            let line = self.budget.lines();
-            let loc = Loc::Element { index, line };
             let seed = ElementSeed {
                 w: self.w,
                 slots: &mut slots,
             };
-            let done = match seq.next_element_seed(seed) {
+            let parsed = seq.next_element_seed(seed);
+            // The line the element ended on (or was cut off at): the one it is on, for rows
+            // on one line.
+            let line = self.budget.lines();
+            let loc = Loc::Element { index, line };
+            let done = match parsed {
                 Ok(None) => true,
                 Ok(Some(())) => false,
                 Err(e) => {

@@ -49,7 +49,10 @@ pub fn push_raw_value(buf: &mut Vec<u8>, ty: FieldType, raw: &str) -> Result<(),
             Err(_) if raw.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
                 Err(format!("expected an integer, got {}", short(raw)))
             }
-            Err(_) => Err(format!("integer {} is out of range (64-bit signed)", short(raw))),
+            Err(_) => Err(format!(
+                "integer {} is out of range (64-bit signed)",
+                short(raw)
+            )),
         },
         (FieldType::Number, b'-' | b'0'..=b'9') => match raw.parse::<f64>() {
             Ok(f) if f.is_finite() => push_float(buf, f),

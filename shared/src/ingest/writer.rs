@@ -207,10 +207,10 @@ impl<'a> RowWriter<'a> {
                 ),
             ));
         }
-        if width.likely > MAX_TUPLE {
-            if let Ok(mut wide) = self.wide.lock() {
-                wide.insert(row, loc);
-            }
+        if width.likely > MAX_TUPLE
+            && let Ok(mut wide) = self.wide.lock()
+        {
+            wide.insert(row, loc);
         }
         self.buf.push(b'\n');
         self.next_id += 1;

@@ -80,7 +80,11 @@ pub async fn find_active(pool: &PgPool, key_hash: &[u8]) -> Result<Option<ApiKey
 }
 
 /// The project's keys, newest first (revoked ones too), a page at a time.
-pub async fn list(pool: &PgPool, project_id: Uuid, page: Page) -> Result<(Vec<ApiKey>, Option<Uuid>)> {
+pub async fn list(
+    pool: &PgPool,
+    project_id: Uuid,
+    page: Page,
+) -> Result<(Vec<ApiKey>, Option<Uuid>)> {
     let rows = sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM api_keys WHERE project_id = $1 AND ($2::uuid IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3"

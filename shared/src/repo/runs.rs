@@ -132,7 +132,11 @@ fn refused_row(e: sqlx::Error, wide: &WideRows) -> Error {
     let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
     let row: Option<u64> = pg.and_then(|p| p.r#where()).and_then(|w| {
         let after = w.split(", line ").nth(1)?;
-        after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     });
     let loc = row.and_then(|r| wide.lock().ok()?.get(&r).copied());
     let place = match (loc, row) {

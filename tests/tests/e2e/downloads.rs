@@ -344,7 +344,15 @@ async fn signed_links_resist_tampering_and_rotate(pool: PgPool) {
         file(
             (later + 86_400 * 365).to_string(),
             "k1",
-            &sign(id, &wf, "json", later + 86_400 * 365, "k1", "test-secret-one").1,
+            &sign(
+                id,
+                &wf,
+                "json",
+                later + 86_400 * 365,
+                "k1",
+                "test-secret-one",
+            )
+            .1,
         ),
     ];
     for (i, u) in cases.iter().enumerate() {

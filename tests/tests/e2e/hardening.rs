@@ -10,7 +10,14 @@ use wharf_tests::process::raw_exchange;
 use wharf_tests::{ADMIN_TOKEN, TestApp, assert_envelope, spawn_app};
 
 /// Sends a request to `base` and returns (status, body).
-async fn call(app: &TestApp, base: &str, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    app: &TestApp,
+    base: &str,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut rb = app
         .client
         .request(method, format!("{base}{path}"))
@@ -42,31 +49,65 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
                    {"name": "j", "type": "json", "nullable": true}]),
         )
         .await;
-    assert_eq!(app.post_run(&p.key, &wf, "text/csv", "s\nx\n").await.status(), 201);
+    assert_eq!(
+        app.post_run(&p.key, &wf, "text/csv", "s\nx\n")
+            .await
+            .status(),
+        201
+    );
     let exports = format!("/v1/workflows/{wf}/exports");
     let nul = "a\u{0}b";
     let filter_cases = [
-        (json!({"filters": [{"field": "s", "op": "eq", "value": nul}]}), "filters[0].value"),
-        (json!({"filters": [{"field": "s", "op": "contains", "value": nul}]}), "filters[0].value"),
-        (json!({"filters": [{"field": "s", "op": "in", "value": ["ok", nul]}]}), "filters[0].value[1]"),
-        (json!({"filters": [{"field": "j", "op": "eq", "value": {nul: 1}}]}), "filters[0].value"),
+        (
+            json!({"filters": [{"field": "s", "op": "eq", "value": nul}]}),
+            "filters[0].value",
+        ),
+        (
+            json!({"filters": [{"field": "s", "op": "contains", "value": nul}]}),
+            "filters[0].value",
+        ),
+        (
+            json!({"filters": [{"field": "s", "op": "in", "value": ["ok", nul]}]}),
+            "filters[0].value[1]",
+        ),
+        (
+            json!({"filters": [{"field": "j", "op": "eq", "value": {nul: 1}}]}),
+            "filters[0].value",
+        ),
     ];
     for (body, field) in filter_cases {
         let (status, res) = call(&app, &base, Method::POST, &exports, &reader, Some(body)).await;
         assert_eq!(status, 400, "{res}");
-        assert!(message(&res).contains(field) && message(&res).contains("NUL"), "{res}");
+        assert!(
+            message(&res).contains(field) && message(&res).contains("NUL"),
+            "{res}"
+        );
     }
     let kadoa = format!(
         "/v4/workflows/{wf}/data/export?wait=0&filters=%5B%7B%22field%22%3A%22s%22%2C%22op%22%3A%22eq%22%2C%22value%22%3A%22a%5Cu0000%22%7D%5D"
     );
     let (status, res) = call(&app, &base, Method::GET, &kadoa, &reader, None).await;
     assert_eq!(status, 400, "{res}");
-    assert!(message(&res).starts_with("filters") && message(&res).contains("NUL"), "{res}");
+    assert!(
+        message(&res).starts_with("filters") && message(&res).contains("NUL"),
+        "{res}"
+    );
 
     let body = json!({"name": nul, "schema": [{"name": "a", "type": "string"}]});
-    let (status, res) = call(&app, &base, Method::POST, "/v1/workflows", &p.key, Some(body)).await;
+    let (status, res) = call(
+        &app,
+        &base,
+        Method::POST,
+        "/v1/workflows",
+        &p.key,
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 400, "{res}");
-    assert!(message(&res).contains("name: text may not contain the NUL"), "{res}");
+    assert!(
+        message(&res).contains("name: text may not contain the NUL"),
+        "{res}"
+    );
     let res = app
         .client
         .post(format!("{base}/v1/projects"))
@@ -79,7 +120,10 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
     assert!(msg.contains("name: text may not contain the NUL"), "{msg}");
     let res = app
         .client
-        .get(format!("{base}/projects/a%00b/export/download/exp_{}", "0".repeat(32)))
+        .get(format!(
+            "{base}/projects/a%00b/export/download/exp_{}",
+            "0".repeat(32)
+        ))
         .bearer_auth(&p.key)
         .send()
         .await
@@ -92,8 +136,16 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
     // Year 10000 in UTC, in NDJSON and in CSV.
     let runs = format!("{base}/v1/workflows/{wf}/runs");
     for (ct, body, place) in [
-        ("application/x-ndjson", "{\"s\": \"x\", \"at\": \"9999-12-31T23:59:59-14:00\"}\n".to_string(), "line 1: field \"at\""),
-        ("text/csv", "s,at\nx,9999-12-31T23:59:59-14:00\n".to_string(), "line 2: field \"at\""),
+        (
+            "application/x-ndjson",
+            "{\"s\": \"x\", \"at\": \"9999-12-31T23:59:59-14:00\"}\n".to_string(),
+            "line 1: field \"at\"",
+        ),
+        (
+            "text/csv",
+            "s,at\nx,9999-12-31T23:59:59-14:00\n".to_string(),
+            "line 2: field \"at\"",
+        ),
     ] {
         let res = app
             .client
@@ -105,12 +157,15 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
             .await
             .expect("sent");
         let (_, msg) = assert_envelope(res, 400).await;
-        assert!(msg.starts_with(place) && msg.contains("outside 0001-01-01 to 9999-12-31"), "{msg}");
+        assert!(
+            msg.starts_with(place) && msg.contains("outside 0001-01-01 to 9999-12-31"),
+            "{msg}"
+        );
     }
 
     // A row PostgreSQL cannot fit in a page: 500 string fields of 300 varied characters.
     let fields: Vec<Value> = (0..500)
-        .map(|i| json!({"name": format!("f{i}"), "type": "string"}))
+        .map(|i| json!({"name": format!("f{i}"), "type": "string", "nullable": true}))
         .collect();
     let wide = app.create_workflow(&p.key, "Wide", json!(fields)).await;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -141,10 +196,17 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
         .await
         .expect("sent");
     let (_, msg) = assert_envelope(res, 400).await;
-    assert!(msg.starts_with("line 2: the row is too wide to store"), "{msg}");
+    assert!(
+        msg.starts_with("line 2: the row is too wide to store"),
+        "{msg}"
+    );
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(api.error_lines(), Vec::<String>::new(), "nothing logged as ERROR");
+    assert_eq!(
+        api.error_lines(),
+        Vec::<String>::new(),
+        "nothing logged as ERROR"
+    );
 }
 
 #[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
@@ -163,27 +225,66 @@ async fn json_bodies_are_strict(pool: PgPool) {
             .send()
     };
     // Duplicate keys, in a request body and in rows (top level and inside a json field).
-    let res = send("/v1/workflows".into(), "application/json",
-        r#"{"name": "a", "name": "b", "schema": [{"name": "x", "type": "string"}]}"#).await.expect("sent");
+    let res = send(
+        "/v1/workflows".into(),
+        "application/json",
+        r#"{"name": "a", "name": "b", "schema": [{"name": "x", "type": "string"}]}"#,
+    )
+    .await
+    .expect("sent");
     let (_, msg) = assert_envelope(res, 400).await;
     assert!(msg.contains("duplicate key \"name\""), "{msg}");
     let runs = format!("/v1/workflows/{wf}/runs");
-    let res = send(runs.clone(), "application/x-ndjson", "{\"n\": 1, \"n\": 2}\n").await.expect("sent");
+    let res = send(
+        runs.clone(),
+        "application/x-ndjson",
+        "{\"n\": 1, \"n\": 2}\n",
+    )
+    .await
+    .expect("sent");
     let (_, msg) = assert_envelope(res, 400).await;
     assert_eq!(msg, "line 1: field \"n\": given twice in the object");
-    let res = send(runs.clone(), "application/json", "[{\"n\": 1, \"j\": {\"a\": 1, \"a\": 2}}]").await.expect("sent");
+    let res = send(
+        runs.clone(),
+        "application/json",
+        "[{\"n\": 1, \"j\": {\"a\": 1, \"a\": 2}}]",
+    )
+    .await
+    .expect("sent");
     let (_, msg) = assert_envelope(res, 400).await;
-    assert!(msg.starts_with("line 1 (array element 1): field \"j\"") && msg.contains("duplicate key \"a\""), "{msg}");
+    assert!(
+        msg.starts_with("line 1 (array element 1): field \"j\"")
+            && msg.contains("duplicate key \"a\""),
+        "{msg}"
+    );
     // Nesting deeper than 128.
-    let deep: &'static str = Box::leak(format!("{{\"n\": 1, \"j\": {}{}}}\n", "[".repeat(200), "]".repeat(200)).into_boxed_str());
-    let res = send(runs.clone(), "application/x-ndjson", deep).await.expect("sent");
+    let deep: &'static str = Box::leak(
+        format!(
+            "{{\"n\": 1, \"j\": {}{}}}\n",
+            "[".repeat(200),
+            "]".repeat(200)
+        )
+        .into_boxed_str(),
+    );
+    let res = send(runs.clone(), "application/x-ndjson", deep)
+        .await
+        .expect("sent");
     let (_, msg) = assert_envelope(res, 400).await;
     assert!(msg.contains("nested deeper than 128"), "{msg}");
     // Bodies of the wrong shape name no Rust type.
     for body in ["[]", "null", "{\"filters\": [[]]}", "{\"rowIds\": [\"x\"]}"] {
-        let res = send(format!("/v1/workflows/{wf}/exports"), "application/json", body).await.expect("sent");
+        let res = send(
+            format!("/v1/workflows/{wf}/exports"),
+            "application/json",
+            body,
+        )
+        .await
+        .expect("sent");
         let (_, msg) = assert_envelope(res, 400).await;
-        assert!(!msg.contains("struct") && !msg.contains("i64") && !msg.contains("ExportRequest"), "{body}: {msg}");
+        assert!(
+            !msg.contains("struct") && !msg.contains("i64") && !msg.contains("ExportRequest"),
+            "{body}: {msg}"
+        );
     }
 }
 
@@ -193,28 +294,59 @@ async fn the_http_layer_answers_in_the_envelope(pool: PgPool) {
     let p = app.create_project("acme").await;
     // Unknown method on a known path: 405 with Allow.
     let res = app
-        .request(Method::DELETE, "/v1/workflows", Some(&p.key), wharf_tests::KeyHeader::ApiKey)
+        .request(
+            Method::DELETE,
+            "/v1/workflows",
+            Some(&p.key),
+            wharf_tests::KeyHeader::ApiKey,
+        )
         .send()
         .await
         .expect("sent");
-    assert_eq!(res.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, POST"));
+    assert_eq!(
+        res.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
     let (code, _) = assert_envelope(res, 405).await;
     assert_eq!(code, "METHOD_NOT_ALLOWED");
     // Every response: nosniff; API answers carrying secrets: no-store.
     let res = app
         .post_json("/v1/api-keys", &p.key, &json!({"scopes": ["read"]}))
         .await;
-    assert_eq!(res.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
-    assert_eq!(res.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
-    let res = app.client.get(app.url("/healthz")).send().await.expect("sent");
-    assert_eq!(res.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
+    assert_eq!(
+        res.headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
+    assert_eq!(
+        res.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        res.headers()
+            .get("x-content-type-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("nosniff")
+    );
     // An over-long URI and too many headers.
     let long = format!("/v1/workflows?cursor={}", "a".repeat(9000));
     let res = app.get(&long, &p.key).await;
     let (code, msg) = assert_envelope(res, 414).await;
     assert_eq!(code, "INVALID_REQUEST");
     assert!(msg.contains("8192"), "{msg}");
-    let mut rb = app.client.get(app.url("/v1/workflows")).header("x-api-key", &p.key);
+    let mut rb = app
+        .client
+        .get(app.url("/v1/workflows"))
+        .header("x-api-key", &p.key);
     for i in 0..70 {
         rb = rb.header(format!("x-extra-{i}"), "1");
     }
@@ -237,20 +369,49 @@ async fn keys_are_listed_and_the_last_admin_key_stays(pool: PgPool) {
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let (reader_id, _) = app.create_key(&p.key, &["read"]).await;
-    let list: Value = app.get("/v1/api-keys", &p.key).await.json().await.expect("json");
+    let list: Value = app
+        .get("/v1/api-keys", &p.key)
+        .await
+        .json()
+        .await
+        .expect("json");
     let keys = list["data"].as_array().expect("data");
     assert_eq!(keys.len(), 2, "{list}");
     assert_eq!(keys[0]["id"], reader_id.as_str(), "newest first");
     for k in keys {
-        let mut names: Vec<&str> = k.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = k
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
         names.sort_unstable();
-        assert_eq!(names, ["createdAt", "id", "lastUsedAt", "prefix", "revokedAt", "scopes"]);
-        assert!(k["prefix"].as_str().is_some_and(|s| s.starts_with("wh_") && s.len() == 9));
+        assert_eq!(
+            names,
+            [
+                "createdAt",
+                "id",
+                "lastUsedAt",
+                "prefix",
+                "revokedAt",
+                "scopes"
+            ]
+        );
+        assert!(
+            k["prefix"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("wh_") && s.len() == 9)
+        );
     }
     assert!(!list.to_string().contains(&p.key), "no secret listed");
     let admin_id = keys[1]["id"].as_str().expect("id").to_string();
     let res = app
-        .request(Method::DELETE, &format!("/v1/api-keys/{admin_id}"), Some(&p.key), wharf_tests::KeyHeader::ApiKey)
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{admin_id}"),
+            Some(&p.key),
+            wharf_tests::KeyHeader::ApiKey,
+        )
         .send()
         .await
         .expect("sent");
@@ -260,14 +421,37 @@ async fn keys_are_listed_and_the_last_admin_key_stays(pool: PgPool) {
     // With a second admin key, the first can go.
     let (_, second) = app.create_key(&p.key, &["admin"]).await;
     let res = app
-        .request(Method::DELETE, &format!("/v1/api-keys/{admin_id}"), Some(&second), wharf_tests::KeyHeader::ApiKey)
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{admin_id}"),
+            Some(&second),
+            wharf_tests::KeyHeader::ApiKey,
+        )
         .send()
         .await
         .expect("sent");
     assert_eq!(res.status(), 204);
-    let list: Value = app.get("/v1/api-keys", &second).await.json().await.expect("json");
-    let revoked = list["data"].as_array().expect("data").iter().find(|k| k["id"] == admin_id.as_str()).cloned();
+    let list: Value = app
+        .get("/v1/api-keys", &second)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let revoked = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|k| k["id"] == admin_id.as_str())
+        .cloned();
     assert!(revoked.is_some_and(|k| k["revokedAt"].is_string()));
-    let (status, _) = call(&app, &app.address, Method::GET, "/v1/workflows", &p.key, None).await;
+    let (status, _) = call(
+        &app,
+        &app.address,
+        Method::GET,
+        "/v1/workflows",
+        &p.key,
+        None,
+    )
+    .await;
     assert_eq!(status, 401, "the revoked key no longer works");
 }

@@ -21,7 +21,12 @@ fn upload_head(path: &str, key: &str, content_type: &str, length: u64) -> String
 }
 
 /// One NDJSON line every 300 ms for `lines` lines, of a body declared 100 MB long.
-async fn slow_upload(address: String, path: String, key: String, lines: usize) -> Option<RawResponse> {
+async fn slow_upload(
+    address: String,
+    path: String,
+    key: String,
+    lines: usize,
+) -> Option<RawResponse> {
     let chunks = (0..lines)
         .map(|i| format!("{{\"n\": {i}}}\n").into_bytes())
         .collect();
@@ -52,7 +57,14 @@ async fn slow_uploads_of_one_project_do_not_slow_another(pool: PgPool) {
     // 30 uploads that trickle one line every 300 ms (they would run ~6 s, then stall).
     let path = format!("/v1/workflows/{hog_wf}/runs");
     let uploads: Vec<_> = (0..30)
-        .map(|_| tokio::spawn(slow_upload(app.address.clone(), path.clone(), hog.key.clone(), 20)))
+        .map(|_| {
+            tokio::spawn(slow_upload(
+                app.address.clone(),
+                path.clone(),
+                hog.key.clone(),
+                20,
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -69,7 +81,12 @@ async fn slow_uploads_of_one_project_do_not_slow_another(pool: PgPool) {
             .to_string();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        assert_eq!(app.get(&format!("/v1/exports/{id}"), &calm.key).await.status(), 200);
+        assert_eq!(
+            app.get(&format!("/v1/exports/{id}"), &calm.key)
+                .await
+                .status(),
+            200
+        );
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         let list = format!("/v1/workflows/{calm_wf}/exports?limit=5");
@@ -97,7 +114,10 @@ async fn slow_uploads_of_one_project_do_not_slow_another(pool: PgPool) {
     }
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(refused, 26, "{statuses:?}");
-    assert!(statuses.iter().all(|s| [429, 408].contains(s)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [429, 408].contains(s)),
+        "{statuses:?}"
+    );
     assert_no_runs(&app, &hog.key, &hog_wf).await;
 }
 
@@ -111,7 +131,12 @@ async fn a_stalled_body_gets_408_and_the_connection_closes(pool: PgPool) {
     let started = Instant::now();
     let res = raw_exchange(
         &app.address,
-        &upload_head(&format!("/v1/workflows/{wf}/runs"), &p.key, "text/csv", 1000),
+        &upload_head(
+            &format!("/v1/workflows/{wf}/runs"),
+            &p.key,
+            "text/csv",
+            1000,
+        ),
         vec![b"n\n1\n".to_vec()],
         Duration::ZERO,
         Duration::from_secs(10),
@@ -155,7 +180,12 @@ async fn one_huge_row_is_413_and_memory_stays_flat(pool: PgPool) {
     let cases = [
         ("application/x-ndjson", "{\"s\": \"", "\"}\n", "line 1"),
         ("text/csv", "s\n\"", "\"\n", "line 2"),
-        ("application/json", "[{\"s\": \"x\"},\n{\"s\": \"", "\"}]", "line 2 (array element 2)"),
+        (
+            "application/json",
+            "[{\"s\": \"x\"},\n{\"s\": \"",
+            "\"}]",
+            "line 2 (array element 2)",
+        ),
     ];
     for (ct, prefix, suffix, place) in cases {
         let (chunks, len) = one_huge_row(prefix, suffix);
@@ -173,12 +203,17 @@ async fn one_huge_row_is_413_and_memory_stays_flat(pool: PgPool) {
         assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
         let msg = body["error"]["message"].as_str().unwrap_or_default();
         assert!(
-            msg.starts_with(&format!("{place}: a row is larger than the limit of 1048576 bytes")),
+            msg.starts_with(&format!(
+                "{place}: a row is larger than the limit of 1048576 bytes"
+            )),
             "{ct}: {msg}"
         );
     }
     let peak = api.peak_rss();
-    println!("wharf-api peak RSS after three 50 MB rows: {} MB", peak >> 20);
+    println!(
+        "wharf-api peak RSS after three 50 MB rows: {} MB",
+        peak >> 20
+    );
     assert!(peak > 0 && peak < 200 << 20, "peak RSS {peak}");
     assert_no_runs(&app, &p.key, &wf).await;
 }
@@ -251,11 +286,13 @@ async fn a_burst_of_creates_is_rate_limited_and_others_still_start(pool: PgPool)
         .expect("json");
     let id = created["exportId"].as_str().expect("id");
     let done = app.wait_done(&other.key, id).await;
-    let at = |k: &str| {
-        chrono::DateTime::parse_from_rfc3339(done[k].as_str().expect(k)).expect("time")
-    };
+    let at =
+        |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().expect(k)).expect("time");
     let waited = (at("startedAt") - at("createdAt")).as_seconds_f64();
-    println!("another project's export started {:.0} ms after its create", waited * 1000.0);
+    println!(
+        "another project's export started {:.0} ms after its create",
+        waited * 1000.0
+    );
     assert!(waited < 1.0, "{waited} s");
 }
 
@@ -266,7 +303,12 @@ async fn queued_exports_per_project_are_capped(pool: PgPool) {
     let wf = app
         .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
         .await;
-    assert_eq!(app.post_run(&p.key, &wf, "text/csv", "n\n1\n").await.status(), 201);
+    assert_eq!(
+        app.post_run(&p.key, &wf, "text/csv", "n\n1\n")
+            .await
+            .status(),
+        201
+    );
     for _ in 0..3 {
         assert_eq!(app.post_export(&p.key, &wf, &json!({})).await.status(), 202);
     }
@@ -288,13 +330,12 @@ async fn uploads_take_no_connection_before_their_first_rows(pool: PgPool) {
     let upload = tokio::spawn(slow_upload(app.address.clone(), path, p.key.clone(), 6));
     tokio::time::sleep(Duration::from_millis(800)).await;
     // While the upload trickles, nobody holds the workflow's row lock.
-    let locked: Option<i64> = sqlx::query_scalar(
-        "SELECT next_row_id FROM workflows WHERE id = $1 FOR UPDATE NOWAIT",
-    )
-    .bind(wharf_tests::parse(&wf))
-    .fetch_optional(&pool)
-    .await
-    .expect("the workflow is not locked by the upload");
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT next_row_id FROM workflows WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind(wharf_tests::parse(&wf))
+            .fetch_optional(&pool)
+            .await
+            .expect("the workflow is not locked by the upload");
     assert!(locked.is_some());
     let res = upload.await.expect("task").expect("an answer");
     // The declared length never arrives: the body stalls and is refused, nothing stored.

@@ -28,7 +28,7 @@ fn values() -> Vec<f64> {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         // Half of them uniform in bits (every exponent), half of human magnitudes.
-        let f = if seed % 2 == 0 {
+        let f = if seed.is_multiple_of(2) {
             f64::from_bits(seed)
         } else {
             (seed >> 11) as f64 / (1u64 << 20) as f64 * if seed & 4 == 0 { 1.0 } else { -1.0 }
@@ -43,7 +43,11 @@ fn values() -> Vec<f64> {
 /// The text a client sends: the shortest form, or 17 significant digits (which must still
 /// round to the same f64).
 fn text(i: usize, f: f64) -> String {
-    if i % 3 == 0 { format!("{f:.16e}") } else { format!("{f:?}") }
+    if i.is_multiple_of(3) {
+        format!("{f:.16e}")
+    } else {
+        format!("{f:?}")
+    }
 }
 
 fn same_bits(got: &[f64], want: &[f64], what: &str) {
@@ -85,7 +89,11 @@ async fn random_floats_come_back_bit_for_bit(pool: PgPool) {
             .join(",\n")
     );
     let csv: String = std::iter::once("x\n".to_string())
-        .chain(want.iter().enumerate().map(|(i, f)| format!("{}\n", text(i, *f))))
+        .chain(
+            want.iter()
+                .enumerate()
+                .map(|(i, f)| format!("{}\n", text(i, *f))),
+        )
         .collect();
     for (ct, body) in [
         ("application/x-ndjson", ndjson),
@@ -121,10 +129,11 @@ async fn random_floats_come_back_bit_for_bit(pool: PgPool) {
                     })
                     .collect(),
                 _ => {
-                    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                        .expect("parquet")
-                        .build()
-                        .expect("reader");
+                    let reader =
+                        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                            .expect("parquet")
+                            .build()
+                            .expect("reader");
                     let mut out = Vec::new();
                     for batch in reader {
                         let batch = batch.expect("batch");
@@ -155,9 +164,22 @@ async fn json_fields_keep_every_digit(pool: PgPool) {
     let tiny = "0.1000000000000000000000000000000000000001";
     let raw = format!("{{\"j\": {{\"big\": {big}, \"tiny\": {tiny}, \"neg\": -{big}}}}}\n");
     let csv = format!("j\n\"{{\"\"big\"\": {big}}}\"\n");
-    let run1: Value = app.post_run(&p.key, &wf, "application/x-ndjson", raw).await.json().await.expect("json");
-    let run2: Value = app.post_run(&p.key, &wf, "text/csv", csv).await.json().await.expect("json");
-    for (run, want) in [(&run1["runId"], vec![big, tiny]), (&run2["runId"], vec![big])] {
+    let run1: Value = app
+        .post_run(&p.key, &wf, "application/x-ndjson", raw)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let run2: Value = app
+        .post_run(&p.key, &wf, "text/csv", csv)
+        .await
+        .json()
+        .await
+        .expect("json");
+    for (run, want) in [
+        (&run1["runId"], vec![big, tiny]),
+        (&run2["runId"], vec![big]),
+    ] {
         for format in ["csv", "json", "ndjson", "parquet"] {
             let body = json!({"format": format, "runId": run});
             let status = app.export_and_wait(&p.key, &wf, &body).await;
