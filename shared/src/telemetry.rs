@@ -8,7 +8,13 @@ pub fn init() {
 
 /// Like `init`, with another filter when `RUST_LOG` is unset (tests log only warnings).
 pub fn init_with_default(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // actix-http logs every malformed request it refuses itself ("stream error: request parse
+    // error") at ERROR: a client's mistake, not the server's. Those refusals are answered 400;
+    // the request log line of every served request still records what happened.
+    if let Ok(quiet) = "actix_http::h1::dispatcher=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let json = std::env::var("WHARF_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

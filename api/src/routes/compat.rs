@@ -29,15 +29,21 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[into_params(parameter_in = Query)]
 pub struct KadoaQuery {
     /// csv (default), json, ndjson or parquet.
+    #[param(pattern = "^(csv|json|ndjson|parquet)$")]
     pub format: Option<String>,
+    #[param(value_type = Option<uuid::Uuid>)]
     pub run_id: Option<String>,
     /// The filters array of the native API, as URL-encoded JSON.
     pub filters: Option<String>,
     pub sort_by: Option<String>,
+    /// asc (default) or desc.
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
     /// Comma-separated row ids.
+    #[param(pattern = "^-?[0-9]+(,-?[0-9]+)*$")]
     pub row_ids: Option<String>,
     /// Seconds to wait for the file (0-60, default 25).
+    #[param(minimum = 0, maximum = 60)]
     pub wait: Option<u64>,
 }
 
@@ -91,7 +97,9 @@ pub struct KadoaExport {
     params(("workflowId" = String, Path), KadoaQuery),
     responses((status = 200, body = KadoaExport), (status = 202, body = super::exports::ExportDto),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope)))]
+        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
+        (status = 410, description = "EXPORT_EXPIRED", body = crate::error::ErrorEnvelope)))]
 #[get("/v4/workflows/{workflowId}/data/export")]
 pub async fn kadoa_create(
     auth: Auth,
@@ -163,8 +171,14 @@ pub async fn kadoa_create(
 /// Kadoa: the bytes of an export of this workflow, as an attachment (read scope).
 #[utoipa::path(get, path = "/v4/workflows/{workflowId}/data/exports/{exportId}", tag = "compat",
     params(("workflowId" = String, Path), ("exportId" = String, Path)),
-    responses((status = 200, description = "The file"), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
+        (status = 410, description = "EXPORT_EXPIRED", body = crate::error::ErrorEnvelope),
+        (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
+        (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
 #[get("/v4/workflows/{workflowId}/data/exports/{exportId}")]
 pub async fn kadoa_download(
     auth: Auth,

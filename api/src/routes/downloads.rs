@@ -24,7 +24,9 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// `stream` to receive the bytes through the API instead of a redirect.
+    /// `stream` to receive the bytes through the API instead of a redirect (`redirect`, the
+    /// default).
+    #[param(pattern = "^(stream|redirect)$")]
     pub mode: Option<String>,
 }
 
@@ -39,7 +41,7 @@ fn meta_of(rec: &ExportRecord) -> ObjectMeta {
 }
 
 /// 302 to a presigned S3 URL (default), or the bytes with `?mode=stream` (read scope).
-#[utoipa::path(get, path = "/v1/exports/{exportId}/download", tag = "downloads",
+#[utoipa::path(method(get, head), path = "/v1/exports/{exportId}/download", tag = "downloads",
     params(("exportId" = uuid::Uuid, Path), DownloadQuery),
     responses((status = 302, description = "Location: a presigned S3 GET URL (WHARF_PRESIGN_TTL)"),
         (status = 200, description = "The file (mode=stream)"), (status = 206, description = "A byte range"),
@@ -84,17 +86,23 @@ pub async fn download(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FileQuery {
+    /// Unix seconds, plain decimal digits, at most `WHARF_LINK_TTL` ahead.
+    #[param(pattern = "^(0|[1-9][0-9]{0,18})$")]
     pub expires: Option<String>,
+    /// The id of the signing key.
     pub kid: Option<String>,
+    /// HMAC-SHA256, 64 lowercase hex digits.
+    #[param(pattern = "^[0-9a-f]{64}$")]
     pub sig: Option<String>,
 }
 
 /// The self-authenticating link (no key): HMAC over export, workflow, format and expiry.
-#[utoipa::path(get, path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
+#[utoipa::path(method(get, head), path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
     params(("exportId" = uuid::Uuid, Path), FileQuery),
     responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
         (status = 304, description = "If-None-Match matched the ETag"),
         (status = 403, description = "Bad, non-canonical or expired signature", body = crate::error::ErrorEnvelope),
+        (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
         (status = 410, description = "The artifact itself expired", body = crate::error::ErrorEnvelope),
         (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
         (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
@@ -268,10 +276,10 @@ pub async fn stream(
             futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let body = state
-        .store
-        .get(&key, range)
-        .await?
-        .map_err(std::io::Error::other);
+    let body = state.store.get(&key, range).await?.map_err(|e| {
+        // actix-http's own log of a failed body is silenced (see telemetry): say it here.
+        tracing::warn!(error = %e, "download stream failed midway; the client gets a cut body");
+        std::io::Error::other(e)
+    });
     Ok(res.body(SizedStream::new(len, body)))
 }

@@ -316,9 +316,16 @@ pub async fn get_export(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExportListQuery {
-    /// QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or EXPIRED.
+    /// QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or EXPIRED (any case).
+    #[param(
+        pattern = "^(QUEUED|IN_PROGRESS|COMPLETED|FAILED|CANCELLED|EXPIRED|queued|in_progress|completed|failed|cancelled|expired)$"
+    )]
     pub status: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 

@@ -17,7 +17,9 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1-64 characters of a-z, 0-9 and -, starting with a letter or digit.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
     pub slug: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
 }
 

@@ -17,9 +17,10 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// 1-200 characters of any text.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Ordered fields: 1 to 500, names of `[A-Za-z0-9_]` (1-64, not starting with `_`), unique.
-    #[schema(value_type = Vec<Field>)]
+    #[schema(value_type = Vec<Field>, min_items = 1, max_items = 500)]
     pub schema: serde_json::Value,
 }
 

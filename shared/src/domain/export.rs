@@ -104,8 +104,8 @@ pub enum Op {
 pub struct Filter {
     pub field: String,
     pub op: Op,
+    /// Any JSON value of the field's type; a list for `in`; absent for is_null/not_null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
 }
 

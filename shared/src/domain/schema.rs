@@ -60,6 +60,12 @@ impl FieldType {
 /// One field of a workflow's schema, as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Field {
+    /// 1-64 characters of `[A-Za-z0-9_]`, not starting with `_`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_]{0,63}$"
+    )]
     pub name: String,
     #[serde(rename = "type")]
     pub field_type: FieldType,
