@@ -61,11 +61,25 @@ fn plain(msg: &str) -> String {
     out
 }
 
-/// Reads a whole (small) body, refusing more than `limit` bytes with 413.
-pub async fn read_limited(mut body: web::Payload, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// Reads a whole (small) body, refusing more than `limit` bytes with 413, and a body that
+/// sends nothing for `stall` with 408.
+pub async fn read_limited(
+    mut body: web::Payload,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
     use futures::StreamExt;
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(stall, body.next())
+            .await
+            .map_err(|_| {
+                Error::RequestTimeout(format!(
+                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
+                    stall.as_secs_f64()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| Error::invalid(format!("request body could not be read: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -91,6 +105,11 @@ impl FromRequest for JsonBody {
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
         let body = web::Payload::from_request(req, payload);
+        let stall = req
+            .app_data::<web::Data<crate::state::AppState>>()
+            .map_or(std::time::Duration::from_secs(30), |s| {
+                s.settings.body_timeout
+            });
         Box::pin(async move {
             if !is_json {
                 return Ok(JsonBody(Err(Error::UnsupportedMediaType(
@@ -98,7 +117,7 @@ impl FromRequest for JsonBody {
                 ))));
             }
             let parsed = match body.await {
-                Ok(body) => match read_limited(body, crate::startup::MAX_JSON_BYTES).await {
+                Ok(body) => match read_limited(body, crate::startup::MAX_JSON_BYTES, stall).await {
                     Ok(bytes) => wharf_shared::json::parse(&bytes)
                         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}"))),
                     Err(e) => Err(e.0),

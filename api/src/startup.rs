@@ -51,7 +51,6 @@ impl Application {
             // Not fatal: /readyz reports S3 until it is reachable.
             tracing::warn!(bucket = %settings.s3.bucket, error = %e, "could not ensure the bucket exists");
         }
-        let ingest_pool = repo::ingest_pool(&pool);
         let limiter = KeyLimiter::new(settings.rate_limit);
         tokio::spawn(shrink_now_and_then(limiter.clone()));
         let state = AppState {
@@ -59,7 +58,7 @@ impl Application {
             ingest_slots: IngestSlots::new(settings.project_ingests),
             settings: Arc::new(settings),
             pool,
-            ingest_pool,
+            ingest_gate: repo::IngestGate::default(),
             store: Arc::new(store),
             limiter,
         };

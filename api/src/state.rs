@@ -12,8 +12,9 @@ use crate::limits::{IngestSlots, KeyLimiter};
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
-    /// A small pool of its own for run uploads, so reads and status never wait behind them.
-    pub ingest_pool: PgPool,
+    /// Run uploads hold at most a few of the pool's connections, so reads and status never
+    /// wait behind them.
+    pub ingest_gate: wharf_shared::repo::IngestGate,
     pub redis: Redis,
     pub store: Arc<dyn ObjectStore>,
     pub limiter: KeyLimiter,

@@ -79,7 +79,14 @@ pub fn apalis_config(queue: &str) -> apalis_redis::Config {
         .heartbeat_interval(Duration::from_secs(5))
         .missed_heartbeats(3)
         .idempotency_ttl(Some(Duration::from_secs(3600)))
+        // With the 50 ms poll of the worker: 400 messages a second per worker, so a burst of one
+        // project's exports (each beyond its cap is skipped at once) cannot hold another
+        // project's export for long. Small enough that one worker does not hoard the queue.
+        .batch_size(20)
 }
+
+/// How often an idle worker asks Redis for jobs.
+pub const POLL: Duration = Duration::from_millis(50);
 
 pub type ExportStorage = apalis_redis::RedisStorage<ExportJob>;
 

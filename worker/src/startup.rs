@@ -142,7 +142,7 @@ impl Worker {
     async fn pull(&self, shutdown: &CancellationToken) {
         while !shutdown.is_cancelled() {
             let storage = match queue::storage(&self.redis, &self.queue).await {
-                Ok(s) => s.poll_with_interval(Duration::from_millis(200)),
+                Ok(s) => s.poll_with_interval(queue::POLL),
                 Err(e) => {
                     tracing::warn!(error = %e, "redis not reachable; retrying");
                     tokio::select! {
@@ -222,21 +222,29 @@ async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> 
     let guard = InFlight(worker.inflight.clone());
     let task = tokio::spawn(async move {
         let _guard = guard;
-        let span = tracing::info_span!("job", export_id = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
-        let outcome =
-            tracing::Instrument::instrument(export::run(&worker.ctx, job.export_id), span.clone())
-                .await;
-        let _g = span.enter();
-        match outcome {
-            Ok(Outcome::Skipped) => tracing::info!(
-                "export not claimable now (finished, taken, at its project's cap, or unknown); job dropped"
-            ),
-            Ok(Outcome::Released { after }) if after.is_zero() => {
-                worker.enqueue(job.export_id, job.request_id.clone()).await
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "export job errored; the reconciler will retry it")
+        // The message says "there is work" (it names the export that sent it); the claim picks
+        // the fairest export. A slot keeps claiming after each export, so a project's backlog
+        // is drained by the slots it holds even when messages were spent on skips.
+        let span = tracing::info_span!("job", message_for = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
+        loop {
+            let outcome =
+                tracing::Instrument::instrument(export::run(&worker.ctx), span.clone()).await;
+            let _g = span.enter();
+            match outcome {
+                Ok(Outcome::Skipped) => {
+                    tracing::debug!("nothing claimable now (none queued below its project's cap)");
+                    break;
+                }
+                Ok(Outcome::Released { after }) if after.is_zero() => {
+                    worker.enqueue(job.export_id, job.request_id.clone()).await;
+                    break;
+                }
+                Ok(_) if worker.draining.is_cancelled() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "export job errored; the reconciler will retry it");
+                    break;
+                }
             }
         }
     });

@@ -269,7 +269,8 @@ pub async fn post_export(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let bytes = crate::json::read_limited(body, MAX_CREATE_BYTES).await?;
+    let bytes =
+        crate::json::read_limited(body, MAX_CREATE_BYTES, state.settings.body_timeout).await?;
     let (request, canonical) = parse_body(&req, &bytes)?;
     let key = idempotency_key(&req)?;
     match create_export(

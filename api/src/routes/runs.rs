@@ -91,7 +91,7 @@ pub async fn create_run(
         body_timeout: state.settings.body_timeout,
     };
     let started = std::time::Instant::now();
-    let run = ingest_run(&state.ingest_pool, &wf, format, body, limits).await?;
+    let run = ingest_run(&state.pool, &state.ingest_gate, &wf, format, body, limits).await?;
     tracing::info!(workflow_id = %wf.id, run_id = %run.id, rows = run.row_count,
         ms = started.elapsed().as_millis() as u64, "run ingested");
     Ok(HttpResponse::Created().json(RunDto::from(run)))

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::domain::export::{self as dom, ExportSpec, Format};
 use crate::error::{Error, Result};
@@ -63,7 +62,7 @@ pub enum Outcome {
     Released {
         after: Duration,
     },
-    /// Not claimable: unknown, finished, or held by another worker.
+    /// Nothing to claim: no export is QUEUED below its project's cap.
     Skipped,
 }
 
@@ -75,18 +74,13 @@ struct Progress {
 }
 
 /// Runs one export job if it can be claimed.
-pub async fn run(ctx: &ExportContext, export_id: Uuid) -> Result<Outcome> {
-    let Some(claim) = exports::claim(
-        &ctx.pool,
-        export_id,
-        &ctx.worker_id,
-        ctx.lease,
-        ctx.project_cap,
-    )
-    .await?
+pub async fn run(ctx: &ExportContext) -> Result<Outcome> {
+    let Some(claim) =
+        exports::claim_next(&ctx.pool, &ctx.worker_id, ctx.lease, ctx.project_cap).await?
     else {
         return Ok(Outcome::Skipped);
     };
+    let export_id = claim.export_id;
     let rec = exports::get_any(&ctx.pool, export_id)
         .await?
         .ok_or(Error::NotFound("export"))?;

@@ -63,6 +63,7 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// workflow's lock are taken only once the first batch of rows has been parsed and checked.
 pub async fn ingest_run<S, E>(
     pool: &PgPool,
+    gate: &crate::repo::IngestGate,
     wf: &Workflow,
     format: BodyFormat,
     body: S,
@@ -127,7 +128,7 @@ where
             .ok();
         verdict
     };
-    let (stored, verdict) = futures::join!(runs::copy_run(pool, wf, run_id, feed), input);
+    let (stored, verdict) = futures::join!(runs::copy_run(pool, gate, wf, run_id, feed), input);
     match (verdict, stored) {
         // The input's own fault (bad row, too large) explains a failure better than the COPY's.
         (

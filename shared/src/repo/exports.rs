@@ -266,69 +266,55 @@ pub struct Claim {
     pub attempt: i32,
 }
 
-/// Claims a QUEUED export (due, under its attempt limit), or an IN_PROGRESS one whose lease
-/// has lapsed, unless its project already runs `project_cap` exports. None: not claimable now
-/// (someone else holds it, it is finished or unknown, or the project is at its cap).
-pub async fn claim(
+/// Claims the next export fairly: the oldest QUEUED export of the project with the fewest
+/// running, among projects below their cap (`project_cap`). A queue message only says "there
+/// is work"; which export runs is decided here, so a burst of one project's exports cannot
+/// keep another project's export waiting behind it. Claims take turns (a few milliseconds
+/// each), so a cap is never overshot by a race.
+pub async fn claim_next(
     pool: &PgPool,
-    id: Uuid,
     worker_id: &str,
     lease: Duration,
     project_cap: i64,
 ) -> Result<Option<Claim>> {
     let mut tx = pool.begin().await?;
-    let Some(project_id): Option<Uuid> =
-        sqlx::query_scalar("SELECT project_id FROM exports WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-    else {
-        return Ok(None);
-    };
-    // Claims within one project take turns, so the cap cannot be overshot by a race.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
-        .bind(project_id)
+    sqlx::query("SELECT pg_advisory_xact_lock(7)")
         .execute(&mut *tx)
         .await?;
-    let running: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = 'IN_PROGRESS'
-             AND lease_expires_at > now() AND id <> $2",
+    let picked: Option<Uuid> = sqlx::query_scalar(
+        "WITH running AS (
+             SELECT project_id, count(*) AS n FROM exports
+             WHERE status = 'IN_PROGRESS' AND lease_expires_at > now() GROUP BY project_id)
+         SELECT e.id FROM exports e LEFT JOIN running r ON r.project_id = e.project_id
+         WHERE e.status = 'QUEUED' AND e.attempts < e.max_attempts
+             AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now())
+             AND coalesce(r.n, 0) < $1
+         ORDER BY coalesce(r.n, 0), e.created_at
+         LIMIT 1 FOR UPDATE OF e SKIP LOCKED",
     )
-    .bind(project_id)
-    .bind(id)
-    .fetch_one(&mut *tx)
+    .bind(project_cap)
+    .fetch_optional(&mut *tx)
     .await?;
-    if running >= project_cap {
-        // Back off a moment; the reconciler hands it out again once a slot frees.
-        sqlx::query(
-            "UPDATE exports SET enqueued_at = NULL, next_attempt_at = now() + interval '1 second'
-             WHERE id = $1 AND status = 'QUEUED'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    let Some(id) = picked else {
         tx.commit().await?;
         return Ok(None);
-    }
+    };
     let token = Uuid::new_v4();
-    let attempt: Option<i32> = sqlx::query_scalar(
+    let attempt: i32 = sqlx::query_scalar(
         "UPDATE exports SET status = 'IN_PROGRESS', attempts = attempts + 1, lease_token = $2,
              lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
              started_at = coalesce(started_at, now()), updated_at = now(),
              rows_written = 0, bytes_written = 0, next_attempt_at = NULL
-         WHERE id = $1 AND attempts < max_attempts
-             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             AND (status = 'QUEUED' OR (status = 'IN_PROGRESS' AND lease_expires_at < now()))
-         RETURNING attempts",
+         WHERE id = $1 RETURNING attempts",
     )
     .bind(id)
     .bind(token)
     .bind(lease.as_secs_f64())
     .bind(worker_id)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(attempt.map(|attempt| Claim {
+    Ok(Some(Claim {
         export_id: id,
         token,
         attempt,

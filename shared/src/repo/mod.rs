@@ -30,21 +30,41 @@ pub fn connect_lazy(settings: &Settings) -> Result<PgPool> {
     Ok(pool_options().connect_lazy(settings.database_url.expose_secret())?)
 }
 
-/// Connections for run uploads, apart from `pool`'s (same server and credentials): an upload
-/// holds its connection for as long as its rows stream in, so uploads get a few of their own
-/// and wait for one rather than take what reads and status need.
-pub fn ingest_pool(pool: &PgPool) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(INGEST_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_lazy_with((*pool.connect_options()).clone())
+/// Connections run uploads may hold at once. An upload holds its connection for as long as its
+/// rows stream in, so uploads share these few (an `IngestGate`) and the pool has room for them
+/// on top of what reads, status and creates need: uploads can never take those.
+pub const INGEST_CONNECTIONS: u32 = 8;
+/// Connections for everything but uploads.
+pub const SERVING_CONNECTIONS: u32 = 20;
+
+/// Admits at most `INGEST_CONNECTIONS` uploads to the database at once; the others wait (up
+/// to 30 s, then 503) without holding a connection.
+#[derive(Clone)]
+pub struct IngestGate(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for IngestGate {
+    fn default() -> Self {
+        IngestGate(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            INGEST_CONNECTIONS as usize,
+        )))
+    }
 }
 
-pub const INGEST_CONNECTIONS: u32 = 8;
+impl IngestGate {
+    pub async fn enter(&self) -> crate::error::Result<tokio::sync::OwnedSemaphorePermit> {
+        let wait = tokio::time::timeout(Duration::from_secs(30), self.0.clone().acquire_owned());
+        match wait.await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(crate::error::Error::Unavailable(
+                "the database's capacity for uploads",
+            )),
+        }
+    }
+}
 
 fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(SERVING_CONNECTIONS + INGEST_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(3))
 }
 

@@ -56,6 +56,7 @@ pub struct RunFeed {
 /// verdict whose row count matches what PostgreSQL received.
 pub async fn copy_run(
     pool: &PgPool,
+    gate: &super::IngestGate,
     wf: &Workflow,
     run_id: Uuid,
     feed: RunFeed,
@@ -70,6 +71,7 @@ pub async fn copy_run(
     if ask.await.is_err() {
         return Ok(None);
     }
+    let _admitted = gate.enter().await?;
     let mut tx = pool.begin().await?;
     let next: i64 =
         sqlx::query_scalar("SELECT next_row_id FROM workflows WHERE id = $1 FOR UPDATE")

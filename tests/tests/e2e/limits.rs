@@ -154,6 +154,17 @@ async fn a_stalled_body_gets_408_and_the_connection_closes(pool: PgPool) {
             .is_some_and(|m| m.contains("WHARF_BODY_TIMEOUT")),
         "{body}"
     );
+    // A JSON body that stalls is refused the same way.
+    let res = raw_exchange(
+        &app.address,
+        &upload_head("/v1/workflows", &p.key, "application/json", 1000),
+        vec![b"{\"name\": ".to_vec()],
+        Duration::ZERO,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(res.status, 408, "{res:?}");
 }
 
 /// A body of one 50 MB row (and a newline), sent in 64 KiB chunks.
