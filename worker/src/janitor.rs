@@ -12,21 +12,35 @@ pub const INTERVAL: Duration = Duration::from_secs(30);
 /// Multipart uploads older than this whose attempt is over are aborted.
 pub const ORPHAN_AGE: Duration = Duration::from_secs(60);
 
-/// One pass; returns the number of objects deleted.
+/// One pass; returns the number of objects deleted. An item that cannot be handled (an
+/// object the store will not delete) is logged and skipped: it stays due, so a later pass
+/// tries it again, and it never stops the others.
 pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
-    abort_orphans(ctx, ORPHAN_AGE).await?;
+    if let Err(e) = abort_orphans(ctx, ORPHAN_AGE).await {
+        tracing::warn!(error = %e, "orphaned uploads not all aborted; retried next pass");
+    }
     let mut deleted = 0;
+    let mut skipped = 0i64;
     loop {
-        let due = exports::expire_due(&ctx.pool, 100).await?;
-        if due.is_empty() {
+        // Items skipped in this pass are still due: look past them.
+        let due = exports::expire_due(&ctx.pool, 100 + skipped).await?;
+        let fresh: Vec<_> = due.into_iter().skip(skipped as usize).collect();
+        if fresh.is_empty() {
             return Ok(deleted);
         }
-        let batch = due.len();
-        for (id, key) in due {
-            ctx.store.delete(&key).await?;
-            exports::forget_object(&ctx.pool, id).await?;
-            tracing::info!(export_id = %id, "expired export deleted");
-            deleted += 1;
+        let batch = fresh.len();
+        for (id, key) in fresh {
+            match ctx.store.delete(&key).await {
+                Ok(()) => {
+                    exports::forget_object(&ctx.pool, id).await?;
+                    tracing::info!(export_id = %id, "expired export deleted");
+                    deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(export_id = %id, error = %e, "expired export's object not deleted; retried next pass");
+                    skipped += 1;
+                }
+            }
         }
         if batch < 100 {
             return Ok(deleted);
@@ -52,14 +66,25 @@ pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToke
 /// worker). Tracked in PostgreSQL: S3 servers differ in ListMultipartUploads support.
 pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::Result<usize> {
     let orphans = exports::orphan_uploads(&ctx.pool, age).await?;
+    let mut aborted = 0;
     for (upload_id, key) in &orphans {
-        if !upload_id.starts_with(wharf_shared::export::upload::PUT_PREFIX) {
-            ctx.store.abort_multipart(key, upload_id).await?;
-        }
+        let multipart = !upload_id.starts_with(wharf_shared::export::upload::PUT_PREFIX);
+        let abort = if multipart {
+            ctx.store.abort_multipart(key, upload_id).await
+        } else {
+            Ok(())
+        };
         // The attempt is over without completing: whatever object it wrote is not the export's.
-        ctx.store.delete(key).await?;
-        exports::finish_upload(&ctx.pool, upload_id, "ABORTED").await?;
-        tracing::info!(upload_id, "orphaned multipart upload aborted");
+        match abort.and(ctx.store.delete(key).await) {
+            Ok(()) => {
+                exports::finish_upload(&ctx.pool, upload_id, "ABORTED").await?;
+                tracing::info!(upload_id, "orphaned multipart upload aborted");
+                aborted += 1;
+            }
+            Err(e) => {
+                tracing::warn!(upload_id, error = %e, "orphaned upload not aborted; retried next pass")
+            }
+        }
     }
-    Ok(orphans.len())
+    Ok(aborted)
 }

@@ -577,7 +577,8 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, String)>
     .execute(pool)
     .await?;
     Ok(sqlx::query_as(
-        "SELECT id, object_key FROM exports WHERE status = 'EXPIRED' AND object_key IS NOT NULL LIMIT $1",
+        "SELECT id, object_key FROM exports WHERE status = 'EXPIRED' AND object_key IS NOT NULL
+         ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)

@@ -9,6 +9,7 @@ mod exports;
 mod faults;
 mod hardening;
 mod ingest;
+mod janitor;
 mod limits;
 mod numbers;
 mod ops;
