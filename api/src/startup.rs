@@ -87,17 +87,26 @@ impl Application {
     }
 }
 
+/// Connects, naming the cause of every failure at once; gives up at once when retrying cannot
+/// help (no such database, credentials refused), else after about a minute (PostgreSQL may
+/// still be starting).
 async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match repo::connect(settings).await {
             Ok(pool) => return Ok(pool),
-            Err(e) if attempt < 20 => {
-                tracing::warn!(attempt, error = %e, "postgres not reachable yet; retrying");
+            Err(e) if attempt < 20 && !repo::is_permanent(&e) => {
+                let cause = repo::connect_cause(&e);
+                tracing::warn!(attempt, %cause, "cannot reach DATABASE_URL yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(3));
             }
-            Err(e) => return Err(anyhow::anyhow!("cannot connect to DATABASE_URL: {e:?}")),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot connect to DATABASE_URL: {}",
+                    repo::connect_cause(&e)
+                ));
+            }
         }
     }
     unreachable!("the retry loop returns")

@@ -251,13 +251,18 @@ async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> 
     task.await.map_err(AbortError::new)
 }
 
-/// A worker that starts before PostgreSQL (or before the API migrated it) waits and retries.
+/// A worker that starts before PostgreSQL (or before the API migrated it) waits and retries,
+/// saying why at every try.
 async fn wait_for_postgres(settings: &Settings, shutdown: &CancellationToken) -> Option<PgPool> {
     let mut delay = Duration::from_millis(250);
     loop {
         match repo::connect(settings).await {
-            Ok(pool) => return Some(pool),
-            Err(e) => tracing::warn!(error = %e, "postgres not reachable yet; retrying"),
+            Ok(pool) if repo::schema_ready(&pool).await => return Some(pool),
+            Ok(_) => tracing::warn!("waiting for the API to apply the database migrations"),
+            Err(e) => {
+                let cause = repo::connect_cause(&e);
+                tracing::warn!(%cause, "cannot reach DATABASE_URL yet; retrying");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,

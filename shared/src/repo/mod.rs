@@ -19,10 +19,16 @@ use crate::error::Result;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// A pool that fails fast when PostgreSQL is down instead of hanging requests.
+/// One direct connection first, so a failure carries its real cause (`connection refused`,
+/// `database "x" does not exist`) rather than the pool's "timed out".
 pub async fn connect(settings: &Settings) -> Result<PgPool> {
-    Ok(pool_options()
-        .connect(settings.database_url.expose_secret())
-        .await?)
+    use sqlx::Connection;
+    let url = settings.database_url.expose_secret();
+    let probe = tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(url))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    probe.close().await.ok();
+    Ok(pool_options().connect(url).await?)
 }
 
 /// Like `connect` but returns at once; connections are made on first use.
@@ -66,6 +72,44 @@ fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(SERVING_CONNECTIONS + INGEST_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(3))
+}
+
+/// Why a connection failed, in words an operator can act on: `database "x" does not exist`,
+/// `password authentication failed for user "y"`, `connection refused`.
+pub fn connect_cause(e: &crate::error::Error) -> String {
+    match e {
+        crate::error::Error::Database(sqlx::Error::Database(db)) => db.message().to_string(),
+        crate::error::Error::Database(sqlx::Error::Io(io)) => io.to_string(),
+        crate::error::Error::Database(other) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A failure that retrying will not mend: the database does not exist, or the credentials are
+/// refused (SQLSTATE classes 3D and 28), or the URL is malformed.
+pub fn is_permanent(e: &crate::error::Error) -> bool {
+    match e {
+        crate::error::Error::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("3D") || c.starts_with("28")),
+        crate::error::Error::Database(sqlx::Error::Configuration(_)) => true,
+        _ => false,
+    }
+}
+
+/// True once every migration this binary knows has been applied (the API applies them; a
+/// worker that starts first waits for this).
+pub async fn schema_ready(pool: &PgPool) -> bool {
+    let Some(latest) = MIGRATOR.iter().map(|m| m.version).max() else {
+        return true;
+    };
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(latest)
+    .fetch_one(pool)
+    .await
+    .unwrap_or(false)
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<()> {

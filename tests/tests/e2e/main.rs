@@ -13,4 +13,5 @@ mod janitor;
 mod limits;
 mod numbers;
 mod ops;
+mod startup;
 mod workflows;
