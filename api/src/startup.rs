@@ -11,7 +11,6 @@ use actix_web::{App, HttpRequest, HttpServer, web};
 use anyhow::Context;
 use sqlx::PgPool;
 use wharf_shared::config::Settings;
-use wharf_shared::queue::Redis;
 use wharf_shared::store::ObjectStore;
 use wharf_shared::store::s3::S3Store;
 use wharf_shared::{Error, repo};
@@ -54,7 +53,7 @@ impl Application {
         let limiter = KeyLimiter::new(settings.rate_limit);
         tokio::spawn(shrink_now_and_then(limiter.clone()));
         let state = AppState {
-            redis: Redis::new(&settings.redis_url)?,
+            queue: wharf_shared::queue::from_settings(&settings, &pool)?,
             ingest_slots: IngestSlots::new(settings.project_ingests),
             settings: Arc::new(settings),
             pool,

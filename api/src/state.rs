@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use wharf_shared::config::Settings;
-use wharf_shared::queue::Redis;
+use wharf_shared::queue::JobQueue;
 use wharf_shared::store::ObjectStore;
 
 use crate::limits::{IngestSlots, KeyLimiter};
@@ -15,7 +15,7 @@ pub struct AppState {
     /// Run uploads hold at most a few of the pool's connections, so reads and status never
     /// wait behind them.
     pub ingest_gate: wharf_shared::repo::IngestGate,
-    pub redis: Redis,
+    pub queue: Arc<dyn JobQueue>,
     pub store: Arc<dyn ObjectStore>,
     pub limiter: KeyLimiter,
     pub ingest_slots: IngestSlots,

@@ -34,7 +34,8 @@ pub struct S3Settings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database_url: SecretString,
-    pub redis_url: String,
+    /// Redis as the queue's transport; `None`: the queue lives in PostgreSQL.
+    pub redis_url: Option<String>,
     pub s3: S3Settings,
     pub listen: String,
     pub public_url: String,
@@ -117,7 +118,7 @@ impl Settings {
             database_url: SecretString::from(
                 var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?,
             ),
-            redis_url: var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: var("REDIS_URL"),
             s3: S3Settings {
                 endpoint: var("WHARF_S3_ENDPOINT"),
                 public_endpoint: var("WHARF_S3_PUBLIC_ENDPOINT"),
@@ -329,7 +330,7 @@ mod tests {
             ("DATABASE_URL", "postgres://x"),
             ("WHARF_SIGNING_KEYS", "a:1,b:2"),
         ])?;
-        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.redis_url, None, "the embedded default: the queue in PostgreSQL");
         assert_eq!(s.s3.bucket, "wharf-exports");
         assert_eq!(s.s3.region, "us-east-1");
         assert_eq!(s.listen, "127.0.0.1:8080");

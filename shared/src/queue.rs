@@ -1,4 +1,8 @@
-//! Redis, the transport that tells workers "look at this export". PostgreSQL stays the record.
+//! The queue: how the API tells workers "there is work". PostgreSQL stays the record (the
+//! QUEUED rows themselves; a claim picks the fairest one), so a queue only has to wake a
+//! worker. Two transports: Redis (apalis) when `REDIS_URL` is set, else PostgreSQL's own
+//! `LISTEN/NOTIFY` (the embedded default). The reconciler pushes again whatever a transport
+//! lost.
 
 use std::time::Duration;
 
@@ -95,11 +99,83 @@ pub async fn storage(redis: &Redis, queue: &str) -> Result<ExportStorage> {
 }
 
 /// Pushes a job; a failure here leaves the export QUEUED in PostgreSQL for the reconciler.
-pub async fn enqueue(redis: &Redis, queue: &str, job: ExportJob) -> Result<()> {
+async fn enqueue(redis: &Redis, queue: &str, job: ExportJob) -> Result<()> {
     use apalis::prelude::TaskSink;
     let mut storage = storage(redis, queue).await?;
     tokio::time::timeout(Duration::from_secs(3), storage.push(job))
         .await
         .map_err(|_| Error::Unavailable("redis"))?
         .map_err(|_| Error::Unavailable("redis"))
+}
+
+/// The channel workers `LISTEN` on (one per database, so installations never share it).
+pub const CHANNEL: &str = "wharf_exports";
+
+/// Saying "there is work" to the workers.
+#[async_trait::async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Wakes a worker for `job`; a failure leaves the export QUEUED for the reconciler.
+    async fn push(&self, job: ExportJob) -> Result<()>;
+    /// Reachability, for readiness probes.
+    async fn ping(&self) -> Result<()>;
+    /// `redis` or `postgres`, for readiness and logs.
+    fn kind(&self) -> &'static str;
+}
+
+/// Redis via apalis (the scaled profile).
+#[derive(Clone)]
+pub struct RedisQueue {
+    pub redis: Redis,
+    pub name: String,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for RedisQueue {
+    async fn push(&self, job: ExportJob) -> Result<()> {
+        enqueue(&self.redis, &self.name, job).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.redis.ping().await
+    }
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// PostgreSQL `NOTIFY` (the embedded default): workers `LISTEN` and claim at once.
+#[derive(Clone)]
+pub struct PgQueue {
+    pub pool: sqlx::PgPool,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for PgQueue {
+    async fn push(&self, job: ExportJob) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(job.export_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+    async fn ping(&self) -> Result<()> {
+        crate::repo::ping(&self.pool).await
+    }
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+/// The queue the settings name: Redis when `REDIS_URL` is set, else PostgreSQL.
+pub fn from_settings(
+    settings: &crate::config::Settings,
+    pool: &sqlx::PgPool,
+) -> Result<std::sync::Arc<dyn JobQueue>> {
+    Ok(match &settings.redis_url {
+        Some(url) => std::sync::Arc::new(RedisQueue {
+            redis: Redis::new(url)?,
+            name: settings.queue.clone(),
+        }),
+        None => std::sync::Arc::new(PgQueue { pool: pool.clone() }),
+    })
 }

@@ -1,5 +1,7 @@
-//! The export worker: pulls jobs from Redis (apalis) and runs the export pipeline of `shared`.
+//! The export worker: hears of work (Redis via apalis, or PostgreSQL's LISTEN/NOTIFY), claims
+//! the fairest export and runs the export pipeline of `shared`.
 
 pub mod janitor;
+pub mod pull;
 pub mod reconciler;
 pub mod startup;

@@ -2,12 +2,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::*;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use wharf_shared::config::Settings;
 use wharf_shared::export::{self, ExportContext, Outcome};
-use wharf_shared::queue::{self, ExportJob, Redis};
+use wharf_shared::queue::{self, ExportJob, JobQueue, Redis};
 use wharf_shared::repo;
 use wharf_shared::store::s3::S3Store;
 
@@ -20,8 +19,10 @@ pub const PART_SIZE: usize = 8 << 20;
 #[derive(Clone)]
 pub struct Worker {
     pub ctx: ExportContext,
-    pub redis: Redis,
-    pub queue: String,
+    /// Where "there is work" is said (pushes after a release, the reconciler's re-pushes).
+    pub queue: Arc<dyn JobQueue>,
+    /// The apalis transport, when the queue is Redis.
+    pub redis: Option<(Redis, String)>,
     pub concurrency: usize,
     pub grace: Duration,
     /// How often the reconciler looks for lost jobs, and how long a QUEUED export may go
@@ -72,9 +73,12 @@ fn worker_name() -> String {
 impl Worker {
     pub async fn new(settings: &Settings, pool: PgPool) -> anyhow::Result<Worker> {
         Ok(Worker {
-            ctx: context(settings, pool).await,
-            redis: Redis::new(&settings.redis_url)?,
-            queue: settings.queue.clone(),
+            ctx: context(settings, pool.clone()).await,
+            queue: queue::from_settings(settings, &pool)?,
+            redis: match &settings.redis_url {
+                Some(url) => Some((Redis::new(url)?, settings.queue.clone())),
+                None => None,
+            },
             concurrency: settings.worker_concurrency,
             grace: settings.shutdown_grace,
             reconcile_every: Duration::from_secs(2),
@@ -95,7 +99,7 @@ impl Worker {
             loops.clone(),
         ));
         tokio::spawn(crate::reconciler::run(self.clone(), loops.clone()));
-        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = %self.queue, "wharf-worker started");
+        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.queue.kind(), "wharf-worker started");
         // Drain first, then stop the queue worker: apalis's shutdown waits for its running
         // tasks, so it only begins once ours have finished or been released.
         let queue_stop = CancellationToken::new();
@@ -120,7 +124,10 @@ impl Worker {
                 queue_stop.cancel();
             })
         };
-        self.pull(&queue_stop).await;
+        match self.redis.clone() {
+            Some((redis, name)) => crate::pull::redis(&self, &redis, &name, &queue_stop).await,
+            None => crate::pull::postgres(&self, &queue_stop).await,
+        }
         loops.cancel();
         drain.await.ok();
         tracing::info!("wharf-worker stopped");
@@ -138,42 +145,6 @@ impl Worker {
         true
     }
 
-    /// The apalis worker, restarted if its Redis connection breaks.
-    async fn pull(&self, shutdown: &CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let storage = match queue::storage(&self.redis, &self.queue).await {
-                Ok(s) => s.poll_with_interval(queue::POLL),
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis not reachable; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let worker = WorkerBuilder::new(format!(
-                "{}-{}",
-                self.ctx.worker_id,
-                uuid::Uuid::new_v4().simple()
-            ))
-            .backend(storage)
-            .concurrency(self.concurrency)
-            .data(self.clone())
-            .build(handle);
-            let stop = shutdown.clone();
-            let res = worker
-                .run_until(async move {
-                    stop.cancelled().await;
-                    Ok::<(), std::io::Error>(())
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "queue worker stopped; restarting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-
     /// Exports this worker is running right now.
     pub fn running(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
@@ -181,16 +152,11 @@ impl Worker {
 
     /// Pushes an export to the queue again (after a release, or for the reconciler).
     pub async fn enqueue(&self, export_id: uuid::Uuid, request_id: Option<String>) {
-        if let Err(e) = queue::enqueue(
-            &self.redis,
-            &self.queue,
-            ExportJob {
-                export_id,
-                request_id,
-            },
-        )
-        .await
-        {
+        let job = ExportJob {
+            export_id,
+            request_id,
+        };
+        if let Err(e) = self.queue.push(job).await {
             tracing::warn!(export_id = %export_id, error = %e, "enqueue failed; the reconciler retries");
             repo::exports::mark_unqueued(&self.ctx.pool, export_id)
                 .await
@@ -200,7 +166,7 @@ impl Worker {
 }
 
 /// Decrements the in-flight count however the export task ends.
-struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -208,47 +174,45 @@ impl Drop for InFlight {
     }
 }
 
-/// One job. Every outcome is recorded in PostgreSQL, so apalis never retries it: attempts and
-/// retries are Wharf's (see notes/apalis-1.0.md). The export runs in a task of its own, so it
-/// survives apalis dropping this future at shutdown and is released, not abandoned.
-async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> {
-    let worker = (*worker).clone();
-    if worker.draining.is_cancelled() {
-        // Stopping: hand the job straight to another worker.
-        worker.enqueue(job.export_id, job.request_id).await;
-        return Ok(());
+impl Worker {
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
-    worker.inflight.fetch_add(1, Ordering::SeqCst);
-    let guard = InFlight(worker.inflight.clone());
-    let task = tokio::spawn(async move {
-        let _guard = guard;
-        // The message says "there is work" (it names the export that sent it); the claim picks
-        // the fairest export. A slot keeps claiming after each export, so a project's backlog
-        // is drained by the slots it holds even when messages were spent on skips.
+
+    /// Counts a slot as busy until the guard drops.
+    pub(crate) fn busy(&self) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.inflight.clone())
+    }
+
+    /// One slot's work: claim the fairest export and run it, again and again, until nothing
+    /// is claimable. A wake-up message says "there is work", not which; so a project's backlog
+    /// is drained by the slots it holds even when messages were spent on skips. Every outcome
+    /// is recorded in PostgreSQL.
+    pub(crate) async fn drain_slot(&self, job: &ExportJob) {
         let span = tracing::info_span!("job", message_for = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
         loop {
             let outcome =
-                tracing::Instrument::instrument(export::run(&worker.ctx), span.clone()).await;
+                tracing::Instrument::instrument(export::run(&self.ctx), span.clone()).await;
             let _g = span.enter();
             match outcome {
                 Ok(Outcome::Skipped) => {
                     tracing::debug!("nothing claimable now (none queued below its project's cap)");
-                    break;
+                    return;
                 }
                 Ok(Outcome::Released { after }) if after.is_zero() => {
-                    worker.enqueue(job.export_id, job.request_id.clone()).await;
-                    break;
+                    self.enqueue(job.export_id, job.request_id.clone()).await;
+                    return;
                 }
-                Ok(_) if worker.draining.is_cancelled() => break,
+                Ok(_) if self.draining() => return,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "export job errored; the reconciler will retry it");
-                    break;
+                    return;
                 }
             }
         }
-    });
-    task.await.map_err(AbortError::new)
+    }
 }
 
 /// A worker that starts before PostgreSQL (or before the API migrated it) waits and retries,

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
 use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
-use wharf_shared::queue::{self, ExportJob};
+use wharf_shared::queue::ExportJob;
 use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
 use wharf_shared::signing::{self, LinkClaims};
 
@@ -226,7 +226,7 @@ pub async fn create_export(
             request_id: Some(request_id.clone()),
         };
         // The export is recorded: if Redis is down, the reconciler enqueues it later.
-        if let Err(e) = queue::enqueue(&state.redis, &state.settings.queue, job).await {
+        if let Err(e) = state.queue.push(job).await {
             tracing::warn!(export_id = %rec.id, error = %e, "enqueue failed; left for the reconciler");
             exports::mark_unqueued(&state.pool, rec.id).await.ok();
         }

@@ -1,0 +1,136 @@
+//! Where a worker hears of work: Redis (apalis) when `REDIS_URL` is set, else PostgreSQL's
+//! `LISTEN/NOTIFY`. Either way a message only wakes a slot; the slot claims the fairest
+//! QUEUED export (PostgreSQL is the record) and keeps going until nothing is claimable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use sqlx::postgres::PgListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wharf_shared::queue::{self, ExportJob, Redis};
+
+use crate::startup::Worker;
+
+/// An idle worker on PostgreSQL also looks for work this often without a notification (a
+/// notification lost while the listener reconnected, a retry whose backoff ended).
+pub const SAFETY_TICK: Duration = Duration::from_secs(1);
+
+/// The apalis worker, restarted if its Redis connection breaks.
+pub async fn redis(worker: &Worker, redis: &Redis, name: &str, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let storage = match queue::storage(redis, name).await {
+            Ok(s) => s.poll_with_interval(queue::POLL),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis not reachable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let apalis_worker = WorkerBuilder::new(format!(
+            "{}-{}",
+            worker.ctx.worker_id,
+            uuid::Uuid::new_v4().simple()
+        ))
+        .backend(storage)
+        .concurrency(worker.concurrency)
+        .data(worker.clone())
+        .build(handle);
+        let stop = shutdown.clone();
+        let res = apalis_worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "queue worker stopped; restarting");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// One apalis job. Every outcome is recorded in PostgreSQL, so apalis never retries it:
+/// attempts and retries are Wharf's (see notes/apalis-1.0.md). The slot runs in a task of its
+/// own, so an export survives apalis dropping this future at shutdown and is released.
+async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> {
+    let worker = (*worker).clone();
+    if worker.draining() {
+        // Stopping: hand the job straight to another worker.
+        worker.enqueue(job.export_id, job.request_id).await;
+        return Ok(());
+    }
+    let guard = worker.busy();
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        worker.drain_slot(&job).await;
+    });
+    task.await.map_err(AbortError::new)
+}
+
+/// `LISTEN` on the database: each notification (or the safety tick) fills the free slots;
+/// each slot claims until nothing is claimable, then frees itself.
+pub async fn postgres(worker: &Worker, shutdown: &CancellationToken) {
+    let slots = Arc::new(Semaphore::new(worker.concurrency));
+    let mut listener: Option<PgListener> = None;
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            listener = listen(worker).await;
+        }
+        fill_slots(worker, &slots);
+        let heard = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.map(|n| n.payload().to_string()).map_err(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            heard = heard => {
+                if heard.is_err() {
+                    tracing::warn!("lost the database's notifications; reconnecting");
+                    listener = None;
+                }
+            }
+            _ = tokio::time::sleep(SAFETY_TICK) => {}
+        }
+    }
+}
+
+async fn listen(worker: &Worker) -> Option<PgListener> {
+    let mut l = match PgListener::connect_with(&worker.ctx.pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for work yet; polling meanwhile");
+            return None;
+        }
+    };
+    match l.listen(queue::CHANNEL).await {
+        Ok(()) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for work yet; polling meanwhile");
+            None
+        }
+    }
+}
+
+/// Starts a slot task for every free slot (none while draining).
+fn fill_slots(worker: &Worker, slots: &Arc<Semaphore>) {
+    while !worker.draining() {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            return;
+        };
+        let (worker, guard) = (worker.clone(), worker.busy());
+        tokio::spawn(async move {
+            let _slot = (permit, guard);
+            let wake = ExportJob {
+                export_id: uuid::Uuid::nil(),
+                request_id: None,
+            };
+            worker.drain_slot(&wake).await;
+        });
+    }
+}
