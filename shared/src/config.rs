@@ -330,7 +330,10 @@ mod tests {
             ("DATABASE_URL", "postgres://x"),
             ("WHARF_SIGNING_KEYS", "a:1,b:2"),
         ])?;
-        assert_eq!(s.redis_url, None, "the embedded default: the queue in PostgreSQL");
+        assert_eq!(
+            s.redis_url, None,
+            "the embedded default: the queue in PostgreSQL"
+        );
         assert_eq!(s.s3.bucket, "wharf-exports");
         assert_eq!(s.s3.region, "us-east-1");
         assert_eq!(s.listen, "127.0.0.1:8080");

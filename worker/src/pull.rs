@@ -83,7 +83,11 @@ pub async fn postgres(worker: &Worker, shutdown: &CancellationToken) {
         fill_slots(worker, &slots);
         let heard = async {
             match listener.as_mut() {
-                Some(l) => l.recv().await.map(|n| n.payload().to_string()).map_err(|_| ()),
+                Some(l) => l
+                    .recv()
+                    .await
+                    .map(|n| n.payload().to_string())
+                    .map_err(|_| ()),
                 None => std::future::pending().await,
             }
         };

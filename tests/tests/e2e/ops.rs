@@ -19,11 +19,14 @@ async fn health_and_readiness_check_the_real_services(pool: PgPool) {
         .await
         .expect("sent");
     let body: Value = res.json().await.expect("json");
-    assert_eq!(
-        body["checks"],
-        serde_json::json!({"postgres": "ok", "redis": "ok", "s3": "ok"}),
-        "{body}"
-    );
+    // The queue is checked when it is a service of its own (Redis); in PostgreSQL it is the
+    // database's check.
+    let want = if app.settings.redis_url.is_some() {
+        serde_json::json!({"postgres": "ok", "redis": "ok", "s3": "ok"})
+    } else {
+        serde_json::json!({"postgres": "ok", "s3": "ok"})
+    };
+    assert_eq!(body["checks"], want, "{body}");
 }
 
 #[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
