@@ -11,8 +11,6 @@ use actix_web::{App, HttpRequest, HttpServer, web};
 use anyhow::Context;
 use sqlx::PgPool;
 use wharf_shared::config::Settings;
-use wharf_shared::store::ObjectStore;
-use wharf_shared::store::s3::S3Store;
 use wharf_shared::{Error, repo};
 
 use crate::error::ApiError;
@@ -45,10 +43,10 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         repo::migrate(&pool).await.context("applying migrations")?;
-        let store = S3Store::new(&settings.s3).await;
+        let store = wharf_shared::store::from_settings(&settings).await;
         if let Err(e) = store.ensure_bucket().await {
-            // Not fatal: /readyz reports S3 until it is reachable.
-            tracing::warn!(bucket = %settings.s3.bucket, error = %e, "could not ensure the bucket exists");
+            // Not fatal: /readyz reports the store until it is reachable.
+            tracing::warn!(store = %settings.store, error = %e, "the object store is not ready yet");
         }
         let limiter = KeyLimiter::new(settings.rate_limit);
         tokio::spawn(shrink_now_and_then(limiter.clone()));
@@ -58,7 +56,7 @@ impl Application {
             settings: Arc::new(settings),
             pool,
             ingest_gate: repo::IngestGate::default(),
-            store: Arc::new(store),
+            store,
             limiter,
         };
         let port = listener.local_addr()?.port();

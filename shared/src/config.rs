@@ -19,6 +19,23 @@ pub struct SigningKey {
     pub secret: SecretString,
 }
 
+/// Where artifacts live (`WHARF_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    S3,
+    /// A local directory: downloads are streamed by the API or redirected to its signed link.
+    Dir(std::path::PathBuf),
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::S3 => f.write_str("s3"),
+            StoreKind::Dir(p) => write!(f, "dir:{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct S3Settings {
     /// Empty: the AWS default endpoint.
@@ -36,6 +53,7 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Redis as the queue's transport; `None`: the queue lives in PostgreSQL.
     pub redis_url: Option<String>,
+    pub store: StoreKind,
     pub s3: S3Settings,
     pub listen: String,
     pub public_url: String,
@@ -119,6 +137,17 @@ impl Settings {
                 var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?,
             ),
             redis_url: var("REDIS_URL"),
+            store: match var("WHARF_STORE") {
+                Some(v) if v.trim() == "s3" => StoreKind::S3,
+                Some(v) => match v.trim().strip_prefix("dir:") {
+                    Some(path) if !path.is_empty() => StoreKind::Dir(path.into()),
+                    _ => return Err(invalid("WHARF_STORE", "expected s3 or dir:PATH")),
+                },
+                None if var("WHARF_S3_ENDPOINT").is_some() || var("WHARF_S3_BUCKET").is_some() => {
+                    StoreKind::S3
+                }
+                None => StoreKind::Dir("./wharf-data".into()),
+            },
             s3: S3Settings {
                 endpoint: var("WHARF_S3_ENDPOINT"),
                 public_endpoint: var("WHARF_S3_PUBLIC_ENDPOINT"),
@@ -333,6 +362,11 @@ mod tests {
         assert_eq!(
             s.redis_url, None,
             "the embedded default: the queue in PostgreSQL"
+        );
+        assert_eq!(
+            s.store,
+            StoreKind::Dir("./wharf-data".into()),
+            "and a local directory"
         );
         assert_eq!(s.s3.bucket, "wharf-exports");
         assert_eq!(s.s3.region, "us-east-1");

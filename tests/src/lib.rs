@@ -45,10 +45,15 @@ pub fn test_settings(bucket: &str, overrides: &[(&str, &str)]) -> Settings {
         ("WHARF_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ("WHARF_SIGNING_KEYS".into(), "k1:test-secret-one".into()),
     ];
-    // The queue profile under test: Redis (apalis) by default, PostgreSQL's LISTEN/NOTIFY with
-    // WHARF_TEST_QUEUE=postgres (scripts/test runs the suite on both).
-    if std::env::var("WHARF_TEST_QUEUE").is_ok_and(|q| q == "postgres") {
+    // The profile under test: scaled (Redis queue, S3 store) by default; embedded
+    // (WHARF_TEST_PROFILE=embedded: the queue in PostgreSQL, a local directory per test) is
+    // the same suite on the other seams. Tests of S3 itself (overriding WHARF_S3_*) keep S3.
+    if embedded_profile() {
         vars.retain(|(name, _)| name != "REDIS_URL");
+        if !overrides.iter().any(|(k, _)| k.starts_with("WHARF_S3_")) {
+            let dir = std::env::temp_dir().join(format!("wharf-store-{bucket}"));
+            vars.push(("WHARF_STORE".into(), format!("dir:{}", dir.display())));
+        }
     }
     for (k, v) in overrides {
         vars.retain(|(name, _)| name != k);
@@ -56,6 +61,11 @@ pub fn test_settings(bucket: &str, overrides: &[(&str, &str)]) -> Settings {
     }
     Settings::from_lookup(&|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
         .unwrap_or_else(|e| panic!("test settings are invalid: {e}"))
+}
+
+/// True when the suite runs on the embedded profile (see `test_settings`).
+pub fn embedded_profile() -> bool {
+    std::env::var("WHARF_TEST_PROFILE").is_ok_and(|p| p == "embedded")
 }
 
 pub struct TestApp {
@@ -125,8 +135,11 @@ pub enum KeyHeader {
 }
 
 impl Drop for TestApp {
-    /// Removes the test queue's keys from the shared Redis.
+    /// Removes the test's directory store and its queue's keys from the shared Redis.
     fn drop(&mut self) {
+        if let wharf_shared::config::StoreKind::Dir(dir) = &self.settings.store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let Some(url) = &self.settings.redis_url else {
             return;
         };
@@ -281,31 +294,30 @@ impl TestApp {
         msg
     }
 
-    pub async fn store(&self) -> S3Store {
+    /// The app's object store (S3 or a local directory, as the profile says).
+    pub async fn store(&self) -> std::sync::Arc<dyn wharf_shared::store::ObjectStore> {
+        wharf_shared::store::from_settings(&self.settings).await
+    }
+
+    /// The S3 store, for tests of what only S3 has (object metadata, presigned URLs).
+    pub async fn s3_store(&self) -> S3Store {
         S3Store::new(&self.settings.s3).await
     }
 
-    /// The bytes of an object in the test's bucket.
+    /// The bytes of an object in the test's store.
     pub async fn object(&self, key: &str) -> Vec<u8> {
-        let store = self.store().await;
-        let out = store
-            .client()
-            .get_object()
-            .bucket(store.bucket())
-            .key(key)
-            .send()
+        use futures::TryStreamExt;
+        let stream = self
+            .store()
+            .await
+            .get(key, None)
             .await
             .expect("object exists");
-        out.body
-            .collect()
-            .await
-            .expect("object body")
-            .into_bytes()
-            .to_vec()
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.expect("object body");
+        chunks.concat()
     }
 
     pub async fn object_keys(&self) -> Vec<String> {
-        use wharf_shared::store::ObjectStore;
         self.store().await.list("").await.expect("list objects")
     }
 
@@ -758,6 +770,7 @@ pub fn worker_command(
                 .map(|k| k.expose_secret().to_string())
                 .unwrap_or_default(),
         )
+        .env("WHARF_STORE", s.store.to_string())
         .env("WHARF_SIGNING_KEYS", "k1:test-secret-one");
     cmd
 }

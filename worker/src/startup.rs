@@ -8,7 +8,6 @@ use wharf_shared::config::Settings;
 use wharf_shared::export::{self, ExportContext, Outcome};
 use wharf_shared::queue::{self, ExportJob, JobQueue, Redis};
 use wharf_shared::repo;
-use wharf_shared::store::s3::S3Store;
 
 /// Heartbeats renew the lease (`WHARF_LEASE`, 30 s) and record progress every second, so a
 /// worker must miss 30 of them (a stall, a partition, a kill) before another takes over.
@@ -45,10 +44,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
-    let store = S3Store::new(&settings.s3).await;
     ExportContext {
         pool,
-        store: Arc::new(store),
+        store: wharf_shared::store::from_settings(settings).await,
         worker_id: worker_name(),
         export_ttl: settings.export_ttl,
         lease: settings.lease,

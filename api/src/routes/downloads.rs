@@ -67,10 +67,17 @@ pub async fn download(
         Some("stream") => stream(&state, &req, &rec).await,
         None | Some("redirect") => {
             let key = rec.downloadable(Utc::now())?;
-            let url = state
+            let presigned = state
                 .store
                 .presign_get(key, state.settings.presign_ttl, &meta_of(&rec))
                 .await?;
+            // A store without download URLs (a local directory): the API's own signed link.
+            let url = match presigned {
+                Some(url) => url,
+                None => super::exports::signed_link(&state, &rec)
+                    .map(|(url, _)| url)
+                    .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?,
+            };
             Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, url))
                 .finish())

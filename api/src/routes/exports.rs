@@ -93,19 +93,7 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         _ => 0.0,
     };
     let (url, url_expires_at) = if status == "COMPLETED" {
-        let expires = now.timestamp() + state.settings.link_ttl.as_secs() as i64;
-        let claims = LinkClaims {
-            export_id: r.id,
-            workflow_id: r.workflow_id,
-            format: &r.format,
-            expires,
-        };
-        signing::signed_url(
-            &state.settings.public_url,
-            &state.settings.signing_keys,
-            &claims,
-        )
-        .map_or((None, None), |(u, e)| (Some(u), Some(e)))
+        signed_link(state, r).map_or((None, None), |(u, e)| (Some(u), Some(e)))
     } else {
         (None, None)
     };
@@ -141,6 +129,22 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         download_url: format!("{base}/v1/exports/{}/download", r.id),
         status,
     }
+}
+
+/// The export's signed, keyless file link (`WHARF_LINK_TTL` from now) and when it expires.
+pub fn signed_link(state: &AppState, r: &ExportRecord) -> Option<(String, DateTime<Utc>)> {
+    let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
+    let claims = LinkClaims {
+        export_id: r.id,
+        workflow_id: r.workflow_id,
+        format: &r.format,
+        expires,
+    };
+    signing::signed_url(
+        &state.settings.public_url,
+        &state.settings.signing_keys,
+        &claims,
+    )
 }
 
 fn created_dto(state: &AppState, r: &ExportRecord) -> ExportCreated {

@@ -17,7 +17,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// PostgreSQL, Redis and S3 are all reachable; 503 naming the ones that are not.
+/// PostgreSQL, the queue (Redis, when it is the transport) and the object store (S3 or the
+/// directory) are reachable; 503 naming the ones that are not.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "Ready"), (status = 503, description = "A backing service is down", body = crate::error::ErrorEnvelope)))]
 #[get("/readyz")]
@@ -32,7 +33,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.queue.kind() != "postgres" {
         checks.push((state.queue.kind(), matches!(queue, Ok(Ok(())))));
     }
-    checks.push(("s3", matches!(s3, Ok(Ok(())))));
+    let store = match state.settings.store {
+        wharf_shared::config::StoreKind::S3 => "s3",
+        wharf_shared::config::StoreKind::Dir(_) => "dir",
+    };
+    checks.push((store, matches!(s3, Ok(Ok(())))));
     let down: Vec<&str> = checks
         .iter()
         .filter(|(_, ok)| !ok)

@@ -1,5 +1,8 @@
-//! Object storage behind one small trait: S3 now, a local directory for the standalone profile.
+//! Object storage behind one small trait: S3 (or MinIO), a local directory (the embedded
+//! default), and memory (tests of code above the store). `from_settings` picks one.
 
+pub mod dir;
+pub mod memory;
 pub mod s3;
 
 use async_trait::async_trait;
@@ -54,13 +57,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// A time-limited GET URL whose response carries `meta` as its headers.
+    /// A time-limited GET URL whose response carries `meta` as its headers, when the store has
+    /// such URLs (S3); `None`: the API serves the bytes itself.
     async fn presign_get(
         &self,
         key: &str,
         ttl: std::time::Duration,
         meta: &ObjectMeta,
-    ) -> Result<String, StoreError>;
+    ) -> Result<Option<String>, StoreError>;
     /// The object's bytes, or the inclusive byte range `first..=last` of them, as a stream.
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StoreError>;
     /// Keys under a prefix (tests and the janitor's checks; not used on hot paths).
@@ -68,6 +72,15 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// The store the settings name (`WHARF_STORE`). It touches nothing yet: a process starts
+/// while its store is down (the API ensures the bucket or directory; readiness reports it).
+pub async fn from_settings(settings: &crate::config::Settings) -> std::sync::Arc<dyn ObjectStore> {
+    match &settings.store {
+        crate::config::StoreKind::S3 => std::sync::Arc::new(s3::S3Store::new(&settings.s3).await),
+        crate::config::StoreKind::Dir(path) => std::sync::Arc::new(dir::DirStore::new(path)),
+    }
+}
 
 /// Headers stored with an object, so any GET of it carries them.
 #[derive(Debug, Clone)]

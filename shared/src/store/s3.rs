@@ -219,7 +219,7 @@ impl ObjectStore for S3Store {
         key: &str,
         ttl: Duration,
         meta: &ObjectMeta,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let config =
             PresigningConfig::expires_in(ttl).map_err(|e| StoreError::Other(e.to_string()))?;
         let req = self
@@ -234,7 +234,7 @@ impl ObjectStore for S3Store {
             .presigned(config)
             .await
             .map_err(classify)?;
-        Ok(req.uri().to_string())
+        Ok(Some(req.uri().to_string()))
     }
 
     async fn get(

@@ -62,7 +62,7 @@ impl ObjectStore for Refusing {
         key: &str,
         ttl: Duration,
         meta: &ObjectMeta,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.inner.presign_get(key, ttl, meta).await
     }
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StoreError> {

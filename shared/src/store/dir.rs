@@ -1,0 +1,215 @@
+//! A local directory as the object store (`WHARF_STORE=dir:PATH`, the embedded default).
+//! Objects are files under the root; an upload in progress lives under `.uploads/` and becomes
+//! visible with one rename, so no reader ever sees a partial object. There is no download URL:
+//! the API streams the file or redirects to its own signed link.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{ByteStream, ObjectMeta, ObjectStore, StoreError};
+
+const UPLOADS: &str = ".uploads";
+
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirStore { root: root.into() }
+    }
+
+    /// The file of `key`; keys are Wharf's own (`<workflow>/<export>.<ext>`), but nothing
+    /// outside the root is ever reachable.
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(key);
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(n) if n != UPLOADS));
+        if key.is_empty() || !plain {
+            return Err(StoreError::Other(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(rel))
+    }
+
+    fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
+        if upload_id.is_empty() || !upload_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StoreError::NotFound);
+        }
+        Ok(self.root.join(UPLOADS).join(upload_id))
+    }
+
+    /// Writes `body` beside `target` and renames it into place.
+    async fn write_atomically(
+        &self,
+        target: &Path,
+        parts: &[PathBuf],
+        body: Option<Bytes>,
+    ) -> Result<(), StoreError> {
+        let dir = target
+            .parent()
+            .ok_or_else(|| StoreError::Other("object key has no parent".into()))?;
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        let tmp = self
+            .root
+            .join(UPLOADS)
+            .join(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(self.root.join(UPLOADS))
+            .await
+            .map_err(io)?;
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        if let Some(b) = body {
+            out.write_all(&b).await.map_err(io)?;
+        }
+        for part in parts {
+            let mut f = tokio::fs::File::open(part).await.map_err(io)?;
+            tokio::io::copy(&mut f, &mut out).await.map_err(io)?;
+        }
+        out.sync_all().await.map_err(io)?;
+        drop(out);
+        tokio::fs::rename(&tmp, target).await.map_err(io)
+    }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::NotFound,
+        std::io::ErrorKind::PermissionDenied => StoreError::Unauthorized,
+        _ => StoreError::Service(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for DirStore {
+    async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        tokio::fs::create_dir_all(self.root.join(UPLOADS))
+            .await
+            .map_err(io)
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let meta = tokio::fs::metadata(&self.root).await.map_err(io)?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(StoreError::Service(format!(
+                "{} is not a directory",
+                self.root.display()
+            )))
+        }
+    }
+
+    async fn put(&self, key: &str, _meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
+        let target = self.path(key)?;
+        self.write_atomically(&target, &[], Some(body)).await
+    }
+
+    async fn create_multipart(&self, _key: &str, _meta: &ObjectMeta) -> Result<String, StoreError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        tokio::fs::create_dir_all(self.upload_dir(&id)?)
+            .await
+            .map_err(io)?;
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let part = self.upload_dir(upload_id)?.join(format!("{number:06}"));
+        tokio::fs::write(&part, &body).await.map_err(io)?;
+        Ok(number.to_string())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), StoreError> {
+        let dir = self.upload_dir(upload_id)?;
+        let parts: Vec<PathBuf> = (1..=etags.len())
+            .map(|n| dir.join(format!("{n:06}")))
+            .collect();
+        self.write_atomically(&self.path(key)?, &parts, None)
+            .await?;
+        tokio::fs::remove_dir_all(&dir).await.map_err(io)
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_dir_all(self.upload_dir(upload_id)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn presign_get(
+        &self,
+        _key: &str,
+        _ttl: Duration,
+        _meta: &ObjectMeta,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StoreError> {
+        let mut file = tokio::fs::File::open(self.path(key)?).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        let (first, last) = range.unwrap_or((0, len.saturating_sub(1)));
+        file.seek(std::io::SeekFrom::Start(first))
+            .await
+            .map_err(io)?;
+        let last = last.min(len.saturating_sub(1));
+        let take = if len == 0 || first > last {
+            0
+        } else {
+            last - first + 1
+        };
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(take), 256 * 1024)
+            .map(|r| r.map_err(io));
+        Ok(stream.boxed())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(io)? {
+                let path = entry.path();
+                if entry.file_name() == UPLOADS {
+                    continue;
+                }
+                if entry.file_type().await.map_err(io)?.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    if key.starts_with(prefix) {
+                        out.push(key);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
