@@ -14,4 +14,5 @@ mod limits;
 mod numbers;
 mod ops;
 mod startup;
+mod store_contract;
 mod workflows;
