@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wharf_shared::domain::states::UploadState;
 use wharf_shared::export::ExportContext;
 use wharf_shared::repo::exports;
 
@@ -77,7 +78,7 @@ pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::
         // The attempt is over without completing: whatever object it wrote is not the export's.
         match abort.and(ctx.store.delete(key).await) {
             Ok(()) => {
-                exports::finish_upload(&ctx.pool, upload_id, "ABORTED").await?;
+                exports::finish_upload(&ctx.pool, upload_id, UploadState::Aborted).await?;
                 tracing::info!(upload_id, "orphaned multipart upload aborted");
                 aborted += 1;
             }

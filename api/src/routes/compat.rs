@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
+use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, Created};
 use wharf_shared::repo::projects;
 use wharf_shared::signing::{self, LinkClaims};
@@ -127,15 +128,17 @@ pub async fn kadoa_create(
     };
     let deadline = Instant::now() + Duration::from_secs(wait);
     let mut rec = *rec;
-    while matches!(rec.status.as_str(), "QUEUED" | "IN_PROGRESS") && Instant::now() < deadline {
+    while rec.status.is_active() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rec = exports::get(&state.pool, principal.project_id, rec.id)
             .await?
             .ok_or(Error::NotFound("export"))?;
     }
     match rec.effective_status(Utc::now()) {
-        "QUEUED" | "IN_PROGRESS" => Ok(HttpResponse::Accepted().json(export_dto(&state, &rec))),
-        "COMPLETED" => {
+        ExportStatus::Queued | ExportStatus::InProgress => {
+            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
+        }
+        ExportStatus::Completed => {
             let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
             let claims = LinkClaims {
                 export_id: rec.id,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use wharf_shared::domain::export::content_disposition;
 use wharf_shared::domain::scopes::Scope;
+use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, ExportRecord};
 use wharf_shared::signing::{self, LinkClaims};
 use wharf_shared::store::ObjectMeta;
@@ -165,7 +166,7 @@ async fn verify_link(
         return Err(forbidden().into());
     }
     let now = Utc::now();
-    if rec.effective_status(now) == "EXPIRED" {
+    if rec.effective_status(now) == ExportStatus::Expired {
         return Err(Error::ExportExpired.into());
     }
     if expires < now.timestamp() {

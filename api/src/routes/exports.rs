@@ -7,6 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
 use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
+use wharf_shared::domain::states::{DockStatus, ExportStatus};
 use wharf_shared::queue::ExportJob;
 use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
 use wharf_shared::signing::{self, LinkClaims};
@@ -27,7 +28,7 @@ pub struct ExportCreated {
     pub export_job_id: uuid::Uuid,
     pub dock_status_id: uuid::Uuid,
     pub workflow_id: uuid::Uuid,
-    pub status: String,
+    pub status: ExportStatus,
     pub status_url: String,
     pub download_url: String,
 }
@@ -56,8 +57,7 @@ pub struct ExportDto {
     pub run_id: Option<uuid::Uuid>,
     pub format: String,
     pub compression: String,
-    /// QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or EXPIRED.
-    pub status: String,
+    pub status: ExportStatus,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -80,10 +80,10 @@ pub struct ExportDto {
 
 pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
     let now = Utc::now();
-    let status = r.effective_status(now).to_string();
+    let status = r.effective_status(now);
     let total = r.rows_total.unwrap_or(0);
-    let percent = match status.as_str() {
-        "COMPLETED" | "EXPIRED" => 100.0,
+    let percent = match status {
+        ExportStatus::Completed | ExportStatus::Expired => 100.0,
         _ if total > 0 => {
             ((r.rows_written as f64 / total as f64) * 1000.0)
                 .round()
@@ -92,7 +92,7 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         }
         _ => 0.0,
     };
-    let (url, url_expires_at) = if status == "COMPLETED" {
+    let (url, url_expires_at) = if status == ExportStatus::Completed {
         signed_link(state, r).map_or((None, None), |(u, e)| (Some(u), Some(e)))
     } else {
         (None, None)
@@ -154,7 +154,7 @@ fn created_dto(state: &AppState, r: &ExportRecord) -> ExportCreated {
         export_job_id: r.id,
         dock_status_id: r.dock_status_id,
         workflow_id: r.workflow_id,
-        status: r.effective_status(Utc::now()).to_string(),
+        status: r.effective_status(Utc::now()),
         status_url: format!("{base}/v1/exports/{}", r.id),
         download_url: format!("{base}/v1/exports/{}/download", r.id),
     }
@@ -334,15 +334,6 @@ pub struct ExportListQuery {
     pub cursor: Option<String>,
 }
 
-const STATUSES: [&str; 6] = [
-    "QUEUED",
-    "IN_PROGRESS",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "EXPIRED",
-];
-
 /// A workflow's exports, newest first (read scope).
 #[utoipa::path(get, path = "/v1/workflows/{workflowId}/exports", tag = "exports",
     params(("workflowId" = uuid::Uuid, Path), ExportListQuery),
@@ -357,25 +348,20 @@ pub async fn list_exports(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let wf = find(&state, principal.project_id, &path).await?;
-    let status = query.status.as_deref().map(str::to_ascii_uppercase);
-    if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
-        return Err(
-            Error::invalid(format!("status: expected one of {}", STATUSES.join(", "))).into(),
-        );
-    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(raw) => Some(ExportStatus::parse(raw).ok_or_else(|| {
+            let all: Vec<&str> = ExportStatus::ALL.iter().map(|s| s.as_str()).collect();
+            Error::invalid(format!("status: expected one of {}", all.join(", ")))
+        })?),
+    };
     let page = ListQuery {
         limit: query.limit,
         cursor: query.cursor.clone(),
     }
     .page()?;
-    let (rows, next) = exports::list(
-        &state.pool,
-        principal.project_id,
-        wf.id,
-        status.as_deref(),
-        page,
-    )
-    .await?;
+    let (rows, next) =
+        exports::list(&state.pool, principal.project_id, wf.id, status, page).await?;
     Ok(HttpResponse::Ok().json(List::new(
         rows.iter().map(|r| export_dto(&state, r)).collect(),
         next,
@@ -417,7 +403,7 @@ pub struct DockStatusDto {
     pub job_type: String,
     pub action: String,
     /// IN_PROGRESS (queued or running), SUCCESS, FAILED, CANCELLED or EXPIRED.
-    pub status: String,
+    pub status: DockStatus,
     pub workflow_id: uuid::Uuid,
     pub export_job_id: uuid::Uuid,
     pub progress: ProgressDto,
@@ -446,20 +432,16 @@ pub async fn get_dock_status(
         .await?
         .ok_or(Error::NotFound("dock status"))?;
     let dto = export_dto(&state, &rec);
-    let status = match dto.status.as_str() {
-        "QUEUED" | "IN_PROGRESS" => "IN_PROGRESS",
-        "COMPLETED" => "SUCCESS",
-        other => other,
-    };
+    let status = dto.status.dock();
     Ok(HttpResponse::Ok().json(DockStatusDto {
         dock_status_id: rec.dock_status_id,
         job_type: "EXPORT".into(),
         action: "EXPORT".into(),
-        status: status.to_string(),
+        status,
         workflow_id: rec.workflow_id,
         export_job_id: rec.id,
         response: DockResponse {
-            download_url: (status == "SUCCESS").then(|| dto.download_url.clone()),
+            download_url: (status == DockStatus::Success).then(|| dto.download_url.clone()),
         },
         error: dto.error,
         progress: dto.progress,

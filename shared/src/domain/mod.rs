@@ -4,3 +4,4 @@ pub mod export;
 pub mod ids;
 pub mod schema;
 pub mod scopes;
+pub mod states;

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ExportContext, stopped};
+use crate::domain::states::UploadState;
 use crate::error::Result;
 use crate::repo::exports::{self, Claim};
 use crate::store::ObjectMeta;
@@ -116,7 +117,9 @@ pub async fn abort(ctx: &ExportContext, key: &str, parts: Option<Parts>) {
         .await;
         match aborted {
             Ok(Ok(())) => {
-                if let Err(e) = exports::finish_upload(&ctx.pool, &upload_id, "ABORTED").await {
+                if let Err(e) =
+                    exports::finish_upload(&ctx.pool, &upload_id, UploadState::Aborted).await
+                {
                     tracing::warn!(error = %e, "could not record the aborted upload");
                 }
             }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Page, paginate};
 use crate::domain::export::ExportSpec;
 use crate::domain::ids::new_id;
+use crate::domain::states::{ExportStatus, UploadState};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,7 +23,7 @@ pub struct ExportRecord {
     pub format: String,
     pub compression: String,
     pub params: Json<ExportSpec>,
-    pub status: String,
+    pub status: ExportStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     pub lease_token: Option<Uuid>,
@@ -51,21 +52,21 @@ impl ExportRecord {
     /// The object to download, or the error that says why there is none.
     pub fn downloadable(&self, now: DateTime<Utc>) -> Result<&str> {
         match self.effective_status(now) {
-            "COMPLETED" => self.object_key.as_deref().ok_or(Error::ExportNotReady),
-            "QUEUED" | "IN_PROGRESS" => Err(Error::ExportNotReady),
-            "FAILED" => Err(Error::ExportFailed(
+            ExportStatus::Completed => self.object_key.as_deref().ok_or(Error::ExportNotReady),
+            ExportStatus::Queued | ExportStatus::InProgress => Err(Error::ExportNotReady),
+            ExportStatus::Failed => Err(Error::ExportFailed(
                 self.error_message.clone().unwrap_or_default(),
             )),
-            "CANCELLED" => Err(Error::ExportCancelled),
-            _ => Err(Error::ExportExpired),
+            ExportStatus::Cancelled => Err(Error::ExportCancelled),
+            ExportStatus::Expired => Err(Error::ExportExpired),
         }
     }
 
     /// The status a client sees: a completed export past its retention reads EXPIRED at once,
     /// before the janitor has removed the object.
-    pub fn effective_status(&self, now: DateTime<Utc>) -> &str {
-        match (self.status.as_str(), self.expires_at) {
-            ("COMPLETED", Some(exp)) if exp <= now => "EXPIRED",
+    pub fn effective_status(&self, now: DateTime<Utc>) -> ExportStatus {
+        match (self.status, self.expires_at) {
+            (ExportStatus::Completed, Some(exp)) if exp <= now => ExportStatus::Expired,
             (s, _) => s,
         }
     }
@@ -227,25 +228,28 @@ pub async fn list(
     pool: &PgPool,
     project_id: Uuid,
     workflow_id: Uuid,
-    status: Option<&str>,
+    status: Option<ExportStatus>,
     page: Page,
 ) -> Result<(Vec<ExportRecord>, Option<Uuid>)> {
     let mut q = QueryBuilder::<Postgres>::new(SELECT);
     q.push(" WHERE e.project_id = ").push_bind(project_id);
     q.push(" AND e.workflow_id = ").push_bind(workflow_id);
+    // As a client sees them: a COMPLETED export past its retention is EXPIRED already.
     match status {
-        Some("EXPIRED") => {
-            q.push(
-                " AND (e.status = 'EXPIRED' OR (e.status = 'COMPLETED' AND e.expires_at <= now()))",
-            );
+        Some(ExportStatus::Expired) => {
+            q.push(" AND (e.status = ")
+                .push_bind(ExportStatus::Expired)
+                .push(" OR (e.status = ")
+                .push_bind(ExportStatus::Completed)
+                .push(" AND e.expires_at <= now()))");
         }
-        Some("COMPLETED") => {
-            q.push(
-                " AND e.status = 'COMPLETED' AND (e.expires_at IS NULL OR e.expires_at > now())",
-            );
+        Some(ExportStatus::Completed) => {
+            q.push(" AND e.status = ")
+                .push_bind(ExportStatus::Completed)
+                .push(" AND (e.expires_at IS NULL OR e.expires_at > now())");
         }
         Some(s) => {
-            q.push(" AND e.status = ").push_bind(s.to_string());
+            q.push(" AND e.status = ").push_bind(s);
         }
         None => {}
     }
@@ -500,7 +504,7 @@ pub async fn fail(pool: &PgPool, claim: &Claim, code: &str, message: &str) -> Re
 pub enum Cancelled {
     Done(Box<ExportRecord>),
     /// Already COMPLETED, FAILED or EXPIRED.
-    Finished(String),
+    Finished(ExportStatus),
 }
 
 /// Cancels a QUEUED or IN_PROGRESS export at once; a worker running it notices at its next
@@ -518,8 +522,8 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<
     let Some(rec) = get(pool, project_id, id).await? else {
         return Ok(None);
     };
-    let status = rec.effective_status(Utc::now()).to_string();
-    if changed.is_some() || status == "CANCELLED" {
+    let status = rec.effective_status(Utc::now());
+    if changed.is_some() || status == ExportStatus::Cancelled {
         Ok(Some(Cancelled::Done(Box::new(rec))))
     } else {
         Ok(Some(Cancelled::Finished(status)))
@@ -538,7 +542,7 @@ pub async fn record_upload(pool: &PgPool, claim: &Claim, upload_id: &str, key: &
     Ok(())
 }
 
-pub async fn finish_upload(pool: &PgPool, upload_id: &str, state: &str) -> Result<()> {
+pub async fn finish_upload(pool: &PgPool, upload_id: &str, state: UploadState) -> Result<()> {
     sqlx::query("UPDATE export_uploads SET state = $2, updated_at = now() WHERE upload_id = $1")
         .bind(upload_id)
         .bind(state)

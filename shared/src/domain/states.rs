@@ -1,0 +1,111 @@
+//! The states of jobs and uploads, as enums, and the one place that maps them to the strings of
+//! the API and of the schema of record (the `status`/`state` text columns).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An export's lifecycle (API.md, Status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExportStatus {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl ExportStatus {
+    pub const ALL: [ExportStatus; 6] = [
+        ExportStatus::Queued,
+        ExportStatus::InProgress,
+        ExportStatus::Completed,
+        ExportStatus::Failed,
+        ExportStatus::Cancelled,
+        ExportStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportStatus::Queued => "QUEUED",
+            ExportStatus::InProgress => "IN_PROGRESS",
+            ExportStatus::Completed => "COMPLETED",
+            ExportStatus::Failed => "FAILED",
+            ExportStatus::Cancelled => "CANCELLED",
+            ExportStatus::Expired => "EXPIRED",
+        }
+    }
+
+    /// From the API's spelling, in any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Still to run or running: a poller waits.
+    pub fn is_active(self) -> bool {
+        matches!(self, ExportStatus::Queued | ExportStatus::InProgress)
+    }
+
+    /// The generic job record's status (API.md, Dock status).
+    pub fn dock(self) -> DockStatus {
+        match self {
+            ExportStatus::Queued | ExportStatus::InProgress => DockStatus::InProgress,
+            ExportStatus::Completed => DockStatus::Success,
+            ExportStatus::Failed => DockStatus::Failed,
+            ExportStatus::Cancelled => DockStatus::Cancelled,
+            ExportStatus::Expired => DockStatus::Expired,
+        }
+    }
+}
+
+impl std::fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dock status (the generic job record of every asynchronous job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DockStatus {
+    InProgress,
+    Success,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+/// An upload of an export's object, tracked so the janitor can abort what a dead attempt left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UploadState {
+    Open,
+    Completed,
+    Aborted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_their_api_spelling() {
+        for s in ExportStatus::ALL {
+            assert_eq!(ExportStatus::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).ok(),
+                Some(serde_json::Value::String(s.as_str().into()))
+            );
+        }
+        assert_eq!(
+            ExportStatus::parse("in_progress"),
+            Some(ExportStatus::InProgress)
+        );
+        assert_eq!(ExportStatus::parse("done"), None);
+        assert_eq!(ExportStatus::Queued.dock(), DockStatus::InProgress);
+    }
+}
