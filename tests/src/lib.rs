@@ -1,6 +1,7 @@
 //! The end-to-end test harness: the API in process on a random port, against a fresh database
 //! (from `#[sqlx::test]`), its own S3 bucket, and the local Redis.
 
+pub mod bench;
 pub mod process;
 
 use std::net::TcpListener;
@@ -807,20 +808,10 @@ impl TestApp {
         concurrency: usize,
         env: &[(&str, &str)],
     ) -> WorkerProcess {
-        let log = std::env::temp_dir().join(format!(
-            "wharf-worker-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = worker_command(&worker_binary(), &self.settings, &self.database_url())
-            .env("WHARF_WORKER_CONCURRENCY", concurrency.to_string())
-            .env("WHARF_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("wharf-worker starts");
+        let mut cmd = worker_command(&worker_binary(), &self.settings, &self.database_url());
+        cmd.env("WHARF_WORKER_CONCURRENCY", concurrency.to_string())
+            .envs(env.iter().copied());
+        let (child, log) = process::spawn_logged(cmd, "wharf-worker");
         WorkerProcess { child, log }
     }
 }

@@ -48,6 +48,23 @@ impl Drop for ApiProcess {
     }
 }
 
+/// Starts `cmd` with JSON logs at info into a temporary file; returns the child and the file.
+pub fn spawn_logged(
+    mut cmd: std::process::Command,
+    name: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = cmd
+        .env("WHARF_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    (child, log)
+}
+
 /// A binary built beside this test binary.
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -70,20 +87,12 @@ impl TestApp {
             .map(|a| a.port())
             .expect("a free port");
         let address = format!("http://127.0.0.1:{port}");
-        let log =
-            std::env::temp_dir().join(format!("wharf-api-{}.log", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = worker_command(&binary("wharf-api"), &self.settings, &self.database_url())
-            .env("WHARF_LISTEN", format!("127.0.0.1:{port}"))
+        let mut cmd = worker_command(&binary("wharf-api"), &self.settings, &self.database_url());
+        cmd.env("WHARF_LISTEN", format!("127.0.0.1:{port}"))
             .env("WHARF_PUBLIC_URL", &address)
             .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("WHARF_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("wharf-api starts");
+            .envs(env.iter().copied());
+        let (child, log) = spawn_logged(cmd, "wharf-api");
         let api = ApiProcess {
             child,
             address,

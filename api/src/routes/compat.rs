@@ -13,7 +13,6 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, Created};
 use wharf_shared::repo::projects;
-use wharf_shared::signing::{self, LinkClaims};
 use wharf_shared::{Error, auth};
 
 use super::downloads::stream;
@@ -139,19 +138,8 @@ pub async fn kadoa_create(
             Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
         }
         ExportStatus::Completed => {
-            let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
-            let claims = LinkClaims {
-                export_id: rec.id,
-                workflow_id: rec.workflow_id,
-                format: &rec.format,
-                expires,
-            };
-            let (url, expires_at) = signing::signed_url(
-                &state.settings.public_url,
-                &state.settings.signing_keys,
-                &claims,
-            )
-            .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
+            let (url, expires_at) = super::exports::signed_link(&state, &rec)
+                .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,
                 workflow_id: rec.workflow_id,

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use wharf_api::startup::Application;
 
@@ -82,20 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1_000_000);
     let server = env("WHARF_BENCH_PG", "postgres://postgres@127.0.0.1:5432");
     let db = "wharf_bench";
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await?;
-    let database_url = format!("{server}/{db}");
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&database_url)
-        .await?;
+    let (mut admin, database_url, pool) = wharf_tests::bench::fresh_database(&server, db).await?;
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
@@ -116,27 +102,13 @@ async fn main() -> anyhow::Result<()> {
     let app = Application::build_with(settings.clone(), pool.clone(), listener).await?;
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
-    let project: Value = client
-        .post(format!("{base}/v1/projects"))
-        .bearer_auth(wharf_tests::ADMIN_TOKEN)
-        .json(&json!({"slug": "bench", "name": "Bench"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = project["apiKey"]["key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let wf: Value = client
-        .post(format!("{base}/v1/workflows"))
-        .header("x-api-key", &key)
-        .json(&json!({"name": "Bench", "schema": serde_json::from_str::<Value>(SCHEMA)?}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let wf_id = wf["id"].as_str().unwrap_or_default().to_string();
+    let (key, wf_id) = wharf_tests::bench::project_and_workflow(
+        &client,
+        &base,
+        "bench",
+        serde_json::from_str::<Value>(SCHEMA)?,
+    )
+    .await?;
 
     println!("wharf-bench: {rows} rows, 10 fields");
     let body = futures::stream::iter(0..rows.div_ceil(10_000)).map(move |c| {

@@ -10,8 +10,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::Executor;
 use wharf_api::startup::Application;
 use wharf_shared::config::{Settings, StoreKind};
 
@@ -46,17 +45,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>> {
     let db = format!("wharf_pickup_{queue}");
-    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
     let drop = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
-    admin.execute(sqlx::AssertSqlSafe(drop.clone())).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await?;
-    let database_url = format!("{server}/{db}");
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&database_url)
-        .await?;
+    let (mut admin, database_url, pool) = wharf_tests::bench::fresh_database(server, &db).await?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
     let name = format!("wharf-pickup:{}", uuid::Uuid::new_v4().simple());
@@ -81,27 +71,9 @@ async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>
         .env("RUST_LOG", "warn")
         .spawn()?;
     let client = reqwest::Client::new();
-    let project: Value = client
-        .post(format!("{base}/v1/projects"))
-        .bearer_auth(wharf_tests::ADMIN_TOKEN)
-        .json(&json!({"slug": "pickup", "name": "Pickup"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = project["apiKey"]["key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let wf: Value = client
-        .post(format!("{base}/v1/workflows"))
-        .header("x-api-key", &key)
-        .json(&json!({"name": "P", "schema": [{"name": "n", "type": "integer"}]}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let wf_id = wf["id"].as_str().unwrap_or_default().to_string();
+    let schema = json!([{"name": "n", "type": "integer"}]);
+    let (key, wf_id) =
+        wharf_tests::bench::project_and_workflow(&client, &base, "pickup", schema).await?;
     client
         .post(format!("{base}/v1/workflows/{wf_id}/runs"))
         .header("x-api-key", &key)

@@ -62,6 +62,17 @@ fn same_bits(got: &[f64], want: &[f64], what: &str) {
     assert!(wrong.is_empty(), "{what}: {wrong:?}");
 }
 
+/// The first column of a Parquet file, every row group, through `values`.
+fn first_column<T>(bytes: Vec<u8>, values: impl Fn(&dyn Array) -> Vec<T>) -> Vec<T> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    reader
+        .flat_map(|batch| values(batch.expect("batch").column(0).as_ref()))
+        .collect()
+}
+
 fn from_text(s: &str) -> f64 {
     s.parse().unwrap_or_else(|_| panic!("a number: {s:?}"))
 }
@@ -128,24 +139,13 @@ async fn random_floats_come_back_bit_for_bit(pool: PgPool) {
                         from_text(&v["x"].to_string())
                     })
                     .collect(),
-                _ => {
-                    let reader =
-                        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                            .expect("parquet")
-                            .build()
-                            .expect("reader");
-                    let mut out = Vec::new();
-                    for batch in reader {
-                        let batch = batch.expect("batch");
-                        let col = batch
-                            .column(0)
-                            .as_any()
-                            .downcast_ref::<Float64Array>()
-                            .expect("a double column");
-                        out.extend((0..col.len()).map(|i| col.value(i)));
-                    }
-                    out
-                }
+                _ => first_column(bytes, |col| {
+                    let col = col
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .expect("a double column");
+                    (0..col.len()).map(|i| col.value(i)).collect::<Vec<_>>()
+                }),
             };
             same_bits(&got, &want, &format!("{ct} → {format}"));
         }
@@ -185,21 +185,16 @@ async fn json_fields_keep_every_digit(pool: PgPool) {
             let status = app.export_and_wait(&p.key, &wf, &body).await;
             let bytes = app.export_file(&status).await;
             let text = if format == "parquet" {
-                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                    .expect("parquet")
-                    .build()
-                    .expect("reader");
-                let mut s = String::new();
-                for batch in reader {
-                    let batch = batch.expect("batch");
-                    let col = batch
-                        .column(0)
+                first_column(bytes, |col| {
+                    let col = col
                         .as_any()
                         .downcast_ref::<StringArray>()
                         .expect("json as text");
-                    s.push_str(col.value(0));
-                }
-                s
+                    (0..col.len())
+                        .map(|i| col.value(i).to_string())
+                        .collect::<Vec<_>>()
+                })
+                .concat()
             } else {
                 String::from_utf8(bytes).expect("utf-8")
             };

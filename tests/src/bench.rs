@@ -1,0 +1,58 @@
+//! Setup the benches share: a fresh database, and a project with a key and a workflow.
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+/// A fresh database `db` on `server` (dropped first if it exists): the admin connection (to
+/// drop it at the end), its URL and a pool on it.
+pub async fn fresh_database(
+    server: &str,
+    db: &str,
+) -> anyhow::Result<(PgConnection, String, PgPool)> {
+    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await?;
+    let database_url = format!("{server}/{db}");
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&database_url)
+        .await?;
+    Ok((admin, database_url, pool))
+}
+
+/// A project (through the admin token) and a workflow of `schema`: (key, workflow id).
+pub async fn project_and_workflow(
+    client: &reqwest::Client,
+    base: &str,
+    slug: &str,
+    schema: Value,
+) -> anyhow::Result<(String, String)> {
+    let project: Value = client
+        .post(format!("{base}/v1/projects"))
+        .bearer_auth(crate::ADMIN_TOKEN)
+        .json(&json!({"slug": slug, "name": slug}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = project["apiKey"]["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let wf: Value = client
+        .post(format!("{base}/v1/workflows"))
+        .header("x-api-key", &key)
+        .json(&json!({"name": slug, "schema": schema}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((key, wf["id"].as_str().unwrap_or_default().to_string()))
+}
