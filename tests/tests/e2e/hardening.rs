@@ -352,16 +352,49 @@ async fn the_http_layer_answers_in_the_envelope(pool: PgPool) {
     }
     let (_, msg) = assert_envelope(rb.send().await.expect("sent"), 431).await;
     assert!(msg.contains("headers"), "{msg}");
-    // Both Content-Length and Transfer-Encoding: refused (actix's own 400, never served).
-    let res = raw_exchange(
-        &app.address,
-        &format!("POST /v1/workflows HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\nContent-Length: 2\r\nTransfer-Encoding: chunked", p.key),
-        vec![b"0\r\n\r\n".to_vec()],
-        Duration::ZERO,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(res.as_ref().is_none_or(|r| r.status == 400), "{res:?}");
+    // What the HTTP layer refuses before any handler runs is in the envelope too: both
+    // Content-Length and Transfer-Encoding, a header with a bad byte, more than 96 headers, a
+    // request head over 128 KiB.
+    let many: String = (0..100).map(|i| format!("\r\nx-h{i}: 1")).collect();
+    let cases = [
+        (
+            "POST /v1/workflows HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked"
+                .to_string(),
+            400,
+        ),
+        (
+            "GET /v1/workflows HTTP/1.1\r\nHost: x\r\nx-bad: a\u{1}b".to_string(),
+            400,
+        ),
+        (format!("GET /v1/workflows HTTP/1.1\r\nHost: x{many}"), 431),
+        (
+            format!(
+                "GET /v1/workflows?c={} HTTP/1.1\r\nHost: x",
+                "a".repeat(200_000)
+            ),
+            431,
+        ),
+    ];
+    for (head, status) in cases {
+        let res = raw_exchange(
+            &app.address,
+            &head,
+            vec![b"0\r\n\r\n".to_vec()],
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(res.status, status, "{res:?}");
+        let body: Value = serde_json::from_str(&res.body).expect("an envelope");
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{body}");
+        let id = body["meta"]["request_id"].as_str().expect("request id");
+        assert_eq!(res.header("x-request-id").as_deref(), Some(id));
+        assert_eq!(
+            res.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+    }
 }
 
 #[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
