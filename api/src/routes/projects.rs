@@ -5,7 +5,7 @@ use wharf_shared::Error;
 use wharf_shared::auth::{admin_token_matches, mint_key};
 use wharf_shared::domain::schema::validate_workflow_name;
 use wharf_shared::domain::scopes::Scope;
-use wharf_shared::repo::{keys, projects};
+use wharf_shared::repo::projects;
 
 use crate::auth::bearer;
 use crate::error::ApiError;
@@ -75,10 +75,8 @@ pub async fn create_project(
         .map_err(|_| Error::invalid("name: must be 1 to 200 characters"))?;
     let scopes = [Scope::Read, Scope::Write, Scope::Admin];
     let new_key = mint_key();
-    let mut tx = state.pool.begin().await.map_err(Error::from)?;
-    let project = projects::create(&mut tx, &body.slug, &body.name).await?;
-    let key = keys::create(&mut tx, project.id, &new_key.hash, &new_key.prefix, &scopes).await?;
-    tx.commit().await.map_err(Error::from)?;
+    let (project, key) =
+        projects::create_with_key(&state.pool, &body.slug, &body.name, &new_key, &scopes).await?;
     tracing::info!(project_id = %project.id, key_id = %key.id, "project created");
     Ok(HttpResponse::Created().json(ProjectCreated {
         id: project.id,

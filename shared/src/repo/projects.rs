@@ -13,7 +13,22 @@ pub struct Project {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn create(conn: &mut PgConnection, slug: &str, name: &str) -> Result<Project> {
+/// A project and its first key, in one transaction (both or neither).
+pub async fn create_with_key(
+    pool: &PgPool,
+    slug: &str,
+    name: &str,
+    key: &crate::auth::NewKey,
+    scopes: &[crate::domain::scopes::Scope],
+) -> Result<(Project, super::keys::ApiKey)> {
+    let mut tx = pool.begin().await?;
+    let project = create(&mut tx, slug, name).await?;
+    let api_key = super::keys::create(&mut tx, project.id, &key.hash, &key.prefix, scopes).await?;
+    tx.commit().await?;
+    Ok((project, api_key))
+}
+
+async fn create(conn: &mut PgConnection, slug: &str, name: &str) -> Result<Project> {
     let res = sqlx::query_as::<_, Project>(
         "INSERT INTO projects (id, slug, name) VALUES ($1, $2, $3) RETURNING id, slug, name, created_at",
     )

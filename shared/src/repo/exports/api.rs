@@ -1,0 +1,250 @@
+//! What the API reads and writes: creation (with the dock status, idempotency and the
+//! per-project queue cap), lookups, lists and cancellation.
+
+use chrono::Utc;
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{ExportRecord, SELECT};
+use crate::domain::export::ExportSpec;
+use crate::domain::ids::new_id;
+use crate::domain::states::ExportStatus;
+use crate::error::{Error, Result};
+use crate::repo::{Page, paginate};
+
+pub struct NewExport<'a> {
+    pub project_id: Uuid,
+    pub workflow_id: Uuid,
+    pub run_id: Uuid,
+    pub spec: &'a ExportSpec,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a str,
+    pub request_id: &'a str,
+    pub max_attempts: i32,
+    /// Exports QUEUED in the project at most (`WHARF_PROJECT_QUEUE_MAX`).
+    pub queue_max: i64,
+}
+
+pub enum Created {
+    New(Box<ExportRecord>),
+    /// The same idempotency key and body within 24 h: the export made the first time.
+    Existing(Box<ExportRecord>),
+}
+
+pub const IDEMPOTENCY_WINDOW_HOURS: i32 = 24;
+
+/// Writes the export and its dock status in one transaction (status QUEUED).
+pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = new.idempotency_key {
+        // Serialize creators of the same key; a key older than the window is free again.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
+            .bind(key)
+            .bind(new.project_id)
+            .execute(&mut *tx)
+            .await?;
+        let existing: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+            "SELECT id, request_hash, created_at > now() - make_interval(hours => $3)
+             FROM exports WHERE project_id = $1 AND idempotency_key = $2",
+        )
+        .bind(new.project_id)
+        .bind(key)
+        .bind(IDEMPOTENCY_WINDOW_HOURS)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some((id, hash, true)) => {
+                tx.commit().await?;
+                if hash.as_deref() != Some(new.request_hash) {
+                    return Err(Error::Conflict(
+                        "Idempotency-Key was already used with different parameters".into(),
+                    ));
+                }
+                let rec = get(pool, new.project_id, id)
+                    .await?
+                    .ok_or(Error::NotFound("export"))?;
+                return Ok(Created::Existing(Box::new(rec)));
+            }
+            Some((id, _, false)) => {
+                sqlx::query("UPDATE exports SET idempotency_key = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {}
+        }
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = 'QUEUED'",
+    )
+    .bind(new.project_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if queued >= new.queue_max {
+        return Err(Error::RateLimited {
+            message: format!(
+                "this project already has {queued} exports waiting in the queue \
+                 (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
+            ),
+            retry_after: 10,
+        });
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
+             idempotency_key, request_hash, request_id, max_attempts, enqueued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())",
+    )
+    .bind(id)
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(new.run_id)
+    .bind(new.spec.format.as_str())
+    .bind(new.spec.compression.as_str())
+    .bind(Json(new.spec))
+    .bind(new.idempotency_key)
+    .bind(new.request_hash)
+    .bind(new.request_id)
+    .bind(new.max_attempts)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
+         VALUES ($1, $2, 'EXPORT', 'EXPORT', $3, $4)",
+    )
+    .bind(new_id())
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let rec = get(pool, new.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("export"))?;
+    Ok(Created::New(Box::new(rec)))
+}
+
+pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE e.id = $1 AND e.project_id = $2"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// For workers, which act on any project's export.
+pub async fn get_any(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE e.id = $1")))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+pub async fn get_by_dock_status(
+    pool: &PgPool,
+    project_id: Uuid,
+    dock_id: Uuid,
+) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE d.id = $1 AND e.project_id = $2"
+    )))
+    .bind(dock_id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Newest first; `status` filters on the stored status (EXPIRED also matches completed
+/// exports whose retention has ended).
+pub async fn list(
+    pool: &PgPool,
+    project_id: Uuid,
+    workflow_id: Uuid,
+    status: Option<ExportStatus>,
+    page: Page,
+) -> Result<(Vec<ExportRecord>, Option<Uuid>)> {
+    let mut q = QueryBuilder::<Postgres>::new(SELECT);
+    q.push(" WHERE e.project_id = ").push_bind(project_id);
+    q.push(" AND e.workflow_id = ").push_bind(workflow_id);
+    // As a client sees them: a COMPLETED export past its retention is EXPIRED already.
+    match status {
+        Some(ExportStatus::Expired) => {
+            q.push(" AND (e.status = ")
+                .push_bind(ExportStatus::Expired)
+                .push(" OR (e.status = ")
+                .push_bind(ExportStatus::Completed)
+                .push(" AND e.expires_at <= now()))");
+        }
+        Some(ExportStatus::Completed) => {
+            q.push(" AND e.status = ")
+                .push_bind(ExportStatus::Completed)
+                .push(" AND (e.expires_at IS NULL OR e.expires_at > now())");
+        }
+        Some(s) => {
+            q.push(" AND e.status = ").push_bind(s);
+        }
+        None => {}
+    }
+    if let Some(before) = page.before {
+        q.push(" AND e.id < ").push_bind(before);
+    }
+    q.push(" ORDER BY e.id DESC LIMIT ")
+        .push_bind(page.limit + 1);
+    let rows: Vec<ExportRecord> = q.build_query_as().fetch_all(pool).await?;
+    Ok(paginate(rows, page, |r| r.id))
+}
+
+pub enum Cancelled {
+    Done(Box<ExportRecord>),
+    /// Already COMPLETED, FAILED or EXPIRED.
+    Finished(ExportStatus),
+}
+
+/// Cancels a QUEUED or IN_PROGRESS export at once; a worker running it notices at its next
+/// heartbeat and aborts its upload. Cancelling a cancelled export is a no-op.
+pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Cancelled>> {
+    let changed: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE exports SET status = 'CANCELLED', cancel_requested = true, completed_at = now(),
+             updated_at = now(), lease_token = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND project_id = $2 AND status IN ('QUEUED', 'IN_PROGRESS') RETURNING id",
+    )
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(rec) = get(pool, project_id, id).await? else {
+        return Ok(None);
+    };
+    let status = rec.effective_status(Utc::now());
+    if changed.is_some() || status == ExportStatus::Cancelled {
+        Ok(Some(Cancelled::Done(Box::new(rec))))
+    } else {
+        Ok(Some(Cancelled::Finished(status)))
+    }
+}
+
+/// The run an export reads by default: the workflow's latest.
+pub async fn latest_run(pool: &PgPool, workflow_id: Uuid) -> Result<Option<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM runs WHERE workflow_id = $1 ORDER BY id DESC LIMIT 1")
+            .bind(workflow_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+pub async fn run_exists(pool: &PgPool, workflow_id: Uuid, run_id: Uuid) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE workflow_id = $1 AND id = $2)")
+            .bind(workflow_id)
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}

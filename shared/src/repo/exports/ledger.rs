@@ -1,0 +1,236 @@
+//! The job ledger: fair claims with a lease token, heartbeats with progress, release with
+//! backoff, fenced completion and failure, and the reconciler's pass over lapsed leases and
+//! unqueued exports.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// A claim on an export: the attempt it is and the token that fences every later write.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub export_id: Uuid,
+    pub token: Uuid,
+    pub attempt: i32,
+}
+
+/// Claims the next export fairly: the oldest QUEUED export of the project with the fewest
+/// running, among projects below their cap (`project_cap`). A queue message only says "there
+/// is work"; which export runs is decided here, so a burst of one project's exports cannot
+/// keep another project's export waiting behind it. Claims take turns (a few milliseconds
+/// each), so a cap is never overshot by a race.
+pub async fn claim_next(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    project_cap: i64,
+) -> Result<Option<Claim>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7)")
+        .execute(&mut *tx)
+        .await?;
+    let picked: Option<Uuid> = sqlx::query_scalar(
+        "WITH running AS (
+             SELECT project_id, count(*) AS n FROM exports
+             WHERE status = 'IN_PROGRESS' AND lease_expires_at > now() GROUP BY project_id)
+         SELECT e.id FROM exports e LEFT JOIN running r ON r.project_id = e.project_id
+         WHERE e.status = 'QUEUED' AND e.attempts < e.max_attempts
+             AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now())
+             AND coalesce(r.n, 0) < $1
+         ORDER BY coalesce(r.n, 0), e.created_at
+         LIMIT 1 FOR UPDATE OF e SKIP LOCKED",
+    )
+    .bind(project_cap)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = picked else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let token = Uuid::new_v4();
+    let attempt: i32 = sqlx::query_scalar(
+        "UPDATE exports SET status = 'IN_PROGRESS', attempts = attempts + 1, lease_token = $2,
+             lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
+             started_at = coalesce(started_at, now()), updated_at = now(),
+             rows_written = 0, bytes_written = 0, next_attempt_at = NULL
+         WHERE id = $1 RETURNING attempts",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(lease.as_secs_f64())
+    .bind(worker_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Claim {
+        export_id: id,
+        token,
+        attempt,
+    }))
+}
+
+/// Gives a claimed export back (worker shutting down, or a transient failure): QUEUED again,
+/// due after `delay`, to be enqueued at once by the caller or by the reconciler.
+pub async fn release(pool: &PgPool, claim: &Claim, delay: Duration) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'QUEUED', lease_token = NULL, lease_expires_at = NULL,
+             worker_id = NULL, enqueued_at = NULL, updated_at = now(),
+             next_attempt_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether another attempt is allowed after this one.
+pub fn has_attempts_left(claim: &Claim, max_attempts: i32) -> bool {
+    claim.attempt < max_attempts
+}
+
+/// The reconciler's pass: lapsed leases go back to QUEUED (or FAILED once out of attempts, a
+/// crash counting as an attempt); due QUEUED exports not handed out for `stale` are returned
+/// to be pushed to the queue again. Safe in every worker at once (SKIP LOCKED; a duplicate
+/// push only finds the export already claimed).
+pub async fn reconcile(
+    pool: &PgPool,
+    stale: Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, Option<String>)>> {
+    sqlx::query(
+        "UPDATE exports SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+             enqueued_at = NULL, updated_at = now(),
+             status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END,
+             completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
+             error_code = CASE WHEN attempts >= max_attempts THEN 'WORKER_LOST' END,
+             error_message = CASE WHEN attempts >= max_attempts
+                 THEN 'the export was interrupted on every attempt; create it again' END
+         WHERE status = 'IN_PROGRESS' AND lease_expires_at < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_as(
+        "UPDATE exports SET enqueued_at = now() WHERE id IN (
+             SELECT id FROM exports WHERE status = 'QUEUED'
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                 AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, request_id",
+    )
+    .bind(stale.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The API could not push the job: the reconciler's next pass will.
+pub async fn mark_unqueued(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE exports SET enqueued_at = NULL WHERE id = $1 AND status = 'QUEUED'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Renews the lease and records progress. False: the claim is lost (cancelled, taken over).
+pub async fn heartbeat(
+    pool: &PgPool,
+    claim: &Claim,
+    rows: i64,
+    bytes: i64,
+    lease: Duration,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3),
+             rows_written = $4, bytes_written = $5, updated_at = now()
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(lease.as_secs_f64())
+    .bind(rows)
+    .bind(bytes)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_total(pool: &PgPool, claim: &Claim, total: i64) -> Result<()> {
+    sqlx::query("UPDATE exports SET rows_total = $3 WHERE id = $1 AND lease_token = $2")
+        .bind(claim.export_id)
+        .bind(claim.token)
+        .bind(total)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub struct Completion<'a> {
+    pub row_count: i64,
+    pub size_bytes: i64,
+    pub sha256: &'a str,
+    pub object_key: &'a str,
+    pub content_type: &'a str,
+    pub file_name: &'a str,
+    pub ttl: Duration,
+}
+
+/// Marks the export COMPLETED, fenced on the claim, and its attempt's upload record with it.
+/// False: the claim was lost meanwhile, and the caller must delete the object it wrote.
+pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'COMPLETED', completed_at = now(), updated_at = now(),
+             expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
+             rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
+             content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
+             error_code = NULL, error_message = NULL
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(c.row_count)
+    .bind(c.size_bytes)
+    .bind(c.sha256)
+    .bind(c.object_key)
+    .bind(c.content_type)
+    .bind(c.file_name)
+    .bind(c.ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE export_uploads SET state = 'COMPLETED', updated_at = now()
+         WHERE export_id = $1 AND attempt = $2 AND state = 'OPEN'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.attempt)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Ends the export FAILED with a stable code and a message a user can act on.
+pub async fn fail(pool: &PgPool, claim: &Claim, code: &str, message: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE exports SET status = 'FAILED', completed_at = now(), updated_at = now(),
+             error_code = $3, error_message = $4, lease_token = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(code)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

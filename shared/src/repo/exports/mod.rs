@@ -1,0 +1,83 @@
+//! Export jobs and their dock statuses, by concern: what the API reads and writes (`api`),
+//! the job ledger of claims, leases, heartbeats and fenced completion (`ledger`), the uploads
+//! of attempts (`uploads`) and retention (`retention`). Every state change is a conditional
+//! update; callers use `repo::exports::…` whichever file holds it.
+
+mod api;
+mod ledger;
+mod retention;
+mod uploads;
+
+pub use api::*;
+pub use ledger::*;
+pub use retention::*;
+pub use uploads::*;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::domain::export::ExportSpec;
+use crate::domain::states::ExportStatus;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExportRecord {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub workflow_id: Uuid,
+    pub run_id: Option<Uuid>,
+    pub format: String,
+    pub compression: String,
+    pub params: Json<ExportSpec>,
+    pub status: ExportStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub lease_token: Option<Uuid>,
+    pub rows_written: i64,
+    pub rows_total: Option<i64>,
+    pub bytes_written: i64,
+    pub row_count: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub object_key: Option<String>,
+    pub content_type: Option<String>,
+    pub file_name: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub request_hash: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub dock_status_id: Uuid,
+    pub run_executed_at: Option<DateTime<Utc>>,
+}
+
+impl ExportRecord {
+    /// The object to download, or the error that says why there is none.
+    pub fn downloadable(&self, now: DateTime<Utc>) -> Result<&str> {
+        match self.effective_status(now) {
+            ExportStatus::Completed => self.object_key.as_deref().ok_or(Error::ExportNotReady),
+            ExportStatus::Queued | ExportStatus::InProgress => Err(Error::ExportNotReady),
+            ExportStatus::Failed => Err(Error::ExportFailed(
+                self.error_message.clone().unwrap_or_default(),
+            )),
+            ExportStatus::Cancelled => Err(Error::ExportCancelled),
+            ExportStatus::Expired => Err(Error::ExportExpired),
+        }
+    }
+
+    /// The status a client sees: a completed export past its retention reads EXPIRED at once,
+    /// before the janitor has removed the object.
+    pub fn effective_status(&self, now: DateTime<Utc>) -> ExportStatus {
+        match (self.status, self.expires_at) {
+            (ExportStatus::Completed, Some(exp)) if exp <= now => ExportStatus::Expired,
+            (s, _) => s,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT e.*, d.id AS dock_status_id, r.executed_at AS run_executed_at
+    FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
