@@ -1,6 +1,6 @@
 //! Ingest of a run: the body is parsed and validated on a blocking thread while it streams in,
-//! and COPY text flows to PostgreSQL as it is produced. Memory is bounded by the channel sizes,
-//! never by the body.
+//! and COPY text flows to PostgreSQL as it is produced. Memory is bounded by the channel sizes
+//! and the row limit (`WHARF_MAX_ROW_BYTES`), never by the body.
 
 pub(crate) mod parse;
 pub(crate) mod values;

@@ -13,6 +13,7 @@ mod janitor;
 mod limits;
 mod numbers;
 mod ops;
+mod queue_contract;
 mod startup;
 mod store_contract;
 mod workflows;
