@@ -479,6 +479,17 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Project "acme" with a workflow of one integer field `n` and a run of one row.
+    pub async fn one_row_workflow(&self) -> (TestProject, String) {
+        let p = self.create_project("acme").await;
+        let wf = self
+            .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
+            .await;
+        let res = self.post_run(&p.key, &wf, "text/csv", "n\n1\n").await;
+        assert_eq!(res.status(), 201, "the run is stored");
+        (p, wf)
+    }
+
     /// Rows stored for a workflow (all runs), as JSON objects in `_id` order.
     pub async fn stored_rows(&self, project_id: &str, workflow_id: &str) -> Vec<Value> {
         let wf =

@@ -77,16 +77,7 @@ impl ObjectStore for Refusing {
 async fn one_undeletable_object_does_not_stop_the_others(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &[("WHARF_EXPORT_TTL", "1s")]).await;
     let worker = app.start_worker().await;
-    let p = app.create_project("acme").await;
-    let wf = app
-        .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
-        .await;
-    assert_eq!(
-        app.post_run(&p.key, &wf, "text/csv", "n\n1\n")
-            .await
-            .status(),
-        201
-    );
+    let (p, wf) = app.one_row_workflow().await;
     let mut keys = Vec::new();
     for _ in 0..3 {
         let done = app.export_and_wait(&p.key, &wf, &json!({})).await;

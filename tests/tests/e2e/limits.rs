@@ -310,16 +310,7 @@ async fn a_burst_of_creates_is_rate_limited_and_others_still_start(pool: PgPool)
 #[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
 async fn queued_exports_per_project_are_capped(pool: PgPool) {
     let app = spawn_app_with(pool, &[("WHARF_PROJECT_QUEUE_MAX", "3")]).await;
-    let p = app.create_project("acme").await;
-    let wf = app
-        .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
-        .await;
-    assert_eq!(
-        app.post_run(&p.key, &wf, "text/csv", "n\n1\n")
-            .await
-            .status(),
-        201
-    );
+    let (p, wf) = app.one_row_workflow().await;
     for _ in 0..3 {
         assert_eq!(app.post_export(&p.key, &wf, &json!({})).await.status(), 202);
     }

@@ -13,16 +13,7 @@ async fn contract(pool: PgPool, redis_url: &str, name: &str) {
     let app = spawn_app_with(pool.clone(), &[("REDIS_URL", redis_url)]).await;
     let jobs = queue::from_settings(&app.settings, &pool).expect("queue");
     assert_eq!(jobs.kind(), name);
-    let p = app.create_project("acme").await;
-    let wf = app
-        .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
-        .await;
-    assert_eq!(
-        app.post_run(&p.key, &wf, "text/csv", "n\n1\n")
-            .await
-            .status(),
-        201
-    );
+    let (p, wf) = app.one_row_workflow().await;
 
     // Created while no worker listens: the record keeps it, and a worker that starts runs it.
     let early = app.create_export(&p.key, &wf, &json!({})).await;
