@@ -56,3 +56,26 @@ pub async fn project_and_workflow(
         .await?;
     Ok((key, wf["id"].as_str().unwrap_or_default().to_string()))
 }
+
+/// Polls an export every `every` until it leaves QUEUED and IN_PROGRESS; its last status.
+pub async fn wait_done(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+    every: std::time::Duration,
+) -> anyhow::Result<Value> {
+    loop {
+        let s: Value = client
+            .get(format!("{base}/v1/exports/{id}"))
+            .header("x-api-key", key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if !matches!(s["status"].as_str(), Some("QUEUED" | "IN_PROGRESS")) {
+            return Ok(s);
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -178,19 +178,9 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .await?;
         let id = created["exportId"].as_str().unwrap_or_default().to_string();
-        let status = loop {
-            let s: Value = client
-                .get(format!("{base}/v1/exports/{id}"))
-                .header("x-api-key", &key)
-                .send()
-                .await?
-                .json()
+        let status =
+            wharf_tests::bench::wait_done(&client, &base, &key, &id, Duration::from_millis(20))
                 .await?;
-            if !matches!(s["status"].as_str(), Some("QUEUED" | "IN_PROGRESS")) {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
         let secs = t.elapsed().as_secs_f64();
         let rss = peak_rss_kb(worker.id()).unwrap_or(0) as f64 / 1024.0;
         let _ = worker.kill();

@@ -93,19 +93,9 @@ async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>
             .json()
             .await?;
         let id = created["exportId"].as_str().unwrap_or_default().to_string();
-        let done = loop {
-            let s: Value = client
-                .get(format!("{base}/v1/exports/{id}"))
-                .header("x-api-key", &key)
-                .send()
-                .await?
-                .json()
+        let done =
+            wharf_tests::bench::wait_done(&client, &base, &key, &id, Duration::from_millis(5))
                 .await?;
-            if s["status"] != "QUEUED" && s["status"] != "IN_PROGRESS" {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
         let at =
             |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap_or_default());
         if let (Ok(c), Ok(s)) = (at("createdAt"), at("startedAt")) {
