@@ -29,18 +29,38 @@ if ! up 6379; then
   wait_for 6379 Redis
 fi
 
+# s3s-fs: installed from the registry once (a release build of its own, ~5 minutes on 2 cores),
+# in the background, so it compiles while the caller builds Wharf; `s3_up` waits for it and
+# starts it. Callers that need S3 call `s3_up` after their own build.
+s3s_install_log="$CACHE/s3s-install.log"
 if ! command -v s3s-fs >/dev/null 2>&1; then
-  echo "services: installing s3s-fs $S3S_VERSION (once; cached in $CACHE/s3s)"
-  cargo install "s3s-fs@$S3S_VERSION" --features binary --locked --root "$CACHE/s3s"
+  echo "services: installing s3s-fs $S3S_VERSION in the background (once; cached in $CACHE/s3s)"
+  mkdir -p "$CACHE"
+  cargo install "s3s-fs@$S3S_VERSION" --features binary --locked --root "$CACHE/s3s" \
+    >"$s3s_install_log" 2>&1 &
+  s3s_install=$!
 fi
 
-if ! up "$S3_PORT"; then
-  echo "services: starting s3s-fs on 127.0.0.1:$S3_PORT"
-  mkdir -p "$CACHE/s3-data"
-  # Started from its own directory: s3s-fs resolves paths against its working directory, so it
-  # must not live in a checkout that may be deleted.
-  (cd "$CACHE" && nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
-    --access-key "${WHARF_S3_ACCESS_KEY:-wharf}" --secret-key "${WHARF_S3_SECRET_KEY:-wharf-secret}" \
-    "$CACHE/s3-data" >"$CACHE/s3s-fs.log" 2>&1 &)
-  wait_for "$S3_PORT" s3s-fs
-fi
+s3_up() {
+  if [ -n "${s3s_install:-}" ]; then
+    if ! wait "$s3s_install"; then
+      cat "$s3s_install_log" >&2
+      echo "services: installing s3s-fs failed" >&2
+      return 1
+    fi
+    s3s_install=
+  fi
+  if ! up "$S3_PORT"; then
+    echo "services: starting s3s-fs on 127.0.0.1:$S3_PORT"
+    mkdir -p "$CACHE/s3-data"
+    # Started from its own directory: s3s-fs resolves paths against its working directory, so it
+    # must not live in a checkout that may be deleted.
+    (cd "$CACHE" && nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
+      --access-key "${WHARF_S3_ACCESS_KEY:-wharf}" --secret-key "${WHARF_S3_SECRET_KEY:-wharf-secret}" \
+      "$CACHE/s3-data" >"$CACHE/s3s-fs.log" 2>&1 &)
+    wait_for "$S3_PORT" s3s-fs
+  fi
+}
+
+# Run directly (not sourced): bring S3 up too.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then s3_up; fi
