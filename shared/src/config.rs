@@ -46,7 +46,13 @@ pub struct S3Settings {
     pub region: String,
     pub access_key: Option<String>,
     pub secret_key: Option<SecretString>,
+    /// Size of a multipart upload's parts (S3 needs at least 5 MiB for all but the last);
+    /// an object smaller than one part is stored with a single PUT.
+    pub part_size: usize,
 }
+
+/// Parts of 8 MiB: a 1 GiB export is 128 requests, and a worker holds two parts at a time.
+pub const S3_PART_SIZE: usize = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -62,6 +68,8 @@ pub struct Settings {
     pub export_ttl: Duration,
     pub link_ttl: Duration,
     pub presign_ttl: Duration,
+    /// How long an API process trusts a key it verified (revocation is announced at once).
+    pub key_cache_ttl: Duration,
     pub worker_concurrency: usize,
     pub max_run_bytes: u64,
     /// The Redis queue (key prefix) exports travel on.
@@ -155,6 +163,7 @@ impl Settings {
                 region: var("WHARF_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
                 access_key: var("WHARF_S3_ACCESS_KEY"),
                 secret_key: var("WHARF_S3_SECRET_KEY").map(SecretString::from),
+                part_size: S3_PART_SIZE,
             },
             listen,
             public_url,
@@ -165,13 +174,20 @@ impl Settings {
             export_ttl: duration_var(&var, "WHARF_EXPORT_TTL", "7d")?,
             link_ttl: duration_var(&var, "WHARF_LINK_TTL", "1h")?,
             presign_ttl: duration_var(&var, "WHARF_PRESIGN_TTL", "300s")?,
+            key_cache_ttl: match var("WHARF_KEY_CACHE_TTL").as_deref().map(str::trim) {
+                Some("0") => Duration::ZERO,
+                _ => duration_var(&var, "WHARF_KEY_CACHE_TTL", "2s")?,
+            },
             worker_concurrency: match var("WHARF_WORKER_CONCURRENCY") {
                 None => 4,
                 Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                     invalid("WHARF_WORKER_CONCURRENCY", "expected a positive integer")
                 })?,
             },
-            queue: var("WHARF_QUEUE").unwrap_or_else(|| "wharf:exports".into()),
+            queue: match var("WHARF_QUEUE") {
+                Some(q) => q,
+                None => default_queue(&var("DATABASE_URL").unwrap_or_default()),
+            },
             project_concurrency: match var("WHARF_PROJECT_CONCURRENCY") {
                 None => 4,
                 Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -287,6 +303,34 @@ fn parse_signing_keys(raw: &str) -> Result<Vec<SigningKey>, ConfigError> {
 }
 
 /// `90s`, `15m`, `1h`, `7d`, `500ms`, or a bare number of seconds.
+/// The Redis queue of an installation: named after its database (host, port, name), so two
+/// installations sharing one Redis never take each other's jobs. No `:` in it (apalis's push
+/// notifications split channel names on it).
+pub fn default_queue(database_url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let (host, port, db) = match database_url.parse::<sqlx::postgres::PgConnectOptions>() {
+        Ok(o) => (
+            o.get_host().to_string(),
+            o.get_port(),
+            o.get_database().unwrap_or("postgres").to_string(),
+        ),
+        Err(_) => (String::new(), 0, database_url.to_string()),
+    };
+    let digest = Sha256::digest(format!("{host}:{port}/{db}").as_bytes());
+    let name: String = db
+        .chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("wharf-exports-{name}-{}", hex::encode(&digest[..4]))
+}
+
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -333,6 +377,17 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn installations_on_different_databases_get_different_queues() {
+        let a = default_queue("postgres://u:p@db1:5432/wharf");
+        assert_eq!(a, default_queue("postgres://other:secret@db1:5432/wharf"));
+        assert_ne!(a, default_queue("postgres://u:p@db2:5432/wharf"));
+        assert_ne!(a, default_queue("postgres://u:p@db1:5433/wharf"));
+        assert_ne!(a, default_queue("postgres://u:p@db1:5432/staging"));
+        assert!(a.starts_with("wharf-exports-wharf-"), "{a}");
+        assert!(!default_queue("postgres://h/we:ird db").contains([':', ' ']));
     }
 
     #[test]

@@ -60,8 +60,12 @@ pub fn test_settings(bucket: &str, overrides: &[(&str, &str)]) -> Settings {
         vars.retain(|(name, _)| name != k);
         vars.push((k.to_string(), v.to_string()));
     }
-    Settings::from_lookup(&|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-        .unwrap_or_else(|e| panic!("test settings are invalid: {e}"))
+    let mut settings =
+        Settings::from_lookup(&|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+            .unwrap_or_else(|e| panic!("test settings are invalid: {e}"));
+    // S3's smallest parts, so tests see multipart uploads on modest data.
+    settings.s3.part_size = 5 << 20;
+    settings
 }
 
 /// True when the suite runs on the embedded profile (see `test_settings`).
@@ -128,6 +132,20 @@ pub async fn spawn_app_on(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
     }
 }
 
+impl TestApp {
+    /// Another API process (in this test's runtime) on the same database, store and queue;
+    /// returns its address.
+    pub async fn second_api(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a random port");
+        let app = Application::build_with(self.settings.clone(), self.pool.clone(), listener)
+            .await
+            .expect("the API builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        address
+    }
+}
+
 /// How a request presents its key.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyHeader {
@@ -185,13 +203,13 @@ impl Drop for TestWorker {
 }
 
 impl TestApp {
-    /// Starts a worker in process: heartbeats every 100 ms and 5 MiB parts, so tests see
-    /// progress and multipart uploads on modest data.
+    /// Starts a worker in process: heartbeats every 100 ms (and, from `test_settings`, 5 MiB
+    /// parts), so tests see progress and multipart uploads on modest data.
     pub async fn start_worker(&self) -> TestWorker {
         self.start_worker_with(|_| {}).await
     }
 
-    /// An in-process worker with test timings: heartbeats every 100 ms, 5 MiB parts, a
+    /// An in-process worker with test timings: heartbeats every 100 ms, a
     /// reconciler every 200 ms that re-pushes exports unclaimed for 2 s.
     pub async fn start_worker_with(
         &self,
@@ -201,7 +219,6 @@ impl TestApp {
             .await
             .expect("worker");
         worker.ctx.heartbeat = std::time::Duration::from_millis(100);
-        worker.ctx.part_size = 5 << 20;
         worker.reconcile_every = std::time::Duration::from_millis(200);
         worker.requeue_after = std::time::Duration::from_secs(2);
         tweak(&mut worker);

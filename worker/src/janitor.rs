@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wharf_shared::domain::states::UploadState;
-use wharf_shared::export::ExportContext;
+use wharf_shared::export::{ExportContext, upload};
 use wharf_shared::repo::exports;
 
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
-/// Multipart uploads older than this whose attempt is over are aborted.
+/// Writes older than this whose attempt is over are cleaned up.
 pub const ORPHAN_AGE: Duration = Duration::from_secs(60);
 
 /// One pass; returns the number of objects deleted. An item that cannot be handled (an
@@ -63,27 +62,29 @@ pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToke
     }
 }
 
-/// Aborts multipart uploads left OPEN by attempts that ended without finishing them (a killed
-/// worker). Tracked in PostgreSQL: S3 servers differ in ListMultipartUploads support.
+/// Cleans up after writes left OPEN by attempts that ended without completing them (a killed
+/// worker): the store's partial state (an S3 multipart upload, a temporary file) and any object
+/// the attempt stored. Tracked in PostgreSQL: S3 servers differ in ListMultipartUploads support.
 pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::Result<usize> {
-    let orphans = exports::orphan_uploads(&ctx.pool, age).await?;
+    let orphans = exports::orphan_writes(&ctx.pool, age).await?;
     let mut aborted = 0;
-    for (upload_id, key) in &orphans {
-        let multipart = !upload_id.starts_with(wharf_shared::export::upload::PUT_PREFIX);
-        let abort = if multipart {
-            ctx.store.abort_multipart(key, upload_id).await
-        } else {
-            Ok(())
-        };
-        // The attempt is over without completing: whatever object it wrote is not the export's.
-        match abort.and(ctx.store.delete(key).await) {
+    for w in &orphans {
+        let discarded = upload::discard(
+            &ctx.pool,
+            &*ctx.store,
+            w.export_id,
+            w.attempt,
+            &w.object_key,
+            w.write_token.as_deref(),
+        )
+        .await;
+        match discarded {
             Ok(()) => {
-                exports::finish_upload(&ctx.pool, upload_id, UploadState::Aborted).await?;
-                tracing::info!(upload_id, "orphaned multipart upload aborted");
+                tracing::info!(export_id = %w.export_id, attempt = w.attempt, "orphaned write cleaned up");
                 aborted += 1;
             }
             Err(e) => {
-                tracing::warn!(upload_id, error = %e, "orphaned upload not aborted; retried next pass")
+                tracing::warn!(export_id = %w.export_id, attempt = w.attempt, error = %e, "orphaned write not cleaned up; retried next pass")
             }
         }
     }

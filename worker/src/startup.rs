@@ -12,7 +12,6 @@ use wharf_shared::repo;
 /// Heartbeats renew the lease (`WHARF_LEASE`, 30 s) and record progress every second, so a
 /// worker must miss 30 of them (a stall, a partition, a kill) before another takes over.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-pub const PART_SIZE: usize = 8 << 20;
 
 /// Everything one worker process runs.
 #[derive(Clone)]
@@ -51,7 +50,6 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         export_ttl: settings.export_ttl,
         lease: settings.lease,
         heartbeat: HEARTBEAT,
-        part_size: PART_SIZE,
         project_cap: settings.project_concurrency,
         stop: CancellationToken::new(),
     }

@@ -175,24 +175,104 @@ pub fn push_scalar(
 
 /// RFC 3339 UTC, with the fraction only when there is one (trailing zeros trimmed), as the
 /// CSV path's SQL formats it too.
+/// ISO 8601 in UTC, `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` with the fraction's trailing zeros
+/// dropped: formatted by hand (a chrono format string is parsed on every call, and this runs
+/// once per timestamp of every exported row).
 pub fn push_timestamp(out: &mut Vec<u8>, unix_micros: i64) -> Result<()> {
-    let t = chrono::DateTime::from_timestamp_micros(unix_micros)
-        .ok_or_else(|| corrupt("timestamp out of range"))?;
-    use std::io::Write;
-    write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S")).map_err(|e| Error::Unexpected(e.into()))?;
+    let secs = unix_micros.div_euclid(1_000_000);
     let frac = unix_micros.rem_euclid(1_000_000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&y) {
+        return Err(corrupt("timestamp out of range"));
+    }
+    let sod = secs.rem_euclid(86_400);
+    let two = |n: i64| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let [y1, y2] = two(y / 100);
+    let [y3, y4] = two(y % 100);
+    let [m1, m2] = two(m);
+    let [d1, d2] = two(d);
+    let [h1, h2] = two(sod / 3600);
+    let [n1, n2] = two(sod / 60 % 60);
+    let [s1, s2] = two(sod % 60);
+    out.extend_from_slice(&[
+        y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T', h1, h2, b':', n1, n2, b':', s1, s2,
+    ]);
     if frac != 0 {
-        let digits = format!("{frac:06}");
+        let mut digits = [b'0'; 6];
+        let mut f = frac;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        let keep = 6 - digits.iter().rev().take_while(|&&c| c == b'0').count();
         out.push(b'.');
-        out.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+        out.extend_from_slice(&digits[..keep]);
     }
     out.push(b'Z');
     Ok(())
 }
 
+/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian; H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_format_like_chrono_across_the_whole_range() {
+        let chrono_way = |micros: i64| {
+            let t = chrono::DateTime::from_timestamp_micros(micros).expect("in range");
+            let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+            let frac = micros.rem_euclid(1_000_000);
+            if frac != 0 {
+                s.push('.');
+                s.push_str(format!("{frac:06}").trim_end_matches('0'));
+            }
+            s.push('Z');
+            s
+        };
+        // 0001-01-01 .. 9999-12-31, leap days, epoch edges, and a pseudo-random sweep.
+        let first = -62_135_596_800_000_000i64;
+        let last = 253_402_300_799_999_999i64;
+        let mut cases = vec![
+            first,
+            last,
+            0,
+            -1,
+            1,
+            951_782_400_000_000,
+            4_107_542_400_000_000,
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(first + (x % (last - first) as u64) as i64);
+        }
+        for micros in cases {
+            let mut out = Vec::new();
+            push_timestamp(&mut out, micros).expect("formats");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                chrono_way(micros),
+                "{micros}"
+            );
+        }
+    }
 
     fn tuple(fields: &[Option<&[u8]>]) -> Vec<u8> {
         let mut v = (fields.len() as i16).to_be_bytes().to_vec();

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
-use super::sink::{Output, Written};
+use super::sink::Output;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
 use crate::repo::export_query::OutColumn;
@@ -73,7 +73,7 @@ impl CsvWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<Written> {
+    pub fn finish(mut self) -> Result<u64> {
         self.out.write_all(&self.row).map_err(io)?;
         self.out.finish().map_err(io)
     }

@@ -1,6 +1,6 @@
-//! One export, end to end: claim → read rows with COPY → encode on a blocking thread → upload
-//! parts as they fill → complete, fenced on the claim. A lost claim or a cancel aborts the
-//! upload, so no one can ever download a partial object.
+//! One export, end to end: claim → read rows with COPY → encode on a blocking thread → write
+//! the file to the object store as a stream → complete, fenced on the claim. A lost claim or a
+//! cancel discards the write, so no one can ever download a partial object.
 
 mod binary;
 mod csv;
@@ -20,13 +20,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::export::{self as dom, ExportSpec, Format};
+use crate::domain::states::FailureCode;
 use crate::error::{Error, Result};
 use crate::repo::export_query::Plan;
 use crate::repo::exports::{self, Claim, Completion, ExportRecord};
 use crate::repo::workflows;
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::{ObjectMeta, ObjectStore, Written};
 pub use parquet::arrow_schema;
-use sink::{Output, PartSink, Written};
+use sink::{ChunkSink, Output};
 
 /// What a worker needs to run exports.
 #[derive(Clone)]
@@ -39,8 +40,6 @@ pub struct ExportContext {
     pub lease: Duration,
     /// Heartbeat and progress interval.
     pub heartbeat: Duration,
-    /// Upload part size (S3 needs at least 5 MiB for every part but the last).
-    pub part_size: usize,
     /// Exports of one project running at once, across all workers.
     pub project_cap: i64,
     /// Fired when the process must give its running exports back (shutdown grace is over).
@@ -56,7 +55,7 @@ pub enum Outcome {
     },
     Cancelled,
     Failed {
-        code: &'static str,
+        code: FailureCode,
     },
     /// Given back: QUEUED again, due after `after` (0: enqueue it again now).
     Released {
@@ -71,6 +70,30 @@ struct Progress {
     rows: AtomicU64,
     /// Bytes of the file so far, as the sink counts them.
     bytes: Arc<AtomicU64>,
+    phases: Phases,
+}
+
+/// Where an attempt's time went: the moments (microseconds since its claim) it counted the rows,
+/// got its first rows, read its last, finished encoding and finished writing; and
+/// `encode_busy`, the time the encoding thread spent not waiting for rows (which includes
+/// waiting for the upload to take its chunks). Logged with the completion; wharf-bench reads it.
+#[derive(Default)]
+struct Phases {
+    counted: AtomicU64,
+    first_rows: AtomicU64,
+    read_done: AtomicU64,
+    encode_busy: AtomicU64,
+    encode_done: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Phases {
+    fn mark(at: &AtomicU64, since: Instant) {
+        at.store(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+    fn ms(at: &AtomicU64) -> f64 {
+        at.load(Ordering::Relaxed) as f64 / 1000.0
+    }
 }
 
 /// Runs one export job if it can be claimed.
@@ -97,13 +120,16 @@ pub async fn run(ctx: &ExportContext) -> Result<Outcome> {
         cancel.clone(),
     ));
     let produced = tracing::Instrument::instrument(
-        produce(ctx, &claim, &rec, &progress, &cancel),
+        produce(ctx, &claim, &rec, &progress, started, &cancel),
         span.clone(),
     )
     .await;
     beat.abort();
-    tracing::Instrument::instrument(settle(ctx, &claim, &rec, produced, started, &cancel), span)
-        .await
+    tracing::Instrument::instrument(
+        settle(ctx, &claim, &rec, produced, started, &progress, &cancel),
+        span,
+    )
+    .await
 }
 
 /// Records how the attempt ended: completed (fenced), released, cancelled, or failed.
@@ -113,6 +139,7 @@ async fn settle(
     rec: &ExportRecord,
     produced: Result<Produced>,
     started: Instant,
+    progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
     let claim = *claim;
@@ -137,10 +164,17 @@ async fn settle(
             };
             if completed {
                 let seconds = started.elapsed().as_secs_f64();
+                let p = &progress.phases;
                 tracing::info!(
                     rows = done.rows,
                     bytes = done.written.size,
                     seconds,
+                    counted_ms = Phases::ms(&p.counted),
+                    first_rows_ms = Phases::ms(&p.first_rows),
+                    read_done_ms = Phases::ms(&p.read_done),
+                    encode_busy_ms = Phases::ms(&p.encode_busy),
+                    encode_done_ms = Phases::ms(&p.encode_done),
+                    written_ms = Phases::ms(&p.written),
                     "export completed"
                 );
                 Ok(Outcome::Completed {
@@ -174,7 +208,7 @@ async fn settle(
         }
         Err(e) => {
             let (code, message) = failure(&e);
-            tracing::warn!(code, error = %e, "export failed");
+            tracing::warn!(code = %code, error = %e, "export failed");
             exports::fail(&ctx.pool, &claim, code, &message).await?;
             Ok(Outcome::Failed { code })
         }
@@ -200,19 +234,22 @@ fn backoff(attempt: i32) -> Duration {
 }
 
 /// The stable code and a message a user can act on; internals stay in the logs.
-fn failure(e: &Error) -> (&'static str, String) {
+fn failure(e: &Error) -> (FailureCode, String) {
     match e {
-        Error::Invalid(m) => ("INVALID_REQUEST", m.clone()),
-        Error::NotFound(what) => ("NOT_FOUND", format!("{what} no longer exists")),
+        Error::Invalid(m) => (FailureCode::InvalidRequest, m.clone()),
+        Error::NotFound(what) => (FailureCode::NotFound, format!("{what} no longer exists")),
         Error::Storage(_) => (
-            "STORAGE_ERROR",
+            FailureCode::StorageError,
             "the object store failed; create the export again".into(),
         ),
         Error::Database(_) | Error::Unavailable(_) => (
-            "SERVICE_UNAVAILABLE",
+            FailureCode::ServiceUnavailable,
             "a backing service was unavailable; create the export again".into(),
         ),
-        _ => ("INTERNAL", "the export failed unexpectedly".into()),
+        _ => (
+            FailureCode::Internal,
+            "the export failed unexpectedly".into(),
+        ),
     }
 }
 
@@ -255,6 +292,7 @@ async fn produce(
     claim: &Claim,
     rec: &ExportRecord,
     progress: &Arc<Progress>,
+    started: Instant,
     cancel: &CancellationToken,
 ) -> Result<Produced> {
     let wf = workflows::get(&ctx.pool, rec.project_id, rec.workflow_id)
@@ -281,38 +319,37 @@ async fn produce(
     plan.apply(&mut tx).await?;
     let total = plan.count(&mut tx).await?;
     exports::set_total(&ctx.pool, claim, total).await?;
+    Phases::mark(&progress.phases.counted, started);
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(8);
-    let (part_tx, part_rx) = mpsc::channel::<Bytes>(1);
-    let sink = PartSink::new(ctx.part_size, part_tx, progress.bytes.clone());
+    let (piece_tx, piece_rx) = mpsc::channel::<upload::Piece>(4);
+    let sink = ChunkSink::new(piece_tx, progress.bytes.clone());
     let encoder = spawn_encoder(
         spec.clone(),
         plan.columns.clone(),
         sink,
         chunk_rx,
         progress.clone(),
+        started,
     );
-    let reader = read_rows(&mut tx, &plan, chunk_tx, cancel);
-    let uploader = upload::receive_parts(ctx, claim, &key, &meta, part_rx, cancel);
-    let (read, parts) = futures::join!(reader, uploader);
-    let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
-    let result = match (read, encoded, parts) {
-        (Ok(()), Ok((written, rows)), Ok(parts)) => Ok((written, rows, parts)),
-        // The root cause, not its echo: when one stage fails the others see a closed channel.
-        (read, encoded, Err(e)) => Err((root_cause(e, read.err(), encoded.err()), None)),
-        (read, encoded, Ok(parts)) => {
-            let e = match (read, encoded) {
-                (Err(r), Err(enc)) if is_stopped(&r) => enc,
-                (Err(r), _) => r,
-                (Ok(()), Err(enc)) => enc,
-                (Ok(()), Ok(_)) => stopped(),
-            };
-            Err((e, Some(parts)))
-        }
+    let reader = async {
+        let read = read_rows(&mut tx, &plan, chunk_tx, cancel, &progress.phases, started).await;
+        Phases::mark(&progress.phases.read_done, started);
+        read
     };
-    match result {
-        Ok((written, rows, parts)) if !cancel.is_cancelled() => {
-            upload::finish(ctx, claim, &key, &meta, parts).await?;
+    let uploader = async {
+        let written = upload::upload(ctx, claim, &key, &meta, piece_rx, cancel).await;
+        Phases::mark(&progress.phases.written, started);
+        written
+    };
+    let (read, uploaded) = futures::join!(reader, uploader);
+    let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
+    match (read, encoded, uploaded) {
+        (Ok(()), Ok((size, rows)), Ok(written)) if size == written.size => {
+            if cancel.is_cancelled() {
+                upload::discard_bounded(ctx, claim, &key, None).await;
+                return Err(stopped());
+            }
             Ok(Produced {
                 key,
                 file_name,
@@ -321,13 +358,25 @@ async fn produce(
                 rows,
             })
         }
-        Ok((_, _, parts)) => {
-            upload::abort(ctx, &key, Some(parts)).await;
-            Err(stopped())
+        (Ok(()), Ok((size, _)), Ok(written)) => {
+            upload::discard_bounded(ctx, claim, &key, None).await;
+            Err(Error::Unexpected(anyhow::anyhow!(
+                "the store kept {} bytes of a {size}-byte file",
+                written.size
+            )))
         }
-        Err((e, parts)) => {
-            upload::abort(ctx, &key, parts).await;
-            Err(e)
+        // The root cause, not its echo: when one stage fails the others see a closed channel.
+        (read, encoded, Err(e)) => Err(root_cause(e, read.err(), encoded.err())),
+        (read, encoded, Ok(_)) => {
+            // Unreachable in practice (the write completes only after the encoder's end
+            // marker), but a stored object of a failed attempt must not stay.
+            upload::discard_bounded(ctx, claim, &key, None).await;
+            Err(match (read, encoded) {
+                (Err(r), Err(enc)) if is_stopped(&r) => enc,
+                (Err(r), _) => r,
+                (Ok(()), Err(enc)) => enc,
+                (Ok(()), Ok(_)) => stopped(),
+            })
         }
     }
 }
@@ -358,8 +407,11 @@ async fn read_rows(
     plan: &Plan,
     tx: mpsc::Sender<Chunk>,
     cancel: &CancellationToken,
+    phases: &Phases,
+    started: Instant,
 ) -> Result<()> {
     let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
+    Phases::mark(&phases.first_rows, started);
     let mut batch = BytesMut::with_capacity(512 * 1024);
     loop {
         let next = tokio::select! {
@@ -381,33 +433,46 @@ async fn read_rows(
 fn spawn_encoder(
     spec: ExportSpec,
     columns: Vec<crate::repo::export_query::OutColumn>,
-    sink: PartSink,
+    sink: ChunkSink,
     mut rx: mpsc::Receiver<Chunk>,
     progress: Arc<Progress>,
-) -> tokio::task::JoinHandle<Result<(Written, u64)>> {
+    started: Instant,
+) -> tokio::task::JoinHandle<Result<(u64, u64)>> {
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
-        let gzip = spec.compression == dom::Compression::Gzip;
-        match spec.format {
-            Format::Csv => {
-                let mut w = csv::CsvWriter::new(Output::new(sink, gzip), &columns)?;
-                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
-                Ok((w.finish()?, rows))
-            }
-            Format::Json | Format::Ndjson => {
-                let out = Output::new(sink, gzip);
-                let mut w = text::JsonWriter::new(out, &columns, spec.format == Format::Json);
-                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
-                Ok((w.finish()?, rows))
-            }
-            Format::Parquet => {
-                let mut w = parquet::ParquetWriter::new(sink, &columns, spec.compression)?;
-                let rows = decode(&mut rx, &progress, |buf, f| w.row(buf, f))?;
-                Ok((w.finish()?, rows))
-            }
-        }
+        let encoded = encode(spec, &columns, sink, &mut rx, &progress);
+        Phases::mark(&progress.phases.encode_done, started);
+        encoded
     })
+}
+
+fn encode(
+    spec: ExportSpec,
+    columns: &[crate::repo::export_query::OutColumn],
+    sink: ChunkSink,
+    rx: &mut mpsc::Receiver<Chunk>,
+    progress: &Progress,
+) -> Result<(u64, u64)> {
+    let gzip = spec.compression == dom::Compression::Gzip;
+    match spec.format {
+        Format::Csv => {
+            let mut w = csv::CsvWriter::new(Output::new(sink, gzip), columns)?;
+            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
+            Ok((w.finish()?, rows))
+        }
+        Format::Json | Format::Ndjson => {
+            let out = Output::new(sink, gzip);
+            let mut w = text::JsonWriter::new(out, columns, spec.format == Format::Json);
+            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
+            Ok((w.finish()?, rows))
+        }
+        Format::Parquet => {
+            let mut w = parquet::ParquetWriter::new(sink, columns, spec.compression)?;
+            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
+            Ok((w.finish()?, rows))
+        }
+    }
 }
 
 /// Feeds binary COPY tuples to `row`; errors if the stream did not end cleanly.
@@ -419,12 +484,19 @@ fn decode(
     let mut reader = binary::TupleReader::new();
     let mut fields = Vec::new();
     let mut rows = 0;
+    let mut busy = Duration::ZERO;
     loop {
         match rx.blocking_recv() {
             Some(Some(bytes)) => {
+                let t = Instant::now();
                 reader.push(&bytes);
                 rows += reader.drain(&mut fields, &mut row)?;
                 progress.rows.store(rows, Ordering::Relaxed);
+                busy += t.elapsed();
+                progress
+                    .phases
+                    .encode_busy
+                    .store(busy.as_micros() as u64, Ordering::Relaxed);
             }
             Some(None) if reader.finished => return Ok(rows),
             _ => return Err(stopped()),

@@ -14,7 +14,7 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::binary::{bool_of, f64_of, i64_of, jsonb_of, str_of, timestamp_of};
-use super::sink::{PartSink, Written};
+use super::sink::ChunkSink;
 use crate::domain::export::Compression;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ enum Col {
 }
 
 pub struct ParquetWriter {
-    writer: ArrowWriter<PartSink>,
+    writer: ArrowWriter<ChunkSink>,
     schema: SchemaRef,
     cols: Vec<Col>,
     json: Vec<bool>,
@@ -71,7 +71,7 @@ pub fn arrow_schema(columns: &[OutColumn]) -> SchemaRef {
 }
 
 impl ParquetWriter {
-    pub fn new(sink: PartSink, columns: &[OutColumn], compression: Compression) -> Result<Self> {
+    pub fn new(sink: ChunkSink, columns: &[OutColumn], compression: Compression) -> Result<Self> {
         let schema = arrow_schema(columns);
         let codec = match compression {
             Compression::Snappy => PqCompression::SNAPPY,
@@ -162,7 +162,7 @@ impl ParquetWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<Written> {
+    pub fn finish(mut self) -> Result<u64> {
         if self.pending > 0 {
             self.flush_batch()?;
         }

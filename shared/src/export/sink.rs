@@ -1,5 +1,5 @@
-//! Where encoded bytes go: cut into upload parts of at least `part_size`, hashed and counted
-//! on the way, handed to the uploader through a bounded channel (so memory stays bounded).
+//! Where encoded bytes go: cut into chunks of `CHUNK` bytes, counted on the way, and handed to
+//! the uploader through a bounded channel (so memory stays bounded).
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -7,64 +7,58 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-pub struct PartSink {
+use super::upload::Piece;
+
+/// Bytes per chunk sent to the store (which gathers them into parts as it needs).
+pub const CHUNK: usize = 1 << 20;
+
+pub struct ChunkSink {
     buf: Vec<u8>,
-    part_size: usize,
-    tx: mpsc::Sender<Bytes>,
-    hasher: Sha256,
+    tx: mpsc::Sender<Piece>,
     total: u64,
     progress: Arc<AtomicU64>,
 }
 
-/// What the file turned out to be.
-#[derive(Debug, Clone)]
-pub struct Written {
-    pub sha256: String,
-    pub size: u64,
-}
-
-impl PartSink {
-    pub fn new(part_size: usize, tx: mpsc::Sender<Bytes>, progress: Arc<AtomicU64>) -> Self {
-        PartSink {
-            buf: Vec::with_capacity(part_size),
-            part_size,
+impl ChunkSink {
+    pub fn new(tx: mpsc::Sender<Piece>, progress: Arc<AtomicU64>) -> Self {
+        ChunkSink {
+            buf: Vec::with_capacity(CHUNK),
             tx,
-            hasher: Sha256::new(),
             total: 0,
             progress,
         }
     }
 
-    fn send_part(&mut self) -> io::Result<()> {
-        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+    fn send(&mut self, piece: Piece) -> io::Result<()> {
         self.tx
-            .blocking_send(Bytes::from(part))
+            .blocking_send(piece)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 
-    /// Sends the last (possibly short) part and returns the file's hash and size.
-    pub fn finish(mut self) -> io::Result<Written> {
-        if !self.buf.is_empty() || self.total == 0 {
-            self.send_part()?;
+    fn send_chunk(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.send(Some(Bytes::from(chunk)))
+    }
+
+    /// Sends the last chunk and the end marker; returns the file's size.
+    pub fn finish(mut self) -> io::Result<u64> {
+        if !self.buf.is_empty() {
+            self.send_chunk()?;
         }
-        Ok(Written {
-            sha256: hex::encode(self.hasher.finalize()),
-            size: self.total,
-        })
+        self.send(None)?;
+        Ok(self.total)
     }
 }
 
-impl Write for PartSink {
+impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hasher.update(data);
         self.buf.extend_from_slice(data);
         self.total += data.len() as u64;
         self.progress.store(self.total, Ordering::Relaxed);
-        if self.buf.len() >= self.part_size {
-            self.send_part()?;
+        if self.buf.len() >= CHUNK {
+            self.send_chunk()?;
         }
         Ok(data.len())
     }
@@ -76,12 +70,12 @@ impl Write for PartSink {
 
 /// A text file's output: plain or gzip-compressed.
 pub enum Output {
-    Plain(PartSink),
-    Gzip(Box<GzEncoder<PartSink>>),
+    Plain(ChunkSink),
+    Gzip(Box<GzEncoder<ChunkSink>>),
 }
 
 impl Output {
-    pub fn new(sink: PartSink, gzip: bool) -> Self {
+    pub fn new(sink: ChunkSink, gzip: bool) -> Self {
         if gzip {
             Output::Gzip(Box::new(GzEncoder::new(sink, flate2::Compression::new(4))))
         } else {
@@ -89,7 +83,7 @@ impl Output {
         }
     }
 
-    pub fn finish(self) -> io::Result<Written> {
+    pub fn finish(self) -> io::Result<u64> {
         match self {
             Output::Plain(s) => s.finish(),
             Output::Gzip(g) => g.finish()?.finish(),

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
-use super::sink::{Output, Written};
+use super::sink::Output;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
 use crate::repo::export_query::OutColumn;
@@ -86,7 +86,7 @@ impl JsonWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<Written> {
+    pub fn finish(mut self) -> Result<u64> {
         if self.array {
             self.row
                 .extend_from_slice(if self.rows == 0 { b"[]\n" } else { b"]\n" });

@@ -1,132 +1,135 @@
-//! The upload side: parts arrive as they fill. A file that fits in one part is stored with a
-//! single PUT at the end; a larger one becomes a multipart upload, recorded in PostgreSQL so
-//! an orphan can be aborted later, and completed only once the whole file is encoded.
+//! The upload side: the encoded file goes to the object store as one stream of chunks. The
+//! write is recorded in PostgreSQL before it starts, with the store's token for any partial
+//! state it creates, so whatever an attempt that dies leaves behind is found by the janitor;
+//! the record stays OPEN until the export's completion marks it COMPLETED in one transaction.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{ExportContext, stopped};
 use crate::domain::states::UploadState;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::exports::{self, Claim};
-use crate::store::ObjectMeta;
+use crate::store::{ByteStream, ObjectMeta, ObjectStore, StoreError, WriteLog, Written};
 
-pub enum Parts {
-    /// Everything fit in one part: not uploaded yet.
-    Single(Bytes),
-    Multipart {
-        upload_id: String,
-        etags: Vec<String>,
-    },
+/// A chunk of the encoded file; `None` marks its end (a channel that closes without it is a
+/// producer that failed, and the write stores nothing).
+pub type Piece = Option<Bytes>;
+
+/// Records the store's token for the attempt's write.
+struct Recorder<'a> {
+    pool: &'a PgPool,
+    claim: Claim,
+    token: Mutex<Option<String>>,
 }
 
-pub async fn receive_parts(
+#[async_trait]
+impl WriteLog for Recorder<'_> {
+    async fn begun(&self, token: &str) -> std::result::Result<(), StoreError> {
+        exports::note_write_token(self.pool, &self.claim, token)
+            .await
+            .map_err(|e| StoreError::Service(format!("the write could not be recorded: {e}")))?;
+        if let Ok(mut slot) = self.token.lock() {
+            *slot = Some(token.to_string());
+        }
+        Ok(())
+    }
+}
+
+impl Recorder<'_> {
+    fn token(&self) -> Option<String> {
+        self.token.lock().ok().and_then(|t| t.clone())
+    }
+}
+
+/// Writes the pieces arriving on `rx` as the object `key`.
+pub async fn upload(
     ctx: &ExportContext,
     claim: &Claim,
     key: &str,
     meta: &ObjectMeta,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Piece>,
     cancel: &CancellationToken,
-) -> Result<Parts> {
-    let Some(first) = rx.recv().await else {
-        return Err(stopped());
+) -> Result<Written> {
+    exports::record_write(&ctx.pool, claim, key).await?;
+    let recorder = Recorder {
+        pool: &ctx.pool,
+        claim: *claim,
+        token: Mutex::new(None),
     };
-    let Some(second) = rx.recv().await else {
-        return Ok(Parts::Single(first));
+    // A hung object store must not keep a cancelled or stopping export from letting go.
+    let written = tokio::select! {
+        _ = cancel.cancelled() => Err(StoreError::Interrupted),
+        w = ctx.store.write(key, meta, body(rx), &recorder) => w,
     };
-    let upload_id = tokio::select! {
-        _ = cancel.cancelled() => return Err(stopped()),
-        id = ctx.store.create_multipart(key, meta) => id?,
-    };
-    exports::record_upload(&ctx.pool, claim, &upload_id, key).await?;
-    let mut etags = Vec::new();
-    let mut parts = Parts::Multipart {
-        upload_id: upload_id.clone(),
-        etags: Vec::new(),
-    };
-    let mut next = Some(second);
-    let mut current = first;
-    loop {
-        if cancel.is_cancelled() {
-            abort(ctx, key, Some(parts)).await;
-            return Err(stopped());
+    match written {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            let token = recorder.token();
+            discard_bounded(ctx, claim, key, token.as_deref()).await;
+            Err(match e {
+                StoreError::Interrupted => stopped(),
+                other => Error::Storage(other),
+            })
         }
-        let number = etags.len() as i32 + 1;
-        // A hung object store must not keep a cancelled or stopping export from letting go.
-        let uploaded = tokio::select! {
-            _ = cancel.cancelled() => Err(crate::store::StoreError::Timeout),
-            r = ctx.store.upload_part(key, &upload_id, number, current) => r,
-        };
-        match uploaded {
-            Ok(etag) => etags.push(etag),
-            Err(e) => {
-                abort(ctx, key, Some(parts)).await;
-                return Err(e.into());
-            }
-        }
-        parts = Parts::Multipart {
-            upload_id: upload_id.clone(),
-            etags: etags.clone(),
-        };
-        current = match next.take() {
-            Some(p) => p,
-            None => return Ok(parts),
-        };
-        next = rx.recv().await;
     }
 }
 
-/// Makes the object exist. Its upload record stays OPEN until the export's completion marks it
-/// COMPLETED in the same transaction, so an object whose attempt died in between is found by
-/// the janitor and deleted.
-pub async fn finish(
-    ctx: &ExportContext,
-    claim: &Claim,
+fn body(rx: mpsc::Receiver<Piece>) -> ByteStream {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Some(bytes)) => Some((Ok(bytes), Some(rx))),
+            Some(None) => None,
+            None => Some((Err(StoreError::Interrupted), None)),
+        }
+    })
+    .boxed()
+}
+
+/// Removes what a write of the attempt left (partial state named by `token`, and the object
+/// itself) and marks its record ABORTED. Any step that fails leaves the record OPEN for the
+/// janitor.
+pub async fn discard(
+    pool: &PgPool,
+    store: &dyn ObjectStore,
+    export_id: Uuid,
+    attempt: i32,
     key: &str,
-    meta: &ObjectMeta,
-    parts: Parts,
+    token: Option<&str>,
 ) -> Result<()> {
-    match parts {
-        Parts::Single(body) => {
-            let record = format!("{PUT_PREFIX}{}:{}", claim.export_id, claim.attempt);
-            exports::record_upload(&ctx.pool, claim, &record, key).await?;
-            Ok(ctx.store.put(key, meta, body).await?)
-        }
-        Parts::Multipart { upload_id, etags } => {
-            if let Err(e) = ctx.store.complete_multipart(key, &upload_id, &etags).await {
-                abort(ctx, key, Some(Parts::Multipart { upload_id, etags })).await;
-                return Err(e.into());
-            }
-            Ok(())
-        }
+    if let Some(token) = token {
+        store.abandon(key, token).await?;
     }
+    store.delete(key).await?;
+    exports::finish_write(pool, export_id, attempt, UploadState::Aborted).await
 }
 
-/// Upload records of single-PUT objects have this id prefix (there is no S3 upload to abort).
-pub const PUT_PREFIX: &str = "put:";
-
-/// Best effort and bounded: an upload that cannot be aborted now stays OPEN in PostgreSQL and
-/// the janitor aborts it later.
-pub async fn abort(ctx: &ExportContext, key: &str, parts: Option<Parts>) {
-    if let Some(Parts::Multipart { upload_id, .. }) = parts {
-        let aborted = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            ctx.store.abort_multipart(key, &upload_id),
-        )
-        .await;
-        match aborted {
-            Ok(Ok(())) => {
-                if let Err(e) =
-                    exports::finish_upload(&ctx.pool, &upload_id, UploadState::Aborted).await
-                {
-                    tracing::warn!(error = %e, "could not record the aborted upload");
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, upload_id, "could not abort the upload; the janitor will")
-            }
-            Err(_) => tracing::warn!(upload_id, "aborting the upload timed out; the janitor will"),
-        }
+/// `discard`, best effort and bounded: a store that does not answer leaves it to the janitor.
+pub async fn discard_bounded(ctx: &ExportContext, claim: &Claim, key: &str, token: Option<&str>) {
+    let discarded = tokio::time::timeout(
+        Duration::from_secs(5),
+        discard(
+            &ctx.pool,
+            &*ctx.store,
+            claim.export_id,
+            claim.attempt,
+            key,
+            token,
+        ),
+    )
+    .await;
+    match discarded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, key, "write not cleaned up; the janitor will"),
+        Err(_) => tracing::warn!(key, "cleaning up the write timed out; the janitor will"),
     }
 }

@@ -1,17 +1,17 @@
 //! A local directory as the object store (`WHARF_STORE=dir:PATH`, the embedded default).
-//! Objects are files under the root; an upload in progress lives under `.uploads/` and becomes
-//! visible with one rename, so no reader ever sees a partial object. There is no download URL:
+//! Objects are files under the root; a write in progress is a file under `.uploads/` (its name
+//! is the write's token) and becomes visible with one rename, so no reader ever sees a partial
+//! object. There is no download URL:
 //! the API streams the file or redirects to its own signed link.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ByteStream, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteStream, ObjectMeta, ObjectStore, StoreError, Tally, WriteLog, Written};
 
 const UPLOADS: &str = ".uploads";
 
@@ -37,42 +37,25 @@ impl DirStore {
         Ok(self.root.join(rel))
     }
 
-    fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
-        if upload_id.is_empty() || !upload_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(StoreError::NotFound);
+    /// The temporary file of a write; tokens are Wharf's own, but only plain names are taken.
+    fn upload_path(&self, token: &str) -> Result<PathBuf, StoreError> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StoreError::Other(format!("invalid write token {token:?}")));
         }
-        Ok(self.root.join(UPLOADS).join(upload_id))
+        Ok(self.root.join(UPLOADS).join(token))
     }
 
-    /// Writes `body` beside `target` and renames it into place.
-    async fn write_atomically(
-        &self,
-        target: &Path,
-        parts: &[PathBuf],
-        body: Option<Bytes>,
-    ) -> Result<(), StoreError> {
-        let dir = target
-            .parent()
-            .ok_or_else(|| StoreError::Other("object key has no parent".into()))?;
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-        let tmp = self
-            .root
-            .join(UPLOADS)
-            .join(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        tokio::fs::create_dir_all(self.root.join(UPLOADS))
-            .await
-            .map_err(io)?;
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        if let Some(b) = body {
-            out.write_all(&b).await.map_err(io)?;
-        }
-        for part in parts {
-            let mut f = tokio::fs::File::open(part).await.map_err(io)?;
-            tokio::io::copy(&mut f, &mut out).await.map_err(io)?;
+    /// Copies `body` into `tmp`, hashing it, and makes the file durable.
+    async fn fill(tmp: &Path, mut body: ByteStream) -> Result<Written, StoreError> {
+        let mut out = tokio::fs::File::create(tmp).await.map_err(io)?;
+        let mut tally = Tally::default();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            tally.add(&chunk);
+            out.write_all(&chunk).await.map_err(io)?;
         }
         out.sync_all().await.map_err(io)?;
-        drop(out);
-        tokio::fs::rename(&tmp, target).await.map_err(io)
+        Ok(tally.done())
     }
 }
 
@@ -104,48 +87,37 @@ impl ObjectStore for DirStore {
         }
     }
 
-    async fn put(&self, key: &str, _meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
-        let target = self.path(key)?;
-        self.write_atomically(&target, &[], Some(body)).await
-    }
-
-    async fn create_multipart(&self, _key: &str, _meta: &ObjectMeta) -> Result<String, StoreError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        tokio::fs::create_dir_all(self.upload_dir(&id)?)
-            .await
-            .map_err(io)?;
-        Ok(id)
-    }
-
-    async fn upload_part(
-        &self,
-        _key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
-        let part = self.upload_dir(upload_id)?.join(format!("{number:06}"));
-        tokio::fs::write(&part, &body).await.map_err(io)?;
-        Ok(number.to_string())
-    }
-
-    async fn complete_multipart(
+    async fn write(
         &self,
         key: &str,
-        upload_id: &str,
-        etags: &[String],
-    ) -> Result<(), StoreError> {
-        let dir = self.upload_dir(upload_id)?;
-        let parts: Vec<PathBuf> = (1..=etags.len())
-            .map(|n| dir.join(format!("{n:06}")))
-            .collect();
-        self.write_atomically(&self.path(key)?, &parts, None)
-            .await?;
-        tokio::fs::remove_dir_all(&dir).await.map_err(io)
+        _meta: &ObjectMeta,
+        body: ByteStream,
+        log: &dyn WriteLog,
+    ) -> Result<Written, StoreError> {
+        let target = self.path(key)?;
+        let dir = target
+            .parent()
+            .ok_or_else(|| StoreError::Other("object key has no parent".into()))?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = self.upload_path(&token)?;
+        tokio::fs::create_dir_all(self.root.join(UPLOADS))
+            .await
+            .map_err(io)?;
+        log.begun(&token).await?;
+        let written = match Self::fill(&tmp, body).await {
+            Ok(w) => w,
+            Err(e) => {
+                tokio::fs::remove_file(&tmp).await.ok();
+                return Err(e);
+            }
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &target).await.map_err(io)?;
+        Ok(written)
     }
 
-    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
-        match tokio::fs::remove_dir_all(self.upload_dir(upload_id)?).await {
+    async fn abandon(&self, _key: &str, token: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.upload_path(token)?).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
             _ => Ok(()),
         }

@@ -1,6 +1,6 @@
 //! An object store in memory, for tests of code above the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,12 +8,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{ByteStream, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteStream, ObjectMeta, ObjectStore, StoreError, Tally, WriteLog, Written};
 
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Bytes>>,
-    uploads: Mutex<HashMap<String, Vec<Bytes>>>,
 }
 
 fn poisoned<T>(_: T) -> StoreError {
@@ -28,62 +27,27 @@ impl ObjectStore for MemoryStore {
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn put(&self, key: &str, _meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
-        self.objects
-            .lock()
-            .map_err(poisoned)?
-            .insert(key.into(), body);
-        Ok(())
-    }
-    async fn create_multipart(&self, _key: &str, _meta: &ObjectMeta) -> Result<String, StoreError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        self.uploads
-            .lock()
-            .map_err(poisoned)?
-            .insert(id.clone(), Vec::new());
-        Ok(id)
-    }
-    async fn upload_part(
-        &self,
-        _key: &str,
-        id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
-        let mut uploads = self.uploads.lock().map_err(poisoned)?;
-        let parts = uploads.get_mut(id).ok_or(StoreError::NotFound)?;
-        let at = usize::try_from(number - 1).map_err(|_| StoreError::Other("part 0".into()))?;
-        if parts.len() <= at {
-            parts.resize(at + 1, Bytes::new());
-        }
-        parts[at] = body;
-        Ok(number.to_string())
-    }
-    async fn complete_multipart(
+    async fn write(
         &self,
         key: &str,
-        id: &str,
-        etags: &[String],
-    ) -> Result<(), StoreError> {
-        let parts = self
-            .uploads
-            .lock()
-            .map_err(poisoned)?
-            .remove(id)
-            .ok_or(StoreError::NotFound)?;
-        let whole: Vec<u8> = parts
-            .iter()
-            .take(etags.len())
-            .flat_map(|p| p.iter().copied())
-            .collect();
+        _meta: &ObjectMeta,
+        mut body: ByteStream,
+        _log: &dyn WriteLog,
+    ) -> Result<Written, StoreError> {
+        let mut tally = Tally::default();
+        let mut whole = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            tally.add(&chunk);
+            whole.extend_from_slice(&chunk);
+        }
         self.objects
             .lock()
             .map_err(poisoned)?
             .insert(key.into(), Bytes::from(whole));
-        Ok(())
+        Ok(tally.done())
     }
-    async fn abort_multipart(&self, _key: &str, id: &str) -> Result<(), StoreError> {
-        self.uploads.lock().map_err(poisoned)?.remove(id);
+    async fn abandon(&self, _key: &str, _token: &str) -> Result<(), StoreError> {
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -7,6 +7,8 @@ pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
 /// What went wrong, by kind, so callers choose retry or abort without knowing the backend.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,9 @@ pub enum StoreError {
     Service(String),
     #[error("object store error: {0}")]
     Other(String),
+    /// The body of a write ended in an error (its producer failed or was stopped).
+    #[error("the body of the write ended early")]
+    Interrupted,
 }
 
 impl StoreError {
@@ -36,26 +41,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn ensure_bucket(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for readiness probes.
     async fn check(&self) -> Result<(), StoreError>;
-    /// Stores a small object in one request.
-    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError>;
-    /// Starts a multipart upload; the headers are stored with the object.
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError>;
-    /// Uploads part `number` (1-based) and returns its ETag.
-    async fn upload_part(
+    /// Stores the object from `body`, whole or not at all: no reader ever sees part of it, and
+    /// a body that ends in an error stores nothing. How the bytes travel (one request, a
+    /// multipart upload, a temporary file) is the store's own business; partial state that a
+    /// crash of this process could leave behind is announced to `log` before it exists, so
+    /// someone can `abandon` it later. Returns what was stored: its size and sha256.
+    async fn write(
         &self,
         key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError>;
-    /// Completes the upload from its parts' ETags, in order.
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        etags: &[String],
-    ) -> Result<(), StoreError>;
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+        meta: &ObjectMeta,
+        body: ByteStream,
+        log: &dyn WriteLog,
+    ) -> Result<Written, StoreError>;
+    /// Removes what an unfinished write of `key` left behind, named by the token it gave its
+    /// `WriteLog`. Idempotent; the object itself is `delete`d separately.
+    async fn abandon(&self, key: &str, token: &str) -> Result<(), StoreError>;
+    /// Idempotent: an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A time-limited GET URL whose response carries `meta` as its headers, when the store has
     /// such URLs (S3); `None`: the API serves the bytes itself.
@@ -69,6 +70,63 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StoreError>;
     /// Keys under a prefix (tests and the janitor's checks; not used on hot paths).
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Hears of a write's partial state before the store creates it (an S3 multipart upload, a
+/// temporary file), so that state can be found and abandoned if this process dies.
+#[async_trait]
+pub trait WriteLog: Send + Sync {
+    async fn begun(&self, token: &str) -> Result<(), StoreError>;
+}
+
+/// For writes whose leftovers nobody needs to track (tests, small objects).
+pub struct NoLog;
+
+#[async_trait]
+impl WriteLog for NoLog {
+    async fn begun(&self, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Writes one in-memory body.
+pub async fn write_bytes(
+    store: &dyn ObjectStore,
+    key: &str,
+    meta: &ObjectMeta,
+    body: Bytes,
+) -> Result<Written, StoreError> {
+    let body = futures::stream::once(async move { Ok(body) }).boxed();
+    store.write(key, meta, body, &NoLog).await
+}
+
+/// What a write stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// Counts and hashes the bytes of a write as they pass.
+#[derive(Default)]
+pub struct Tally {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub fn done(self) -> Written {
+        Written {
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
 }
 
 pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;

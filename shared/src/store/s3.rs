@@ -12,9 +12,10 @@ use secrecy::ExposeSecret;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
-use super::{ObjectMeta, ObjectStore, StoreError};
+use super::{ObjectMeta, ObjectStore, StoreError, Tally, WriteLog, Written};
 use crate::config::S3Settings;
 
 #[derive(Clone)]
@@ -22,6 +23,7 @@ pub struct S3Store {
     client: Client,
     presigner: Option<Client>,
     bucket: String,
+    part_size: usize,
 }
 
 impl S3Store {
@@ -63,7 +65,119 @@ impl S3Store {
             client: Client::from_conf(conf),
             presigner,
             bucket: s.bucket.clone(),
+            part_size: s.part_size.max(5 << 20),
         }
+    }
+
+    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&meta.content_type)
+            .content_disposition(&meta.content_disposition)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&meta.content_type)
+            .content_disposition(&meta.content_disposition)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.upload_id
+            .ok_or_else(|| StoreError::Other("no upload id in the response".into()))
+    }
+
+    /// Uploads `first` and every later part of `body`, each part's upload overlapping the
+    /// filling of the next, and returns their ETags in order.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Part,
+        mut body: super::ByteStream,
+        tally: &mut Tally,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut etags = Vec::new();
+        let mut current = first;
+        loop {
+            let number = etags.len() as i32 + 1;
+            if current.last {
+                // A body that ended exactly on a part boundary leaves an empty last part.
+                if !current.bytes.is_empty() || etags.is_empty() {
+                    etags.push(
+                        self.upload_part(key, upload_id, number, current.bytes)
+                            .await?,
+                    );
+                }
+                return Ok(etags);
+            }
+            let (etag, next) = tokio::join!(
+                self.upload_part(key, upload_id, number, current.bytes),
+                next_part(&mut body, self.part_size, tally)
+            );
+            etags.push(etag?);
+            current = next?;
+        }
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.e_tag
+            .ok_or_else(|| StoreError::Other("no ETag for an uploaded part".into()))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let parts: Vec<CompletedPart> = etags
+            .into_iter()
+            .zip(1..)
+            .map(|(etag, n)| CompletedPart::builder().e_tag(etag).part_number(n).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     pub fn client(&self) -> &Client {
@@ -106,85 +220,44 @@ impl ObjectStore for S3Store {
             .map_err(classify)
     }
 
-    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(&meta.content_type)
-            .content_disposition(&meta.content_disposition)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(&meta.content_type)
-            .content_disposition(&meta.content_disposition)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.upload_id
-            .ok_or_else(|| StoreError::Other("no upload id in the response".into()))
-    }
-
-    async fn upload_part(
+    async fn write(
         &self,
         key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(classify)?;
-        out.e_tag
-            .ok_or_else(|| StoreError::Other("no ETag for an uploaded part".into()))
+        meta: &ObjectMeta,
+        mut body: super::ByteStream,
+        log: &dyn WriteLog,
+    ) -> Result<Written, StoreError> {
+        let mut tally = Tally::default();
+        let first = next_part(&mut body, self.part_size, &mut tally).await?;
+        if first.last {
+            self.put(key, meta, first.bytes).await?;
+            return Ok(tally.done());
+        }
+        let upload_id = self.create_multipart(key, meta).await?;
+        let uploaded = match log.begun(&upload_id).await {
+            Ok(()) => {
+                self.upload_parts(key, &upload_id, first, body, &mut tally)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let completed = match uploaded {
+            Ok(etags) => self.complete_multipart(key, &upload_id, etags).await,
+            Err(e) => Err(e),
+        };
+        match completed {
+            Ok(()) => Ok(tally.done()),
+            Err(e) => {
+                // Best effort: what stays is abandoned later through the write log's token.
+                if let Err(abort) = self.abandon(key, &upload_id).await {
+                    tracing::warn!(error = %abort, upload_id, "multipart upload not aborted");
+                }
+                Err(e)
+            }
+        }
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        etags: &[String],
-    ) -> Result<(), StoreError> {
-        let parts: Vec<CompletedPart> = etags
-            .iter()
-            .zip(1..)
-            .map(|(etag, n)| CompletedPart::builder().e_tag(etag).part_number(n).build())
-            .collect();
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+    async fn abandon(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         let res = self
             .client
             .abort_multipart_upload()
@@ -195,6 +268,9 @@ impl ObjectStore for S3Store {
             .await;
         match res.map_err(classify) {
             Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            // AWS answers an upload that is gone with NoSuchUpload; some servers (s3s-fs) with
+            // AccessDenied. With the bucket answering our credentials, it is not there to abort.
+            Err(StoreError::Unauthorized) if self.check().await.is_ok() => Ok(()),
             Err(other) => Err(other),
         }
     }
@@ -286,6 +362,50 @@ impl ObjectStore for S3Store {
             }
         }
     }
+}
+
+/// One part's bytes; `last`: the body ended while filling it.
+struct Part {
+    bytes: Bytes,
+    last: bool,
+}
+
+/// Reads `body` until at least `size` bytes or its end.
+async fn next_part(
+    body: &mut super::ByteStream,
+    size: usize,
+    tally: &mut Tally,
+) -> Result<Part, StoreError> {
+    // Room for the part and the chunk that tips it over (the exporter's chunks are ~1 MiB).
+    let mut buf = BytesMut::new();
+    while buf.len() < size {
+        match body.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                tally.add(&chunk);
+                if buf.is_empty() && chunk.len() >= size {
+                    return Ok(Part {
+                        bytes: chunk,
+                        last: false,
+                    });
+                }
+                if buf.capacity() == 0 {
+                    buf.reserve(size + (1 << 20));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            None => {
+                return Ok(Part {
+                    bytes: buf.freeze(),
+                    last: true,
+                });
+            }
+        }
+    }
+    Ok(Part {
+        bytes: buf.freeze(),
+        last: false,
+    })
 }
 
 /// The one place AWS SDK errors become store error kinds.

@@ -96,10 +96,11 @@ async fn cancelling_a_running_export_leaves_no_object(pool: PgPool) {
         .as_str()
         .expect("id")
         .to_string();
-    // Past two 5 MiB parts: the multipart upload has been started (and hangs on the frozen store).
+    // Past one 5 MiB part and the chunks in flight: the store has begun its multipart upload
+    // (which hangs on the frozen store) and the encoder waits for it.
     poll_until(&app, &p.key, &id, "a running export", |s| {
         s["status"] == "IN_PROGRESS"
-            && s["progress"]["bytesWritten"].as_i64().unwrap_or(0) > 11 << 20
+            && s["progress"]["bytesWritten"].as_i64().unwrap_or(0) > 9 << 20
     })
     .await;
     let res = app

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::json;
 use sqlx::PgPool;
-use wharf_shared::store::{ByteStream, ObjectMeta, ObjectStore, StoreError};
+use wharf_shared::store::{ByteStream, ObjectMeta, ObjectStore, StoreError, WriteLog, Written};
 use wharf_tests::spawn_app_with;
 
 /// The real store, except that deleting `refused` fails.
@@ -25,31 +24,17 @@ impl ObjectStore for Refusing {
     async fn check(&self) -> Result<(), StoreError> {
         self.inner.check().await
     }
-    async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
-        self.inner.put(key, meta, body).await
-    }
-    async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String, StoreError> {
-        self.inner.create_multipart(key, meta).await
-    }
-    async fn upload_part(
+    async fn write(
         &self,
         key: &str,
-        id: &str,
-        n: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
-        self.inner.upload_part(key, id, n, body).await
+        meta: &ObjectMeta,
+        body: ByteStream,
+        log: &dyn WriteLog,
+    ) -> Result<Written, StoreError> {
+        self.inner.write(key, meta, body, log).await
     }
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        id: &str,
-        etags: &[String],
-    ) -> Result<(), StoreError> {
-        self.inner.complete_multipart(key, id, etags).await
-    }
-    async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
-        self.inner.abort_multipart(key, id).await
+    async fn abandon(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        self.inner.abandon(key, token).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         if key == self.refused {

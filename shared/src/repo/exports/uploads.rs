@@ -1,31 +1,44 @@
-//! Uploads begun by attempts, tracked so the janitor can abort and delete what a dead attempt
-//! left (S3 servers differ in ListMultipartUploads support).
+//! Object writes begun by attempts, recorded before they start, so the janitor can remove what
+//! a dead attempt left (S3 servers differ in ListMultipartUploads support; a crashed process
+//! cannot clean up after itself).
 
 use std::time::Duration;
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::Claim;
-use crate::domain::states::UploadState;
+use crate::domain::states::{ExportStatus, UploadState};
 use crate::error::Result;
 
-/// Multipart uploads left OPEN by attempts that are over (a killed worker), older than `age`.
-pub async fn orphan_uploads(pool: &PgPool, age: Duration) -> Result<Vec<(String, String)>> {
+/// A write whose attempt is over without completing it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OrphanWrite {
+    pub export_id: Uuid,
+    pub attempt: i32,
+    pub object_key: String,
+    pub write_token: Option<String>,
+}
+
+/// Writes left OPEN by attempts that are over (a killed worker), older than `age`.
+pub async fn orphan_writes(pool: &PgPool, age: Duration) -> Result<Vec<OrphanWrite>> {
     Ok(sqlx::query_as(
-        "SELECT u.upload_id, u.object_key FROM export_uploads u JOIN exports e ON e.id = u.export_id
-         WHERE u.state = 'OPEN' AND u.created_at < now() - make_interval(secs => $1)
-             AND (e.status <> 'IN_PROGRESS' OR e.attempts > u.attempt OR e.lease_expires_at < now())
+        "SELECT u.export_id, u.attempt, u.object_key, u.write_token
+         FROM export_uploads u JOIN exports e ON e.id = u.export_id
+         WHERE u.state = $2 AND u.created_at < now() - make_interval(secs => $1)
+             AND (e.status <> $3 OR e.attempts > u.attempt OR e.lease_expires_at < now())
          LIMIT 100",
     )
     .bind(age.as_secs_f64())
+    .bind(UploadState::Open)
+    .bind(ExportStatus::InProgress)
     .fetch_all(pool)
     .await?)
 }
 
-/// A multipart upload begun for an attempt, so orphans can be aborted later.
-pub async fn record_upload(pool: &PgPool, claim: &Claim, upload_id: &str, key: &str) -> Result<()> {
-    sqlx::query("INSERT INTO export_uploads (upload_id, export_id, attempt, object_key) VALUES ($1, $2, $3, $4)")
-        .bind(upload_id)
+/// The attempt is about to write `key`.
+pub async fn record_write(pool: &PgPool, claim: &Claim, key: &str) -> Result<()> {
+    sqlx::query("INSERT INTO export_uploads (export_id, attempt, object_key) VALUES ($1, $2, $3)")
         .bind(claim.export_id)
         .bind(claim.attempt)
         .bind(key)
@@ -34,11 +47,34 @@ pub async fn record_upload(pool: &PgPool, claim: &Claim, upload_id: &str, key: &
     Ok(())
 }
 
-pub async fn finish_upload(pool: &PgPool, upload_id: &str, state: UploadState) -> Result<()> {
-    sqlx::query("UPDATE export_uploads SET state = $2, updated_at = now() WHERE upload_id = $1")
-        .bind(upload_id)
-        .bind(state)
-        .execute(pool)
-        .await?;
+/// The store announced partial state for the attempt's write.
+pub async fn note_write_token(pool: &PgPool, claim: &Claim, token: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE export_uploads SET write_token = $3, updated_at = now()
+         WHERE export_id = $1 AND attempt = $2",
+    )
+    .bind(claim.export_id)
+    .bind(claim.attempt)
+    .bind(token)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn finish_write(
+    pool: &PgPool,
+    export_id: Uuid,
+    attempt: i32,
+    state: UploadState,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE export_uploads SET state = $3, updated_at = now()
+         WHERE export_id = $1 AND attempt = $2",
+    )
+    .bind(export_id)
+    .bind(attempt)
+    .bind(state)
+    .execute(pool)
+    .await?;
     Ok(())
 }
