@@ -50,7 +50,7 @@ impl FromRequest for Auth {
             let key = key.filter(|k| !k.is_empty()).ok_or(Error::Unauthorized)?;
             let state =
                 state.ok_or_else(|| Error::Unexpected(anyhow::anyhow!("app state missing")))?;
-            let principal = auth::authenticate(&state.pool, &key).await?;
+            let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
             state.limiter.check(principal.key_id)?;
             tracing::Span::current()
                 .record("project_id", tracing::field::display(principal.project_id));

@@ -50,7 +50,10 @@ impl Application {
         }
         let limiter = KeyLimiter::new(settings.rate_limit);
         tokio::spawn(shrink_now_and_then(limiter.clone()));
+        let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
+        tokio::spawn(keys.clone().listen(pool.clone()));
         let state = AppState {
+            keys,
             queue: wharf_shared::queue::from_settings(&settings, &pool)?,
             ingest_slots: IngestSlots::new(settings.project_ingests),
             settings: Arc::new(settings),

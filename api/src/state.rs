@@ -18,5 +18,7 @@ pub struct AppState {
     pub queue: Arc<dyn JobQueue>,
     pub store: Arc<dyn ObjectStore>,
     pub limiter: KeyLimiter,
+    /// Keys verified recently (revocations announced by PostgreSQL).
+    pub keys: Arc<wharf_shared::auth::KeyCache>,
     pub ingest_slots: IngestSlots,
 }

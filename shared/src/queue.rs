@@ -41,6 +41,20 @@ impl Redis {
     pub async fn ping(&self) -> Result<()> {
         ping(&mut self.conn().await?).await
     }
+
+    /// A message each time a job is pushed to `queue`: apalis's push script publishes on the
+    /// queue's `tasks:<active list>:available` channel. Ends when the connection drops.
+    pub async fn wakeups(&self, queue: &str) -> Result<futures::stream::BoxStream<'static, ()>> {
+        use futures::StreamExt;
+        let unavailable = |_| Error::Unavailable("redis");
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        let channel = format!(
+            "tasks:{}:available",
+            apalis_config(queue).active_jobs_list()
+        );
+        pubsub.subscribe(channel).await.map_err(unavailable)?;
+        Ok(pubsub.into_on_message().map(|_| ()).boxed())
+    }
 }
 
 /// A Redis connection that reconnects by itself and answers within bounded time.

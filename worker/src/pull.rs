@@ -17,8 +17,58 @@ use crate::startup::Worker;
 /// notification lost while the listener reconnected, a retry whose backoff ended).
 pub const SAFETY_TICK: Duration = Duration::from_secs(1);
 
-/// The apalis worker, restarted if its Redis connection breaks.
+/// The apalis worker, restarted if its Redis connection breaks, and beside it a subscriber to
+/// the queue's push notifications that fills free slots at once: an idle worker starts a job
+/// within a millisecond or two of its push instead of at its next poll. Both share the slots.
 pub async fn redis(worker: &Worker, redis: &Redis, name: &str, shutdown: &CancellationToken) {
+    let slots = Slots(Arc::new(Semaphore::new(worker.concurrency)));
+    tokio::join!(
+        apalis_loop(worker, redis, name, &slots, shutdown),
+        wakeups(worker, redis, name, &slots, shutdown)
+    );
+}
+
+/// Each push message fills the free slots; a lost subscription is made again (apalis's poll
+/// covers the gap).
+async fn wakeups(
+    worker: &Worker,
+    redis: &Redis,
+    name: &str,
+    slots: &Slots,
+    shutdown: &CancellationToken,
+) {
+    use futures::StreamExt;
+    while !shutdown.is_cancelled() {
+        match redis.wakeups(name).await {
+            Ok(mut messages) => loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = messages.next() => match m {
+                        Some(()) => fill_slots(worker, &slots.0),
+                        None => break,
+                    },
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "push notifications not subscribed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The worker's slots, shared by apalis's jobs and the push notifications.
+#[derive(Clone)]
+struct Slots(Arc<Semaphore>);
+
+async fn apalis_loop(
+    worker: &Worker,
+    redis: &Redis,
+    name: &str,
+    slots: &Slots,
+    shutdown: &CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         let storage = match queue::storage(redis, name).await {
             Ok(s) => s.poll_with_interval(queue::POLL),
@@ -38,6 +88,7 @@ pub async fn redis(worker: &Worker, redis: &Redis, name: &str, shutdown: &Cancel
         .backend(storage)
         .concurrency(worker.concurrency)
         .data(worker.clone())
+        .data(slots.clone())
         .build(handle);
         let stop = shutdown.clone();
         let res = apalis_worker
@@ -56,16 +107,26 @@ pub async fn redis(worker: &Worker, redis: &Redis, name: &str, shutdown: &Cancel
 /// One apalis job. Every outcome is recorded in PostgreSQL, so apalis never retries it:
 /// attempts and retries are Wharf's (see notes/apalis-1.0.md). The slot runs in a task of its
 /// own, so an export survives apalis dropping this future at shutdown and is released.
-async fn handle(job: ExportJob, worker: Data<Worker>) -> Result<(), AbortError> {
+async fn handle(
+    job: ExportJob,
+    worker: Data<Worker>,
+    slots: Data<Slots>,
+) -> Result<(), AbortError> {
     let worker = (*worker).clone();
     if worker.draining() {
         // Stopping: hand the job straight to another worker.
         worker.enqueue(job.export_id, job.request_id).await;
         return Ok(());
     }
+    // A slot may be busy with work a push notification started; wait for it.
+    let permit = Slots::clone(&slots)
+        .0
+        .acquire_owned()
+        .await
+        .map_err(AbortError::new)?;
     let guard = worker.busy();
     let task = tokio::spawn(async move {
-        let _guard = guard;
+        let _slot = (permit, guard);
         worker.drain_slot(&job).await;
     });
     task.await.map_err(AbortError::new)

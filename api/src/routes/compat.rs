@@ -237,7 +237,7 @@ async fn project_download_inner(
     let key = presented_key(req)
         .filter(|k| !k.is_empty())
         .ok_or(Error::Unauthorized)?;
-    let principal = auth::authenticate(&state.pool, &key).await?;
+    let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
     state.limiter.check(principal.key_id)?;
     principal.require(Scope::Read)?;
     if project.contains('\0') {

@@ -44,7 +44,7 @@ pub struct ProgressDto {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExportErrorDto {
-    pub code: String,
+    pub code: wharf_shared::domain::states::FailureCode,
     pub message: String,
 }
 
@@ -121,7 +121,7 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         url,
         url_expires_at,
         expires_at: r.expires_at,
-        error: r.error_code.clone().map(|code| ExportErrorDto {
+        error: r.error_code.map(|code| ExportErrorDto {
             code,
             message: r.error_message.clone().unwrap_or_default(),
         }),

@@ -146,6 +146,8 @@ pub async fn revoke_key(
             .into());
         }
     }
+    // This process at once; the others when PostgreSQL's notification reaches them.
+    state.keys.invalidate();
     tracing::info!(key_id = %key_id, "api key revoked");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -88,9 +88,132 @@ pub enum UploadState {
     Aborted,
 }
 
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Open => "OPEN",
+            UploadState::Completed => "COMPLETED",
+            UploadState::Aborted => "ABORTED",
+        }
+    }
+}
+
+/// Why a job ended FAILED: the stable `error.code` of its status (the message says more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureCode {
+    /// The request cannot be served as it stands (e.g. a filter on a column since removed).
+    InvalidRequest,
+    /// The workflow or run was deleted meanwhile.
+    NotFound,
+    /// The object store failed on every attempt.
+    StorageError,
+    /// PostgreSQL or another backing service failed on every attempt.
+    ServiceUnavailable,
+    /// The worker running it was lost (killed, partitioned) on every attempt.
+    WorkerLost,
+    Internal,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::InvalidRequest => "INVALID_REQUEST",
+            FailureCode::NotFound => "NOT_FOUND",
+            FailureCode::StorageError => "STORAGE_ERROR",
+            FailureCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            FailureCode::WorkerLost => "WORKER_LOST",
+            FailureCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An export status as an SQL string literal, for the text of statements: the planner matches
+/// partial indexes (`WHERE status = 'QUEUED'`) only against literals, not bound parameters.
+/// `sql_status!(Queued)` is `"'QUEUED'"`, for use inside `concat!`; a test holds every arm to
+/// `as_str`.
+#[macro_export]
+macro_rules! sql_status {
+    (Queued) => {
+        "'QUEUED'"
+    };
+    (InProgress) => {
+        "'IN_PROGRESS'"
+    };
+    (Completed) => {
+        "'COMPLETED'"
+    };
+    (Failed) => {
+        "'FAILED'"
+    };
+    (Cancelled) => {
+        "'CANCELLED'"
+    };
+    (Expired) => {
+        "'EXPIRED'"
+    };
+}
+
+/// An upload state as an SQL string literal, like `sql_status!`.
+#[macro_export]
+macro_rules! sql_upload_state {
+    (Open) => {
+        "'OPEN'"
+    };
+    (Completed) => {
+        "'COMPLETED'"
+    };
+    (Aborted) => {
+        "'ABORTED'"
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_literals_match_the_mapping() {
+        let quoted = |s: &str| format!("'{s}'");
+        let pairs = [
+            (sql_status!(Queued), ExportStatus::Queued),
+            (sql_status!(InProgress), ExportStatus::InProgress),
+            (sql_status!(Completed), ExportStatus::Completed),
+            (sql_status!(Failed), ExportStatus::Failed),
+            (sql_status!(Cancelled), ExportStatus::Cancelled),
+            (sql_status!(Expired), ExportStatus::Expired),
+        ];
+        for (sql, status) in pairs {
+            assert_eq!(sql, quoted(status.as_str()));
+        }
+        for code in [
+            FailureCode::InvalidRequest,
+            FailureCode::NotFound,
+            FailureCode::StorageError,
+            FailureCode::ServiceUnavailable,
+            FailureCode::WorkerLost,
+            FailureCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::String(code.as_str().into()))
+            );
+        }
+        for (sql, state) in [
+            (sql_upload_state!(Open), UploadState::Open),
+            (sql_upload_state!(Completed), UploadState::Completed),
+            (sql_upload_state!(Aborted), UploadState::Aborted),
+        ] {
+            assert_eq!(sql, quoted(state.as_str()));
+        }
+    }
 
     #[test]
     fn statuses_round_trip_their_api_spelling() {

@@ -22,6 +22,8 @@ pub struct OutColumn {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Every row of the run: nothing filters it.
+    whole_run: bool,
     pub columns: Vec<OutColumn>,
     settings: Vec<String>,
     from_where: String,
@@ -85,6 +87,7 @@ impl Plan {
             });
         }
         Ok(Plan {
+            whole_run: spec.filters.is_empty() && spec.row_ids.is_none(),
             columns,
             settings,
             from_where: format!("FROM {} WHERE {}", wf.table_name, conds.join(" AND ")),
@@ -105,8 +108,16 @@ impl Plan {
         Ok(())
     }
 
-    /// The number of rows the export will hold (after `apply`).
+    /// The number of rows the export will hold (after `apply`): the run's own count when
+    /// nothing filters it (a scan of a million rows saved), else a count of the selection.
     pub async fn count(&self, conn: &mut PgConnection) -> Result<i64> {
+        if self.whole_run {
+            return Ok(sqlx::query_scalar(
+                "SELECT row_count FROM runs WHERE id = current_setting('wharf.p0')::uuid",
+            )
+            .fetch_one(conn)
+            .await?);
+        }
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) {}",
             self.from_where

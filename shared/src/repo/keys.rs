@@ -140,6 +140,12 @@ pub async fn revoke(pool: &PgPool, project_id: Uuid, key_id: Uuid) -> Result<Rev
         .bind(key_id)
         .execute(&mut *tx)
         .await?;
+    // Every API process forgets the keys it verified (delivered on commit).
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::auth::KEYS_CHANNEL)
+        .bind(key_id.to_string())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Revoked::Done)
 }

@@ -283,3 +283,63 @@ async fn key_scopes_are_validated(pool: PgPool) {
     )
     .await;
 }
+
+/// Keys are cached per API process (WHARF_KEY_CACHE_TTL), and a revoke reaches every process
+/// through PostgreSQL at once, not when the cache entry ages out.
+#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
+async fn a_revoked_key_stops_working_on_every_api_process_at_once(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &[("WHARF_KEY_CACHE_TTL", "60s")]).await;
+    let other = app.second_api().await;
+    let p = app.create_project("acme").await;
+    let get = |key: String| {
+        let client = app.client.clone();
+        let url = format!("{other}/v1/workflows");
+        async move {
+            client
+                .get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .expect("sent")
+                .status()
+                .as_u16()
+        }
+    };
+    // The cache answers: a key revoked behind Wharf's back still works on a process that
+    // verified it (so the revoke route's notification is what makes revocation immediate).
+    let (quiet_id, quiet) = app.create_key(&p.key, &["read"]).await;
+    assert_eq!(get(quiet.clone()).await, 200);
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid")
+        .bind(&quiet_id)
+        .execute(&pool)
+        .await
+        .expect("revoked quietly");
+    assert_eq!(get(quiet).await, 200, "a verified key is cached");
+
+    let (id, key) = app.create_key(&p.key, &["read"]).await;
+    assert_eq!(get(key.clone()).await, 200);
+    let res = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&p.key),
+            KeyHeader::ApiKey,
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 204);
+    let revoked = std::time::Instant::now();
+    let mut status = get(key.clone()).await;
+    while status == 200 && revoked.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        status = get(key.clone()).await;
+    }
+    println!(
+        "revocation reached the other API process after {:?}",
+        revoked.elapsed()
+    );
+    assert_eq!(status, 401, "the revoked key still works elsewhere");
+    assert!(revoked.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(get(key).await, 401, "and stays refused");
+}

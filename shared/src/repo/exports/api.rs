@@ -75,9 +75,10 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
             None => {}
         }
     }
-    let queued: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = 'QUEUED'",
-    )
+    let queued: i64 = sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = ",
+        crate::sql_status!(Queued)
+    ))
     .bind(new.project_id)
     .fetch_one(&mut *tx)
     .await?;
@@ -209,11 +210,17 @@ pub enum Cancelled {
 /// Cancels a QUEUED or IN_PROGRESS export at once; a worker running it notices at its next
 /// heartbeat and aborts its upload. Cancelling a cancelled export is a no-op.
 pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Cancelled>> {
-    let changed: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE exports SET status = 'CANCELLED', cancel_requested = true, completed_at = now(),
+    let changed: Option<Uuid> = sqlx::query_scalar(concat!(
+        "UPDATE exports SET status = ",
+        crate::sql_status!(Cancelled),
+        ", cancel_requested = true, completed_at = now(),
              updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND project_id = $2 AND status IN ('QUEUED', 'IN_PROGRESS') RETURNING id",
-    )
+         WHERE id = $1 AND project_id = $2 AND status IN (",
+        crate::sql_status!(Queued),
+        ", ",
+        crate::sql_status!(InProgress),
+        ") RETURNING id"
+    ))
     .bind(id)
     .bind(project_id)
     .fetch_optional(pool)

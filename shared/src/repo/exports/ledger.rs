@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::states::FailureCode;
 use crate::error::Result;
 
 /// A claim on an export: the attempt it is and the token that fences every later write.
@@ -32,17 +33,21 @@ pub async fn claim_next(
     sqlx::query("SELECT pg_advisory_xact_lock(7)")
         .execute(&mut *tx)
         .await?;
-    let picked: Option<Uuid> = sqlx::query_scalar(
+    let picked: Option<Uuid> = sqlx::query_scalar(concat!(
         "WITH running AS (
              SELECT project_id, count(*) AS n FROM exports
-             WHERE status = 'IN_PROGRESS' AND lease_expires_at > now() GROUP BY project_id)
+             WHERE status = ",
+        crate::sql_status!(InProgress),
+        " AND lease_expires_at > now() GROUP BY project_id)
          SELECT e.id FROM exports e LEFT JOIN running r ON r.project_id = e.project_id
-         WHERE e.status = 'QUEUED' AND e.attempts < e.max_attempts
+         WHERE e.status = ",
+        crate::sql_status!(Queued),
+        " AND e.attempts < e.max_attempts
              AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now())
              AND coalesce(r.n, 0) < $1
          ORDER BY coalesce(r.n, 0), e.created_at
-         LIMIT 1 FOR UPDATE OF e SKIP LOCKED",
-    )
+         LIMIT 1 FOR UPDATE OF e SKIP LOCKED"
+    ))
     .bind(project_cap)
     .fetch_optional(&mut *tx)
     .await?;
@@ -51,13 +56,15 @@ pub async fn claim_next(
         return Ok(None);
     };
     let token = Uuid::new_v4();
-    let attempt: i32 = sqlx::query_scalar(
-        "UPDATE exports SET status = 'IN_PROGRESS', attempts = attempts + 1, lease_token = $2,
+    let attempt: i32 = sqlx::query_scalar(concat!(
+        "UPDATE exports SET status = ",
+        crate::sql_status!(InProgress),
+        ", attempts = attempts + 1, lease_token = $2,
              lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
              started_at = coalesce(started_at, now()), updated_at = now(),
              rows_written = 0, bytes_written = 0, next_attempt_at = NULL
-         WHERE id = $1 RETURNING attempts",
-    )
+         WHERE id = $1 RETURNING attempts"
+    ))
     .bind(id)
     .bind(token)
     .bind(lease.as_secs_f64())
@@ -75,12 +82,15 @@ pub async fn claim_next(
 /// Gives a claimed export back (worker shutting down, or a transient failure): QUEUED again,
 /// due after `delay`, to be enqueued at once by the caller or by the reconciler.
 pub async fn release(pool: &PgPool, claim: &Claim, delay: Duration) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE exports SET status = 'QUEUED', lease_token = NULL, lease_expires_at = NULL,
+    let done = sqlx::query(concat!(
+        "UPDATE exports SET status = ",
+        crate::sql_status!(Queued),
+        ", lease_token = NULL, lease_expires_at = NULL,
              worker_id = NULL, enqueued_at = NULL, updated_at = now(),
              next_attempt_at = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
-    )
+         WHERE id = $1 AND lease_token = $2 AND status = ",
+        crate::sql_status!(InProgress)
+    ))
     .bind(claim.export_id)
     .bind(claim.token)
     .bind(delay.as_secs_f64())
@@ -103,26 +113,35 @@ pub async fn reconcile(
     stale: Duration,
     limit: i64,
 ) -> Result<Vec<(Uuid, Option<String>)>> {
-    sqlx::query(
+    sqlx::query(concat!(
         "UPDATE exports SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
              enqueued_at = NULL, updated_at = now(),
-             status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END,
+             status = CASE WHEN attempts >= max_attempts THEN ",
+        crate::sql_status!(Failed),
+        " ELSE ",
+        crate::sql_status!(Queued),
+        " END,
              completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
-             error_code = CASE WHEN attempts >= max_attempts THEN 'WORKER_LOST' END,
+             error_code = CASE WHEN attempts >= max_attempts THEN $1 END,
              error_message = CASE WHEN attempts >= max_attempts
                  THEN 'the export was interrupted on every attempt; create it again' END
-         WHERE status = 'IN_PROGRESS' AND lease_expires_at < now()",
-    )
+         WHERE status = ",
+        crate::sql_status!(InProgress),
+        " AND lease_expires_at < now()"
+    ))
+    .bind(FailureCode::WorkerLost)
     .execute(pool)
     .await?;
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(concat!(
         "UPDATE exports SET enqueued_at = now() WHERE id IN (
-             SELECT id FROM exports WHERE status = 'QUEUED'
+             SELECT id FROM exports WHERE status = ",
+        crate::sql_status!(Queued),
+        "
                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
                  AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, request_id",
-    )
+         RETURNING id, request_id"
+    ))
     .bind(stale.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
@@ -131,10 +150,13 @@ pub async fn reconcile(
 
 /// The API could not push the job: the reconciler's next pass will.
 pub async fn mark_unqueued(pool: &PgPool, id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE exports SET enqueued_at = NULL WHERE id = $1 AND status = 'QUEUED'")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    sqlx::query(concat!(
+        "UPDATE exports SET enqueued_at = NULL WHERE id = $1 AND status = ",
+        crate::sql_status!(Queued)
+    ))
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -146,11 +168,12 @@ pub async fn heartbeat(
     bytes: i64,
     lease: Duration,
 ) -> Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query(concat!(
         "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3),
              rows_written = $4, bytes_written = $5, updated_at = now()
-         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
-    )
+         WHERE id = $1 AND lease_token = $2 AND status = ",
+        crate::sql_status!(InProgress)
+    ))
     .bind(claim.export_id)
     .bind(claim.token)
     .bind(lease.as_secs_f64())
@@ -185,14 +208,17 @@ pub struct Completion<'a> {
 /// False: the claim was lost meanwhile, and the caller must delete the object it wrote.
 pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Result<bool> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE exports SET status = 'COMPLETED', completed_at = now(), updated_at = now(),
+    let done = sqlx::query(concat!(
+        "UPDATE exports SET status = ",
+        crate::sql_status!(Completed),
+        ", completed_at = now(), updated_at = now(),
              expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
              rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
              content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
              error_code = NULL, error_message = NULL
-         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
-    )
+         WHERE id = $1 AND lease_token = $2 AND status = ",
+        crate::sql_status!(InProgress)
+    ))
     .bind(claim.export_id)
     .bind(claim.token)
     .bind(c.row_count)
@@ -207,10 +233,13 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE export_uploads SET state = 'COMPLETED', updated_at = now()
-         WHERE export_id = $1 AND attempt = $2 AND state = 'OPEN'",
-    )
+    sqlx::query(concat!(
+        "UPDATE export_uploads SET state = ",
+        crate::sql_upload_state!(Completed),
+        ", updated_at = now()
+         WHERE export_id = $1 AND attempt = $2 AND state = ",
+        crate::sql_upload_state!(Open)
+    ))
     .bind(claim.export_id)
     .bind(claim.attempt)
     .execute(&mut *tx)
@@ -220,12 +249,15 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
 }
 
 /// Ends the export FAILED with a stable code and a message a user can act on.
-pub async fn fail(pool: &PgPool, claim: &Claim, code: &str, message: &str) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE exports SET status = 'FAILED', completed_at = now(), updated_at = now(),
+pub async fn fail(pool: &PgPool, claim: &Claim, code: FailureCode, message: &str) -> Result<bool> {
+    let done = sqlx::query(concat!(
+        "UPDATE exports SET status = ",
+        crate::sql_status!(Failed),
+        ", completed_at = now(), updated_at = now(),
              error_code = $3, error_message = $4, lease_token = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'",
-    )
+         WHERE id = $1 AND lease_token = $2 AND status = ",
+        crate::sql_status!(InProgress)
+    ))
     .bind(claim.export_id)
     .bind(claim.token)
     .bind(code)

@@ -43,7 +43,7 @@ pub struct ExportRecord {
     pub object_key: Option<String>,
     pub content_type: Option<String>,
     pub file_name: Option<String>,
-    pub error_code: Option<String>,
+    pub error_code: Option<crate::domain::states::FailureCode>,
     pub error_message: Option<String>,
     pub request_hash: Option<String>,
     pub request_id: Option<String>,
