@@ -1,7 +1,9 @@
 //! wharf-bench: ingests N rows (default 1,000,000) of a 10-field workflow through the API,
 //! exports them in every format with a real `wharf-worker` process (a fresh one per format,
-//! so its peak RSS is that export's), and prints the figures beside the floor: PostgreSQL's
-//! own `COPY (SELECT …) TO STDOUT (FORMAT csv)` of the same rows into a file.
+//! so its peak RSS is that export's), and prints the figures beside the floors measured in the
+//! same run: `psql -c "COPY (SELECT …) TO STDOUT (FORMAT csv|binary)" > file` of the same rows
+//! (text formats against the CSV floor, Parquet against the binary one), then where each
+//! export's time went (the worker's phase timings).
 //!
 //! Run (services up, see scripts/services.sh):
 //!   cargo build --release --bin wharf-worker --bin wharf-bench
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::Executor;
 use wharf_api::startup::Application;
 
 const SCHEMA: &str = r#"[
@@ -143,20 +145,22 @@ async fn main() -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
 
-    let floor = copy_floor(
-        &database_url,
-        &wf_id,
-        run["runId"].as_str().unwrap_or_default(),
-    )
-    .await?;
+    let run_id = run["runId"].as_str().unwrap_or_default();
+    let floor = copy_floor(&database_url, &wf_id, run_id, "csv")?;
+    let binary_floor = copy_floor(&database_url, &wf_id, run_id, "binary")?;
     println!(
-        "floor: COPY (SELECT …) TO STDOUT (FORMAT csv) → file: {floor:.2} s, {:.0} rows/s\n",
+        "floor: psql COPY (SELECT …) TO STDOUT (FORMAT csv) > file: {floor:.2} s, {:.0} rows/s",
         rows as f64 / floor
     );
     println!(
-        "| format | compression | seconds | rows/s | × floor | size MB | worker peak RSS MB |"
+        "floor: psql COPY (SELECT …) TO STDOUT (FORMAT binary) > file: {binary_floor:.2} s, {:.0} rows/s\n",
+        rows as f64 / binary_floor
+    );
+    println!(
+        "| format | compression | seconds | rows/s | × its floor | size MB | worker peak RSS MB |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut phase_rows = Vec::new();
     let worker_bin = std::env::current_exe()?.with_file_name("wharf-worker");
     for (format, compression) in [
         ("csv", "none"),
@@ -190,10 +194,40 @@ async fn main() -> anyhow::Result<()> {
             "export failed: {status}"
         );
         let size = status["sizeBytes"].as_f64().unwrap_or(0.0) / 1e6;
+        // Text formats against the CSV floor, Parquet against the binary one.
+        let its_floor = if format == "parquet" {
+            binary_floor
+        } else {
+            floor
+        };
         println!(
             "| {format} | {compression} | {secs:.2} | {:.0} | {:.2} | {size:.1} | {rss:.0} |",
             rows as f64 / secs,
-            secs / floor
+            secs / its_floor
+        );
+        if let Some(p) = phases(&worker_log()) {
+            phase_rows.push((format!("{format} {compression}"), secs, p));
+        }
+    }
+    println!(
+        "\nphases (ms after the claim; create → claim is the rest of the total): counted, first rows \
+         from COPY, last rows read, encoder busy (not waiting for rows), encoded, written to the store"
+    );
+    println!(
+        "| export | total ms | counted | first rows | read | encoder busy | encoded | written |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, secs, p) in phase_rows {
+        let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            secs * 1000.0,
+            f("counted_ms"),
+            f("first_rows_ms"),
+            f("read_done_ms"),
+            f("encode_busy_ms"),
+            f("encode_done_ms"),
+            f("written_ms"),
         );
     }
     admin
@@ -205,31 +239,40 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn copy_floor(database_url: &str, wf_id: &str, run_id: &str) -> anyhow::Result<f64> {
-    use tokio::io::AsyncWriteExt;
+/// PostgreSQL's own floor, measured the honest way: `psql -c "COPY (SELECT …) TO STDOUT …"`
+/// into a file, best of two. `format`: `csv` or `binary`.
+fn copy_floor(database_url: &str, wf_id: &str, run_id: &str, format: &str) -> anyhow::Result<f64> {
     let table = format!("rows_{}", uuid::Uuid::parse_str(wf_id)?.simple());
     let cols: Vec<String> = (1..=10).map(|i| format!("c{i}")).collect();
+    let header = if format == "csv" { ", HEADER" } else { "" };
     let sql = format!(
-        "COPY (SELECT {} FROM {table} WHERE run_id = '{run_id}' ORDER BY _id) TO STDOUT (FORMAT csv)",
+        "COPY (SELECT {} FROM {table} WHERE run_id = '{run_id}' ORDER BY _id) TO STDOUT (FORMAT {format}{header})",
         cols.join(", ")
     );
+    let path = std::env::temp_dir().join(format!("wharf-bench-floor.{format}"));
     let mut best = f64::MAX;
     for _ in 0..2 {
-        let mut conn = PgConnection::connect(database_url).await?;
-        let path = std::env::temp_dir().join("wharf-bench-floor.csv");
-        let mut file =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&path).await?);
+        let file = std::fs::File::create(&path)?;
         let t = Instant::now();
-        let mut stream = conn.copy_out_raw(&sql).await?;
-        while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?).await?;
-        }
-        file.flush().await?;
+        let status = std::process::Command::new("psql")
+            .arg(database_url)
+            .args(["-qXc", &sql])
+            .stdout(file)
+            .status()?;
+        anyhow::ensure!(status.success(), "psql failed: {status}");
         best = best.min(t.elapsed().as_secs_f64());
-        drop(stream);
-        let _ = tokio::fs::remove_file(&path).await;
     }
+    let _ = std::fs::remove_file(&path);
     Ok(best)
+}
+
+/// The phase figures of the worker's "export completed" log line (milliseconds since claim).
+fn phases(log: &std::path::Path) -> Option<Value> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "export completed")
+        .map(|v| v["fields"].clone())
 }
 
 fn spawn_worker(
@@ -237,7 +280,15 @@ fn spawn_worker(
     s: &wharf_shared::config::Settings,
     database_url: &str,
 ) -> anyhow::Result<std::process::Child> {
+    let log = std::fs::File::create(worker_log())?;
     Ok(wharf_tests::worker_command(bin, s, database_url)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,wharf_shared::export=info")
+        .env("WHARF_LOG_FORMAT", "json")
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .spawn()?)
+}
+
+fn worker_log() -> std::path::PathBuf {
+    std::env::temp_dir().join("wharf-bench-worker.log")
 }

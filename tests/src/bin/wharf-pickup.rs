@@ -1,6 +1,9 @@
 //! wharf-pickup: how soon an idle worker starts an export after its create (created → claimed,
 //! from the status's createdAt and startedAt), over N exports one at a time, on each queue:
-//! PostgreSQL (LISTEN/NOTIFY, the embedded default) and Redis (apalis). Prints p50/p99/max.
+//! PostgreSQL (LISTEN/NOTIFY, the embedded default) and Redis (apalis, woken by its push
+//! notifications). Prints p50/p99/max. Then throughput: 600 one-row exports of 4 projects
+//! created while no worker runs, drained by 1 and by 2 worker processes (concurrency 4 each);
+//! exports/s from the first claim to the last completion.
 //!
 //! Run (services up, see scripts/services.sh):
 //!   cargo build --release --bin wharf-worker --bin wharf-pickup
@@ -9,6 +12,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Executor;
 use wharf_api::startup::Application;
@@ -40,47 +44,202 @@ async fn main() -> anyhow::Result<()> {
             ms.last().copied().unwrap_or_default()
         );
     }
+    println!("\nsmall exports (one row, CSV), 600 queued over 4 projects, then drained\n");
+    println!("| queue | worker processes | exports/s |");
+    println!("| --- | ---: | ---: |");
+    for queue in ["postgres", "redis"] {
+        for workers in [1, 2] {
+            let rate = throughput(&server, queue, workers, 150).await?;
+            println!("| {queue} | {workers} | {rate:.0} |");
+        }
+    }
     Ok(())
 }
 
-async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>> {
-    let db = format!("wharf_pickup_{queue}");
-    let drop = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
-    let (mut admin, database_url, pool) = wharf_tests::bench::fresh_database(server, &db).await?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let base = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
-    let name = format!("wharf-pickup:{}", uuid::Uuid::new_v4().simple());
-    let dir = std::env::temp_dir().join(format!("wharf-pickup-{}", uuid::Uuid::new_v4().simple()));
-    let mut settings: Settings = wharf_tests::test_settings(
-        "wharf-pickup",
-        &[
-            ("WHARF_QUEUE", &name),
-            ("WHARF_PUBLIC_URL", &base),
-            ("DATABASE_URL", &database_url),
-            ("WHARF_RATE_LIMIT", "0"),
-        ],
-    );
-    settings.store = StoreKind::Dir(dir.clone());
-    if queue == "postgres" {
-        settings.redis_url = None;
+/// A fresh installation on `queue`: its API in process, a database, a directory store.
+struct Bench {
+    admin: sqlx::PgConnection,
+    database_url: String,
+    pool: sqlx::PgPool,
+    settings: Settings,
+    base: String,
+    name: String,
+    dir: std::path::PathBuf,
+    db: String,
+}
+
+impl Bench {
+    async fn start(server: &str, queue: &str, db: &str) -> anyhow::Result<Bench> {
+        let (admin, database_url, pool) = wharf_tests::bench::fresh_database(server, db).await?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let base = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        let name = format!("wharf-pickup-{}", uuid::Uuid::new_v4().simple());
+        let dir = std::env::temp_dir().join(format!("{name}-store"));
+        let mut settings: Settings = wharf_tests::test_settings(
+            "wharf-pickup",
+            &[
+                ("WHARF_QUEUE", &name),
+                ("WHARF_PUBLIC_URL", &base),
+                ("DATABASE_URL", &database_url),
+                ("WHARF_RATE_LIMIT", "0"),
+            ],
+        );
+        settings.store = StoreKind::Dir(dir.clone());
+        if queue == "postgres" {
+            settings.redis_url = None;
+        }
+        let app = Application::build_with(settings.clone(), pool.clone(), listener).await?;
+        tokio::spawn(app.run_until_stopped());
+        Ok(Bench {
+            admin,
+            database_url,
+            pool,
+            settings,
+            base,
+            name,
+            dir,
+            db: db.to_string(),
+        })
     }
-    let app = Application::build_with(settings.clone(), pool.clone(), listener).await?;
-    tokio::spawn(app.run_until_stopped());
-    let worker_bin = std::env::current_exe()?.with_file_name("wharf-worker");
-    let mut worker = wharf_tests::worker_command(&worker_bin, &settings, &database_url)
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+
+    fn worker(&self) -> anyhow::Result<std::process::Child> {
+        let bin = std::env::current_exe()?.with_file_name("wharf-worker");
+        Ok(
+            wharf_tests::worker_command(&bin, &self.settings, &self.database_url)
+                .env("RUST_LOG", "warn")
+                .spawn()?,
+        )
+    }
+
+    /// A project with a one-row workflow: (key, workflow id).
+    async fn one_row(
+        &self,
+        client: &reqwest::Client,
+        slug: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let schema = json!([{"name": "n", "type": "integer"}]);
+        let (key, wf_id) =
+            wharf_tests::bench::project_and_workflow(client, &self.base, slug, schema).await?;
+        client
+            .post(format!("{}/v1/workflows/{wf_id}/runs", self.base))
+            .header("x-api-key", &key)
+            .header("content-type", "text/csv")
+            .body("n\n1\n")
+            .send()
+            .await?;
+        Ok((key, wf_id))
+    }
+
+    /// Drops the database, the store and the queue's Redis keys.
+    async fn finish(mut self) {
+        self.pool.close().await;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db
+            )))
+            .await
+            .ok();
+        std::fs::remove_dir_all(&self.dir).ok();
+        if let Some(url) = &self.settings.redis_url {
+            let conn = redis::Client::open(url.as_str()).and_then(|c| c.get_connection());
+            if let Ok(mut conn) = conn {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("*{}*", self.name))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        }
+    }
+}
+
+/// Exports per second that `workers` processes drain from a queue of `per_project` × 4.
+async fn throughput(
+    server: &str,
+    queue: &str,
+    workers: usize,
+    per_project: usize,
+) -> anyhow::Result<f64> {
+    let bench = Bench::start(
+        server,
+        queue,
+        &format!("wharf_throughput_{queue}_{workers}"),
+    )
+    .await?;
     let client = reqwest::Client::new();
-    let schema = json!([{"name": "n", "type": "integer"}]);
-    let (key, wf_id) =
-        wharf_tests::bench::project_and_workflow(&client, &base, "pickup", schema).await?;
-    client
-        .post(format!("{base}/v1/workflows/{wf_id}/runs"))
-        .header("x-api-key", &key)
-        .header("content-type", "text/csv")
-        .body("n\n1\n")
-        .send()
-        .await?;
+    let mut projects = Vec::new();
+    for p in 0..4 {
+        projects.push(bench.one_row(&client, &format!("p{p}")).await?);
+    }
+    let creates = projects.iter().flat_map(|(key, wf)| {
+        let (client, base) = (client.clone(), bench.base.clone());
+        (0..per_project).map(move |_| {
+            let (client, url, key) = (
+                client.clone(),
+                format!("{base}/v1/workflows/{wf}/exports"),
+                key.clone(),
+            );
+            async move {
+                client
+                    .post(url)
+                    .header("x-api-key", key)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+            }
+        })
+    });
+    let created = futures::stream::iter(creates)
+        .buffer_unordered(16)
+        .filter(|r| futures::future::ready(matches!(r, Ok(true))))
+        .count()
+        .await;
+    anyhow::ensure!(created == per_project * 4, "only {created} exports created");
+    let mut procs = Vec::new();
+    for _ in 0..workers {
+        procs.push(bench.worker()?);
+    }
+    let total = (per_project * 4) as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM exports WHERE completed_at IS NOT NULL")
+                .fetch_one(&bench.pool)
+                .await?;
+        if done >= total || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (completed, secs): (i64, f64) = sqlx::query_as(concat!(
+        "SELECT count(*) FILTER (WHERE status = ",
+        wharf_shared::sql_status!(Completed),
+        "), extract(epoch FROM max(completed_at) - min(started_at))::float8 FROM exports"
+    ))
+    .fetch_one(&bench.pool)
+    .await?;
+    for mut p in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    bench.finish().await;
+    anyhow::ensure!(
+        completed == total,
+        "{completed} of {total} exports completed"
+    );
+    Ok(total as f64 / secs)
+}
+
+async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let bench = Bench::start(server, queue, &format!("wharf_pickup_{queue}")).await?;
+    let mut worker = bench.worker()?;
+    let client = reqwest::Client::new();
+    let (key, wf_id) = bench.one_row(&client, "pickup").await?;
+    let base = &bench.base;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
@@ -94,7 +253,7 @@ async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>
             .await?;
         let id = created["exportId"].as_str().unwrap_or_default().to_string();
         let done =
-            wharf_tests::bench::wait_done(&client, &base, &key, &id, Duration::from_millis(5))
+            wharf_tests::bench::wait_done(&client, base, &key, &id, Duration::from_millis(5))
                 .await?;
         let at =
             |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap_or_default());
@@ -106,21 +265,7 @@ async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>
     }
     let _ = worker.kill();
     let _ = worker.wait();
-    pool.close().await;
-    admin.execute(sqlx::AssertSqlSafe(drop)).await.ok();
-    std::fs::remove_dir_all(&dir).ok();
-    if let Some(url) = &settings.redis_url {
-        let conn = redis::Client::open(url.as_str()).and_then(|c| c.get_connection());
-        if let Ok(mut conn) = conn {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{name}*"))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        }
-    }
+    bench.finish().await;
     ms.sort_by(f64::total_cmp);
     Ok(ms)
 }
