@@ -302,10 +302,8 @@ fn parse_signing_keys(raw: &str) -> Result<Vec<SigningKey>, ConfigError> {
     Ok(keys)
 }
 
-/// `90s`, `15m`, `1h`, `7d`, `500ms`, or a bare number of seconds.
 /// The Redis queue of an installation: named after its database (host, port, name), so two
-/// installations sharing one Redis never take each other's jobs. No `:` in it (apalis's push
-/// notifications split channel names on it).
+/// installations sharing one Redis never take each other's jobs.
 pub fn default_queue(database_url: &str) -> String {
     use sha2::{Digest, Sha256};
     let (host, port, db) = match database_url.parse::<sqlx::postgres::PgConnectOptions>() {
@@ -331,6 +329,7 @@ pub fn default_queue(database_url: &str) -> String {
     format!("wharf-exports-{name}-{}", hex::encode(&digest[..4]))
 }
 
+/// `90s`, `15m`, `1h`, `7d`, `500ms`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());

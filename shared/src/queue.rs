@@ -42,17 +42,16 @@ impl Redis {
         ping(&mut self.conn().await?).await
     }
 
-    /// A message each time a job is pushed to `queue`: apalis's push script publishes on the
-    /// queue's `tasks:<active list>:available` channel. Ends when the connection drops.
+    /// A message each time a job is pushed to `queue` (`RedisQueue::push` publishes on the
+    /// queue's wake channel). Ends when the connection drops.
     pub async fn wakeups(&self, queue: &str) -> Result<futures::stream::BoxStream<'static, ()>> {
         use futures::StreamExt;
         let unavailable = |_| Error::Unavailable("redis");
         let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        let channel = format!(
-            "tasks:{}:available",
-            apalis_config(queue).active_jobs_list()
-        );
-        pubsub.subscribe(channel).await.map_err(unavailable)?;
+        pubsub
+            .subscribe(wake_channel(queue))
+            .await
+            .map_err(unavailable)?;
         Ok(pubsub.into_on_message().map(|_| ()).boxed())
     }
 }
@@ -122,6 +121,11 @@ async fn enqueue(redis: &Redis, queue: &str, job: ExportJob) -> Result<()> {
         .map_err(|_| Error::Unavailable("redis"))
 }
 
+/// The Redis pub/sub channel a queue's pushes are announced on.
+pub fn wake_channel(queue: &str) -> String {
+    format!("{queue}:wake")
+}
+
 /// The channel workers `LISTEN` on (one per database, so installations never share it).
 pub const CHANNEL: &str = "wharf_exports";
 
@@ -146,7 +150,22 @@ pub struct RedisQueue {
 #[async_trait::async_trait]
 impl JobQueue for RedisQueue {
     async fn push(&self, job: ExportJob) -> Result<()> {
-        enqueue(&self.redis, &self.name, job).await
+        let id = job.export_id;
+        enqueue(&self.redis, &self.name, job).await?;
+        // The fast path: idle workers hear of the job at once instead of at their next poll
+        // (apalis's own push notification never fires: it files every job as scheduled). A
+        // lost wake-up costs only latency; the job is in the queue.
+        if let Ok(mut conn) = self.redis.conn().await {
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(wake_channel(&self.name))
+                .arg(id.to_string())
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = published {
+                tracing::debug!(error = %e, "wake-up not published; workers poll");
+            }
+        }
+        Ok(())
     }
     async fn ping(&self) -> Result<()> {
         self.redis.ping().await

@@ -313,8 +313,10 @@ async fn produce(
         .to_string();
     let key = format!("exports/{}/attempt-{}{ext}", rec.id, claim.attempt);
 
-    // A connection of its own: on cancel it is dropped, which ends the COPY at once.
-    let mut conn = PgConnection::connect_with(&ctx.pool.connect_options()).await?;
+    // From the pool (a new connection costs PostgreSQL a backend: milliseconds a small
+    // export would spend on nothing). One whose COPY did not run to its end is closed, not
+    // returned: that is what stops the COPY at once on a cancel.
+    let mut conn = ctx.pool.acquire().await?;
     let mut tx = conn.begin().await?;
     plan.apply(&mut tx).await?;
     let total = plan.count(&mut tx).await?;
@@ -343,6 +345,15 @@ async fn produce(
         written
     };
     let (read, uploaded) = futures::join!(reader, uploader);
+    let clean = if read.is_ok() {
+        tx.rollback().await.is_ok()
+    } else {
+        drop(tx);
+        false
+    };
+    if !clean {
+        drop(conn.detach());
+    }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     match (read, encoded, uploaded) {
         (Ok(()), Ok((size, rows)), Ok(written)) if size == written.size => {
