@@ -187,9 +187,14 @@ impl Worker {
     /// is recorded in PostgreSQL.
     pub(crate) async fn drain_slot(&self, job: &ExportJob) {
         let span = tracing::info_span!("job", message_for = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
+        // The slot's own connection for reading rows, kept while it drains (export::ReadConn).
+        let mut read_conn: export::ReadConn = None;
         loop {
-            let outcome =
-                tracing::Instrument::instrument(export::run(&self.ctx), span.clone()).await;
+            let outcome = tracing::Instrument::instrument(
+                export::run(&self.ctx, &mut read_conn),
+                span.clone(),
+            )
+            .await;
             let _g = span.enter();
             match outcome {
                 Ok(Outcome::Skipped) => {

@@ -96,8 +96,15 @@ impl Phases {
     }
 }
 
+/// A connection of the caller's own (a worker slot's) that reads exports' rows, kept between
+/// exports: opening one costs PostgreSQL a backend, milliseconds a small export would spend
+/// on nothing. It is not the pool's, so a slot never waits for the pool (nor the pool, which
+/// heartbeats need, for a slot), and one whose COPY did not run to its end is closed, not
+/// kept: that is what stops the COPY at once on a cancel.
+pub type ReadConn = Option<PgConnection>;
+
 /// Runs one export job if it can be claimed.
-pub async fn run(ctx: &ExportContext) -> Result<Outcome> {
+pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcome> {
     let Some(claim) =
         exports::claim_next(&ctx.pool, &ctx.worker_id, ctx.lease, ctx.project_cap).await?
     else {
@@ -120,7 +127,7 @@ pub async fn run(ctx: &ExportContext) -> Result<Outcome> {
         cancel.clone(),
     ));
     let produced = tracing::Instrument::instrument(
-        produce(ctx, &claim, &rec, &progress, started, &cancel),
+        produce(ctx, &claim, &rec, &progress, started, &cancel, read_conn),
         span.clone(),
     )
     .await;
@@ -294,6 +301,7 @@ async fn produce(
     progress: &Arc<Progress>,
     started: Instant,
     cancel: &CancellationToken,
+    read_conn: &mut ReadConn,
 ) -> Result<Produced> {
     let wf = workflows::get(&ctx.pool, rec.project_id, rec.workflow_id)
         .await?
@@ -313,10 +321,10 @@ async fn produce(
         .to_string();
     let key = format!("exports/{}/attempt-{}{ext}", rec.id, claim.attempt);
 
-    // From the pool (a new connection costs PostgreSQL a backend: milliseconds a small
-    // export would spend on nothing). One whose COPY did not run to its end is closed, not
-    // returned: that is what stops the COPY at once on a cancel.
-    let mut conn = ctx.pool.acquire().await?;
+    let mut conn = match read_conn.take() {
+        Some(c) => c,
+        None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
+    };
     let mut tx = conn.begin().await?;
     plan.apply(&mut tx).await?;
     let total = plan.count(&mut tx).await?;
@@ -351,8 +359,8 @@ async fn produce(
         drop(tx);
         false
     };
-    if !clean {
-        drop(conn.detach());
+    if clean {
+        *read_conn = Some(conn);
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     match (read, encoded, uploaded) {
