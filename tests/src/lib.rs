@@ -125,7 +125,14 @@ pub async fn spawn_app_on(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
-        client: Client::new(),
+        // Idle connections are dropped before the server's 5 s keep-alive closes them: a
+        // request sent on a connection the server is closing at that moment fails with
+        // IncompleteMessage (an HTTP race, not Wharf's), and tests that wait seconds between
+        // polls met it.
+        client: Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client"),
         pool,
         bucket,
         settings,
