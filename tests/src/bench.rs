@@ -79,3 +79,17 @@ pub async fn wait_done(
         tokio::time::sleep(every).await;
     }
 }
+
+/// Deletes the keys matching `pattern` from the Redis at `url` (a bench's queue); best effort.
+pub fn remove_redis_keys(url: &str, pattern: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}

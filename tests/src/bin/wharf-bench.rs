@@ -238,16 +238,7 @@ async fn main() -> anyhow::Result<()> {
         .ok();
     // The queue's keys in the shared Redis.
     if let Some(url) = &settings.redis_url {
-        let conn = redis::Client::open(url.as_str()).and_then(|c| c.get_connection());
-        if let Ok(mut conn) = conn {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{queue}*"))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        }
+        wharf_tests::bench::remove_redis_keys(url, &format!("{queue}*"));
     }
     Ok(())
 }

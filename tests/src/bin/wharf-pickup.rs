@@ -142,16 +142,7 @@ impl Bench {
             .ok();
         std::fs::remove_dir_all(&self.dir).ok();
         if let Some(url) = &self.settings.redis_url {
-            let conn = redis::Client::open(url.as_str()).and_then(|c| c.get_connection());
-            if let Ok(mut conn) = conn {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("*{}*", self.name))
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-                }
-            }
+            wharf_tests::bench::remove_redis_keys(url, &format!("*{}*", self.name));
         }
     }
 }
