@@ -1,7 +1,8 @@
 //! The end-to-end test harness: the API in process on a random port, against a fresh database
-//! (from `#[sqlx::test]`), its own S3 bucket, and the local Redis.
+//! (`db::TestDb`), its own S3 bucket, and the local Redis.
 
 pub mod bench;
+pub mod db;
 pub mod process;
 
 use std::net::TcpListener;
@@ -103,7 +104,10 @@ pub async fn spawn_app_on(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
         "wharf-t-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
-    let queue = format!("wharf-test:{}", uuid::Uuid::new_v4().simple());
+    // Under the run's prefix (scripts/test sets WHARF_TEST_RUN and removes the prefix's keys
+    // when the run ends: a push racing a test's end can recreate keys its Drop removed).
+    let run = std::env::var("WHARF_TEST_RUN").unwrap_or_else(|_| "local".into());
+    let queue = format!("wharf-test:{run}:{}", uuid::Uuid::new_v4().simple());
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a random port");
     let public = format!(
         "http://127.0.0.1:{}",

@@ -5,8 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// An export's lifecycle (API.md, Status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExportStatus {
     Queued,
@@ -80,8 +79,7 @@ pub enum DockStatus {
 }
 
 /// An upload of an export's object, tracked so the janitor can abort what a dead attempt left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadState {
     Open,
     Completed,
@@ -89,6 +87,12 @@ pub enum UploadState {
 }
 
 impl UploadState {
+    pub const ALL: [UploadState; 3] = [
+        UploadState::Open,
+        UploadState::Completed,
+        UploadState::Aborted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UploadState::Open => "OPEN",
@@ -99,8 +103,7 @@ impl UploadState {
 }
 
 /// Why a job ended FAILED: the stable `error.code` of its status (the message says more).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[sqlx(type_name = "text", rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailureCode {
     /// The request cannot be served as it stands (e.g. a filter on a column since removed).
@@ -117,6 +120,15 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    pub const ALL: [FailureCode; 6] = [
+        FailureCode::InvalidRequest,
+        FailureCode::NotFound,
+        FailureCode::StorageError,
+        FailureCode::ServiceUnavailable,
+        FailureCode::WorkerLost,
+        FailureCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCode::InvalidRequest => "INVALID_REQUEST",
@@ -134,6 +146,47 @@ impl std::fmt::Display for FailureCode {
         f.write_str(self.as_str())
     }
 }
+
+/// Stores a state enum as its `as_str` text (the columns are `text`): reads refuse any other
+/// spelling. Written by hand, not derived, so sqlx's proc-macro crate (and the second, host
+/// build of the PostgreSQL driver it brings) stays out of the build.
+macro_rules! sql_text_enum {
+    ($t:ty) => {
+        impl sqlx::Type<sqlx::Postgres> for $t {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $t {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $t {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                <$t>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == text)
+                    .ok_or_else(|| format!("unknown {} {text:?}", stringify!($t)).into())
+            }
+        }
+    };
+}
+
+sql_text_enum!(ExportStatus);
+sql_text_enum!(UploadState);
+sql_text_enum!(FailureCode);
 
 /// An export status as an SQL string literal, for the text of statements: the planner matches
 /// partial indexes (`WHERE status = 'QUEUED'`) only against literals, not bound parameters.

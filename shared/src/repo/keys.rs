@@ -19,15 +19,16 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: Uuid,
-    project_id: Uuid,
-    scopes: Vec<String>,
-    created_at: DateTime<Utc>,
-    prefix: String,
-    last_used_at: Option<DateTime<Utc>>,
-    revoked_at: Option<DateTime<Utc>>,
+pg_row! {
+    struct KeyRow {
+        id: Uuid,
+        project_id: Uuid,
+        scopes: Vec<String>,
+        created_at: DateTime<Utc>,
+        prefix: String,
+        last_used_at: Option<DateTime<Utc>>,
+        revoked_at: Option<DateTime<Utc>>,
+    }
 }
 
 const COLUMNS: &str = "id, project_id, scopes, created_at, prefix, last_used_at, revoked_at";

@@ -1,8 +1,34 @@
 //! All SQL of Wharf lives under this module. Handlers and workers call these functions.
 
+/// Declares a struct read from a query's row by column name (what `#[derive(sqlx::FromRow)]`
+/// would write; by hand so sqlx's proc-macro crate stays out of the build).
+macro_rules! pg_row {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* $fvis $field: $ty ),*
+        }
+
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $name {
+            fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row;
+                Ok($name {
+                    $( $field: row.try_get(stringify!($field))? ),*
+                })
+            }
+        }
+    };
+}
+
 pub mod export_query;
 pub mod exports;
 pub mod keys;
+mod migrations;
 pub mod projects;
 pub mod runs;
 pub mod workflows;
@@ -16,7 +42,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::config::Settings;
 use crate::error::Result;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub use migrations::MIGRATOR;
 
 /// A pool that fails fast when PostgreSQL is down instead of hanging requests.
 /// One direct connection first, so a failure carries its real cause (`connection refused`,

@@ -5,12 +5,14 @@ use uuid::Uuid;
 use crate::domain::ids::new_id;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Project {
-    pub id: Uuid,
-    pub slug: String,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
+pg_row! {
+    #[derive(Debug, Clone)]
+    pub struct Project {
+        pub id: Uuid,
+        pub slug: String,
+        pub name: String,
+        pub created_at: DateTime<Utc>,
+    }
 }
 
 /// A project and its first key, in one transaction (both or neither).

@@ -9,13 +9,15 @@ use crate::domain::schema::Field;
 use crate::error::{Error, Result};
 use crate::ingest::WideRows;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Run {
-    pub id: Uuid,
-    pub workflow_id: Uuid,
-    pub row_count: i64,
-    pub first_row_id: i64,
-    pub executed_at: DateTime<Utc>,
+pg_row! {
+    #[derive(Debug, Clone)]
+    pub struct Run {
+        pub id: Uuid,
+        pub workflow_id: Uuid,
+        pub row_count: i64,
+        pub first_row_id: i64,
+        pub executed_at: DateTime<Utc>,
+    }
 }
 
 const COLUMNS: &str = "id, workflow_id, row_count, first_row_id, executed_at";

@@ -19,14 +19,15 @@ pub struct Workflow {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct WorkflowRow {
-    id: Uuid,
-    project_id: Uuid,
-    name: String,
-    schema: Json<Vec<Field>>,
-    table_name: String,
-    created_at: DateTime<Utc>,
+pg_row! {
+    struct WorkflowRow {
+        id: Uuid,
+        project_id: Uuid,
+        name: String,
+        schema: Json<Vec<Field>>,
+        table_name: String,
+        created_at: DateTime<Utc>,
+    }
 }
 
 impl From<WorkflowRow> for Workflow {

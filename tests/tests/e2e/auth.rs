@@ -1,12 +1,14 @@
 use reqwest::Method;
 use serde_json::json;
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{ADMIN_TOKEN, KeyHeader, assert_envelope, spawn_app, spawn_app_with};
 
 const BOTH: [KeyHeader; 2] = [KeyHeader::ApiKey, KeyHeader::Bearer];
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_auth_matrix_holds_for_both_header_forms(pool: PgPool) {
+#[tokio::test]
+async fn the_auth_matrix_holds_for_both_header_forms() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let a = app.create_project("acme").await;
     let b = app.create_project("globex").await;
@@ -104,8 +106,10 @@ async fn the_auth_matrix_holds_for_both_header_forms(pool: PgPool) {
     assert!(app.stored_rows(&b.id, &wf_b).await.is_empty());
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn revocation_takes_effect_on_the_next_request_and_is_project_scoped(pool: PgPool) {
+#[tokio::test]
+async fn revocation_takes_effect_on_the_next_request_and_is_project_scoped() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let a = app.create_project("acme").await;
     let b = app.create_project("globex").await;
@@ -149,8 +153,10 @@ async fn revocation_takes_effect_on_the_next_request_and_is_project_scoped(pool:
     assert_envelope(res, 404).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn keys_are_stored_only_as_hashes(pool: PgPool) {
+#[tokio::test]
+async fn keys_are_stored_only_as_hashes() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let a = app.create_project("acme").await;
     let (_, key) = app.create_key(&a.key, &["read", "write"]).await;
@@ -178,8 +184,10 @@ async fn keys_are_stored_only_as_hashes(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn project_bootstrap_needs_the_admin_token(pool: PgPool) {
+#[tokio::test]
+async fn project_bootstrap_needs_the_admin_token() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let body = json!({"slug": "acme", "name": "Acme"});
     let res = app
@@ -243,8 +251,10 @@ async fn project_bootstrap_needs_the_admin_token(pool: PgPool) {
     assert!(assert_envelope(res, 400).await.1.contains("slug"));
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn project_bootstrap_is_disabled_without_an_admin_token(pool: PgPool) {
+#[tokio::test]
+async fn project_bootstrap_is_disabled_without_an_admin_token() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_ADMIN_TOKEN", "")]).await;
     let res = app
         .client
@@ -257,8 +267,10 @@ async fn project_bootstrap_is_disabled_without_an_admin_token(pool: PgPool) {
     assert_eq!(assert_envelope(res, 404).await.0, "NOT_FOUND");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn key_scopes_are_validated(pool: PgPool) {
+#[tokio::test]
+async fn key_scopes_are_validated() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let a = app.create_project("acme").await;
     for (body, needle) in [
@@ -286,8 +298,10 @@ async fn key_scopes_are_validated(pool: PgPool) {
 
 /// Keys are cached per API process (WHARF_KEY_CACHE_TTL), and a revoke reaches every process
 /// through PostgreSQL at once, not when the cache entry ages out.
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_revoked_key_stops_working_on_every_api_process_at_once(pool: PgPool) {
+#[tokio::test]
+async fn a_revoked_key_stops_working_on_every_api_process_at_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool.clone(), &[("WHARF_KEY_CACHE_TTL", "60s")]).await;
     let other = app.second_api().await;
     let p = app.create_project("acme").await;

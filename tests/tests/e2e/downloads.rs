@@ -4,7 +4,7 @@
 use reqwest::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{TestApp, TestProject, assert_envelope, spawn_app, spawn_app_with};
 
 async fn completed(
@@ -59,8 +59,10 @@ fn no_redirects() -> reqwest::Client {
         .expect("client")
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn all_three_paths_give_the_objects_bytes(pool: PgPool) {
+#[tokio::test]
+async fn all_three_paths_give_the_objects_bytes() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let (p, _, status) = completed(&app, "Products", 20_000, "csv").await;
@@ -147,8 +149,10 @@ async fn all_three_paths_give_the_objects_bytes(pool: PgPool) {
     assert_eq!(res.status(), 304);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn ranges_resume_to_the_same_sha256(pool: PgPool) {
+#[tokio::test]
+async fn ranges_resume_to_the_same_sha256() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let (p, _, status) = completed(&app, "Ranges", 5_000, "ndjson").await;
@@ -267,8 +271,10 @@ fn sign(
     (kid.to_string(), wharf_shared::signing::sign(&key, &claims))
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn signed_links_resist_tampering_and_rotate(pool: PgPool) {
+#[tokio::test]
+async fn signed_links_resist_tampering_and_rotate() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // k2 signs; k1 (the previous secret) still verifies.
     let app = spawn_app_with(
         pool,
@@ -376,8 +382,10 @@ async fn signed_links_resist_tampering_and_rotate(pool: PgPool) {
     assert!(again["urlExpiresAt"].is_string());
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn hostile_and_unicode_names_give_safe_headers(pool: PgPool) {
+#[tokio::test]
+async fn hostile_and_unicode_names_give_safe_headers() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let p = app.create_project("acme").await;
@@ -415,8 +423,10 @@ async fn hostile_and_unicode_names_give_safe_headers(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn not_ready_failed_and_expired_downloads_use_their_codes(pool: PgPool) {
+#[tokio::test]
+async fn not_ready_failed_and_expired_downloads_use_their_codes() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool.clone(), &[("WHARF_EXPORT_TTL", "1s")]).await;
     let p = app.create_project("acme").await;
     let wf = app
@@ -522,8 +532,10 @@ async fn not_ready_failed_and_expired_downloads_use_their_codes(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_seed_routes_behave_as_documented(pool: PgPool) {
+#[tokio::test]
+async fn the_seed_routes_behave_as_documented() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let p = app.create_project("acme").await;
@@ -687,8 +699,10 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn presigned_urls_use_the_public_endpoint(pool: PgPool) {
+#[tokio::test]
+async fn presigned_urls_use_the_public_endpoint() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // The service reaches S3 at 127.0.0.1; clients are told to use "localhost".
     let internal =
         std::env::var("WHARF_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());

@@ -1,10 +1,12 @@
 use reqwest::Method;
 use serde_json::json;
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{KeyHeader, assert_envelope, spawn_app};
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn every_error_is_in_the_envelope_with_the_request_id(pool: PgPool) {
+#[tokio::test]
+async fn every_error_is_in_the_envelope_with_the_request_id() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     // Unknown route, wrong method, malformed JSON, wrong content type: all enveloped.
@@ -57,8 +59,10 @@ async fn every_error_is_in_the_envelope_with_the_request_id(pool: PgPool) {
     assert_eq!(assert_envelope(res, 413).await.0, "PAYLOAD_TOO_LARGE");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn request_ids_are_echoed_or_minted(pool: PgPool) {
+#[tokio::test]
+async fn request_ids_are_echoed_or_minted() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let res = app
         .client

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{S3Server, TestApp, TestProject, spawn_app, spawn_app_with};
 
 async fn big_workflow(app: &TestApp, rows: u64) -> (TestProject, String) {
@@ -31,8 +31,10 @@ async fn poll_until(
     app.poll_export(key, id, what, pred).await
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_running_export_shows_progress_then_completes(pool: PgPool) {
+#[tokio::test]
+async fn a_running_export_shows_progress_then_completes() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool, &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let _worker = app.start_worker().await;
@@ -82,8 +84,10 @@ async fn a_running_export_shows_progress_then_completes(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn cancelling_a_running_export_leaves_no_object(pool: PgPool) {
+#[tokio::test]
+async fn cancelling_a_running_export_leaves_no_object() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let worker = app.start_worker().await;
@@ -128,8 +132,10 @@ async fn cancelling_a_running_export_leaves_no_object(pool: PgPool) {
     assert_eq!(res.status(), 202);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn two_worker_processes_complete_fifty_exports_each_once(pool: PgPool) {
+#[tokio::test]
+async fn two_worker_processes_complete_fifty_exports_each_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let p = app.create_project("acme").await;
     let wf = app

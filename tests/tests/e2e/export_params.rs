@@ -1,7 +1,7 @@
 //! Filters, sorting, row ids, projection and validation of export requests.
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{TestApp, TestProject, assert_envelope, spawn_app};
 
 async fn setup(app: &TestApp) -> (TestProject, String) {
@@ -56,8 +56,10 @@ async fn ids(app: &TestApp, p: &TestProject, wf: &str, mut req: Value) -> Vec<i6
         .collect()
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn every_filter_op_sort_and_selection(pool: PgPool) {
+#[tokio::test]
+async fn every_filter_op_sort_and_selection() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let (p, wf) = setup(&app).await;
@@ -121,8 +123,10 @@ async fn every_filter_op_sort_and_selection(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn columns_choose_and_order_the_fields(pool: PgPool) {
+#[tokio::test]
+async fn columns_choose_and_order_the_fields() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let (p, wf) = setup(&app).await;
@@ -149,8 +153,10 @@ async fn columns_choose_and_order_the_fields(pool: PgPool) {
     assert_eq!(v, json!([{"price": null}]));
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn no_match_and_empty_runs_give_well_formed_empty_files(pool: PgPool) {
+#[tokio::test]
+async fn no_match_and_empty_runs_give_well_formed_empty_files() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let (p, wf) = setup(&app).await;
@@ -196,8 +202,10 @@ async fn no_match_and_empty_runs_give_well_formed_empty_files(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn bad_parameters_are_named_and_store_nothing(pool: PgPool) {
+#[tokio::test]
+async fn bad_parameters_are_named_and_store_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let (p, wf) = setup(&app).await;
     let many: Vec<i64> = (0..1001).collect();
@@ -269,8 +277,10 @@ async fn bad_parameters_are_named_and_store_nothing(pool: PgPool) {
     assert_eq!(tables, 1);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn idempotency_keys_replay_or_conflict(pool: PgPool) {
+#[tokio::test]
+async fn idempotency_keys_replay_or_conflict() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let (p, wf) = setup(&app).await;
     let send = |key: &'static str, body: Value| {

@@ -6,7 +6,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{TestApp, TestProject, assert_envelope, spawn_app};
 
 fn schema() -> Value {
@@ -233,8 +233,10 @@ fn normalize(mut rows: Vec<Value>) -> Vec<Value> {
     rows
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn every_format_round_trips_exactly(pool: PgPool) {
+#[tokio::test]
+async fn every_format_round_trips_exactly() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let rows = tricky_rows();
@@ -298,8 +300,10 @@ async fn every_format_round_trips_exactly(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn status_and_dock_status_follow_the_lifecycle(pool: PgPool) {
+#[tokio::test]
+async fn status_and_dock_status_follow_the_lifecycle() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let rows = tricky_rows();
     let (p, wf) = setup(&app, &rows).await;

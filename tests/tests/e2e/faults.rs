@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{RedisServer, S3Server, TestApp, assert_envelope, spawn_app, spawn_app_with};
 
 const FAST: [(&str, &str); 2] = [("WHARF_LEASE", "3s"), ("WHARF_REQUEUE_AFTER", "2s")];
@@ -29,8 +30,10 @@ async fn assert_no_open_uploads(app: &TestApp, pool: &PgPool) {
     assert_eq!(open, 0, "an upload was left open");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_worker_killed_mid_export_is_replaced(pool: PgPool) {
+#[tokio::test]
+async fn a_worker_killed_mid_export_is_replaced() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let p = app.create_project("acme").await;
@@ -58,8 +61,10 @@ async fn a_worker_killed_mid_export_is_replaced(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn sigterm_hands_the_export_over_without_waiting_for_the_lease(pool: PgPool) {
+#[tokio::test]
+async fn sigterm_hands_the_export_over_without_waiting_for_the_lease() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let p = app.create_project("acme").await;
@@ -100,8 +105,10 @@ async fn sigterm_hands_the_export_over_without_waiting_for_the_lease(pool: PgPoo
     assert_no_open_uploads(&app, &pool).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_stale_worker_cannot_overwrite_a_completed_export(pool: PgPool) {
+#[tokio::test]
+async fn a_stale_worker_cannot_overwrite_a_completed_export() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let p = app.create_project("acme").await;
@@ -147,8 +154,10 @@ async fn a_stale_worker_cannot_overwrite_a_completed_export(pool: PgPool) {
     assert_no_open_uploads(&app, &pool).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_flushed_and_restarted_redis_loses_no_export(pool: PgPool) {
+#[tokio::test]
+async fn a_flushed_and_restarted_redis_loses_no_export() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut redis = RedisServer::start().await;
     let app = spawn_app_with(pool, &[("REDIS_URL", &redis.url)]).await;
     let p = app.create_project("acme").await;
@@ -191,8 +200,10 @@ async fn a_flushed_and_restarted_redis_loses_no_export(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn terminated_postgres_connections_are_survived(pool: PgPool) {
+#[tokio::test]
+async fn terminated_postgres_connections_are_survived() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let _worker = app.start_worker().await;
     let p = app.create_project("acme").await;
@@ -217,8 +228,10 @@ async fn terminated_postgres_connections_are_survived(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn an_object_store_outage_is_retried_and_answered_with_503(pool: PgPool) {
+#[tokio::test]
+async fn an_object_store_outage_is_retried_and_answered_with_503() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut s3 = S3Server::start().await;
     let app = spawn_app_with(pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
     let _worker = app.start_worker().await;
@@ -270,8 +283,10 @@ async fn an_object_store_outage_is_retried_and_answered_with_503(pool: PgPool) {
     assert_no_open_uploads(&app, &pool).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn soak_three_projects_three_workers_one_keeps_dying(pool: PgPool) {
+#[tokio::test]
+async fn soak_three_projects_three_workers_one_keeps_dying() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let cap = 2;
     let env = [
@@ -387,8 +402,10 @@ async fn soak_three_projects_three_workers_one_keeps_dying(pool: PgPool) {
     assert_no_open_uploads(&app, &pool).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart(pool: PgPool) {
+#[tokio::test]
+async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let proxy = wharf_tests::TcpProxy::start("127.0.0.1:5432").await;
     let options = (*pool.connect_options())
         .clone()

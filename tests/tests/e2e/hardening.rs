@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::process::raw_exchange;
 use wharf_tests::{ADMIN_TOKEN, TestApp, assert_envelope, spawn_app};
 
@@ -34,8 +34,10 @@ fn message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
+#[tokio::test]
+async fn inputs_postgres_would_refuse_are_400_naming_the_field() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let api = app.spawn_api_process(&[("WHARF_RATE_LIMIT", "0")]).await;
     let base = api.address.clone();
@@ -209,8 +211,10 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn json_bodies_are_strict(pool: PgPool) {
+#[tokio::test]
+async fn json_bodies_are_strict() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let wf = app
@@ -288,8 +292,10 @@ async fn json_bodies_are_strict(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_http_layer_answers_in_the_envelope(pool: PgPool) {
+#[tokio::test]
+async fn the_http_layer_answers_in_the_envelope() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     // Unknown method on a known path: 405 with Allow.
@@ -397,8 +403,10 @@ async fn the_http_layer_answers_in_the_envelope(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn keys_are_listed_and_the_last_admin_key_stays(pool: PgPool) {
+#[tokio::test]
+async fn keys_are_listed_and_the_last_admin_key_stays() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let (reader_id, _) = app.create_key(&p.key, &["read"]).await;

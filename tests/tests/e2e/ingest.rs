@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{TestApp, TestProject, assert_envelope, spawn_app, spawn_app_with};
 
 fn schema() -> Value {
@@ -52,8 +52,10 @@ async fn run_ok(
     body
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn each_body_type_stores_exactly_its_rows(pool: PgPool) {
+#[tokio::test]
+async fn each_body_type_stores_exactly_its_rows() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let (p, wf) = setup(&app).await;
     let array = format!(
@@ -111,8 +113,10 @@ async fn each_body_type_stores_exactly_its_rows(pool: PgPool) {
     assert_eq!(list["nextCursor"], Value::Null);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn empty_bodies_make_empty_runs_where_the_format_allows(pool: PgPool) {
+#[tokio::test]
+async fn empty_bodies_make_empty_runs_where_the_format_allows() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let (p, wf) = setup(&app).await;
     assert_eq!(
@@ -144,8 +148,10 @@ async fn empty_bodies_make_empty_runs_where_the_format_allows(pool: PgPool) {
     assert!(msg.contains("line 1"), "{msg}");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn bad_rows_reject_the_whole_run_naming_line_and_field(pool: PgPool) {
+#[tokio::test]
+async fn bad_rows_reject_the_whole_run_naming_line_and_field() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let (p, wf) = setup(&app).await;
     let good = r#"{"title": "t", "qty": 1}"#;
@@ -278,8 +284,10 @@ async fn bad_rows_reject_the_whole_run_naming_line_and_field(pool: PgPool) {
     assert_eq!(app.stored_rows(&p.id, &wf).await[0]["_id"], 1);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn unknown_content_types_are_415(pool: PgPool) {
+#[tokio::test]
+async fn unknown_content_types_are_415() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let (p, wf) = setup(&app).await;
     for ct in ["text/plain", "application/xml", ""] {
@@ -298,8 +306,10 @@ async fn unknown_content_types_are_415(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn oversize_bodies_are_413_and_store_nothing(pool: PgPool) {
+#[tokio::test]
+async fn oversize_bodies_are_413_and_store_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_MAX_RUN_BYTES", "1KiB")]).await;
     let (p, wf) = setup(&app).await;
     let row = "{\"title\": \"t\", \"qty\": 1}\n";
@@ -357,8 +367,10 @@ fn generated_body(rows: u64, bad_line: Option<u64>) -> reqwest::Body {
     reqwest::Body::wrap_stream(chunks)
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_million_row_ndjson_body_ingests_in_one_request(pool: PgPool) {
+#[tokio::test]
+async fn a_million_row_ndjson_body_ingests_in_one_request() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let (p, wf) = setup(&app).await;
     let created = run_ok(
@@ -396,8 +408,10 @@ async fn a_million_row_ndjson_body_ingests_in_one_request(pool: PgPool) {
     assert_eq!(qty_sum, 1_000_000 * 1_000_001 / 2);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_bad_row_late_in_a_large_body_stores_nothing(pool: PgPool) {
+#[tokio::test]
+async fn a_bad_row_late_in_a_large_body_stores_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool.clone()).await;
     let (p, wf) = setup(&app).await;
     let res = app

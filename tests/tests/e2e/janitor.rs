@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
-use sqlx::PgPool;
 use wharf_shared::store::{ByteStream, ObjectMeta, ObjectStore, StoreError, WriteLog, Written};
+use wharf_tests::db::TestDb;
 use wharf_tests::spawn_app_with;
 
 /// The real store, except that deleting `refused` fails.
@@ -58,8 +58,10 @@ impl ObjectStore for Refusing {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn one_undeletable_object_does_not_stop_the_others(pool: PgPool) {
+#[tokio::test]
+async fn one_undeletable_object_does_not_stop_the_others() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool.clone(), &[("WHARF_EXPORT_TTL", "1s")]).await;
     let worker = app.start_worker().await;
     let (p, wf) = app.one_row_workflow().await;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::process::{RawResponse, raw_exchange};
 use wharf_tests::{TestApp, assert_envelope, spawn_app, spawn_app_with};
 
@@ -40,8 +40,10 @@ async fn slow_upload(
     .await
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn slow_uploads_of_one_project_do_not_slow_another(pool: PgPool) {
+#[tokio::test]
+async fn slow_uploads_of_one_project_do_not_slow_another() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_BODY_TIMEOUT", "2s")]).await;
     let _worker = app.start_worker().await;
     let hog = app.create_project("hog").await;
@@ -121,8 +123,10 @@ async fn slow_uploads_of_one_project_do_not_slow_another(pool: PgPool) {
     assert_no_runs(&app, &hog.key, &hog_wf).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_stalled_body_gets_408_and_the_connection_closes(pool: PgPool) {
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_the_connection_closes() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_BODY_TIMEOUT", "1s")]).await;
     let p = app.create_project("acme").await;
     let wf = app
@@ -179,8 +183,10 @@ fn one_huge_row(prefix: &str, suffix: &str) -> (Vec<Vec<u8>>, u64) {
     (chunks, len)
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn one_huge_row_is_413_and_memory_stays_flat(pool: PgPool) {
+#[tokio::test]
+async fn one_huge_row_is_413_and_memory_stays_flat() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let api = app.spawn_api_process(&[]).await;
     let p = app.create_project("acme").await;
@@ -229,8 +235,10 @@ async fn one_huge_row_is_413_and_memory_stays_flat(pool: PgPool) {
     assert_no_runs(&app, &p.key, &wf).await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_burst_of_creates_is_rate_limited_and_others_still_start(pool: PgPool) {
+#[tokio::test]
+async fn a_burst_of_creates_is_rate_limited_and_others_still_start() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_RATE_LIMIT", "50/s,100")]).await;
     let _worker = app.start_worker().await;
     let busy = app.create_project("busy").await;
@@ -307,8 +315,10 @@ async fn a_burst_of_creates_is_rate_limited_and_others_still_start(pool: PgPool)
     assert!(waited < 1.0, "{waited} s");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn queued_exports_per_project_are_capped(pool: PgPool) {
+#[tokio::test]
+async fn queued_exports_per_project_are_capped() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool, &[("WHARF_PROJECT_QUEUE_MAX", "3")]).await;
     let (p, wf) = app.one_row_workflow().await;
     for _ in 0..3 {
@@ -321,8 +331,10 @@ async fn queued_exports_per_project_are_capped(pool: PgPool) {
     assert!(msg.contains("WHARF_PROJECT_QUEUE_MAX"), "{msg}");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn uploads_take_no_connection_before_their_first_rows(pool: PgPool) {
+#[tokio::test]
+async fn uploads_take_no_connection_before_their_first_rows() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app_with(pool.clone(), &[("WHARF_BODY_TIMEOUT", "1s")]).await;
     let p = app.create_project("acme").await;
     let wf = app

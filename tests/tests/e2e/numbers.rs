@@ -4,7 +4,7 @@
 use arrow::array::{Array, Float64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::spawn_app;
 
 /// 20,000 finite f64: random bit patterns (subnormals and extremes among them) and the edges.
@@ -77,8 +77,10 @@ fn from_text(s: &str) -> f64 {
     s.parse().unwrap_or_else(|_| panic!("a number: {s:?}"))
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn random_floats_come_back_bit_for_bit(pool: PgPool) {
+#[tokio::test]
+async fn random_floats_come_back_bit_for_bit() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let p = app.create_project("acme").await;
@@ -152,8 +154,10 @@ async fn random_floats_come_back_bit_for_bit(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn json_fields_keep_every_digit(pool: PgPool) {
+#[tokio::test]
+async fn json_fields_keep_every_digit() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let _worker = app.start_worker().await;
     let p = app.create_project("acme").await;

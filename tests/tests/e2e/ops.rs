@@ -1,9 +1,11 @@
 use serde_json::Value;
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{assert_envelope, spawn_app, spawn_app_with};
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn health_and_readiness_check_the_real_services(pool: PgPool) {
+#[tokio::test]
+async fn health_and_readiness_check_the_real_services() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let res = app
         .client
@@ -33,8 +35,10 @@ async fn health_and_readiness_check_the_real_services(pool: PgPool) {
     assert_eq!(body["checks"], want, "{body}");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn readiness_names_the_service_that_is_down(pool: PgPool) {
+#[tokio::test]
+async fn readiness_names_the_service_that_is_down() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // Nothing listens on these ports.
     let app = spawn_app_with(
         pool,
@@ -58,8 +62,10 @@ async fn readiness_names_the_service_that_is_down(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_openapi_document_covers_every_route(pool: PgPool) {
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let doc: Value = app
         .client

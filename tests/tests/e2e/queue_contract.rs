@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use wharf_shared::queue::{self, ExportJob};
+use wharf_tests::db::TestDb;
 use wharf_tests::spawn_app_with;
 
 async fn contract(pool: PgPool, redis_url: &str, name: &str) {
@@ -52,13 +53,17 @@ async fn contract(pool: PgPool, redis_url: &str, name: &str) {
     assert_eq!(again["completedAt"], done["completedAt"], "{name}");
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_postgres_queue_keeps_the_contract(pool: PgPool) {
+#[tokio::test]
+async fn the_postgres_queue_keeps_the_contract() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     contract(pool, "", "postgres").await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn the_redis_queue_keeps_the_contract(pool: PgPool) {
+#[tokio::test]
+async fn the_redis_queue_keeps_the_contract() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     contract(pool, &url, "redis").await;
 }

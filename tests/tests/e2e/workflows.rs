@@ -1,9 +1,11 @@
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use wharf_tests::db::TestDb;
 use wharf_tests::{assert_envelope, spawn_app};
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn a_workflow_round_trips_with_its_schema(pool: PgPool) {
+#[tokio::test]
+async fn a_workflow_round_trips_with_its_schema() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let schema = json!([
@@ -52,8 +54,10 @@ async fn a_workflow_round_trips_with_its_schema(pool: PgPool) {
     assert_eq!(fetched, created);
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn schema_errors_name_the_bad_part(pool: PgPool) {
+#[tokio::test]
+async fn schema_errors_name_the_bad_part() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let f = |name: &str, ty: &str| json!({"name": name, "type": ty});
@@ -125,8 +129,10 @@ async fn schema_errors_name_the_bad_part(pool: PgPool) {
         .await;
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn workflows_list_newest_first_with_cursors(pool: PgPool) {
+#[tokio::test]
+async fn workflows_list_newest_first_with_cursors() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let other = app.create_project("other").await;
@@ -179,8 +185,10 @@ async fn workflows_list_newest_first_with_cursors(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "wharf_shared::repo::MIGRATOR")]
-async fn ids_in_paths_are_checked(pool: PgPool) {
+#[tokio::test]
+async fn ids_in_paths_are_checked() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = spawn_app(pool).await;
     let p = app.create_project("acme").await;
     let (code, msg) = assert_envelope(app.get("/v1/workflows/not-a-uuid", &p.key).await, 400).await;

@@ -11,13 +11,15 @@ use super::Claim;
 use crate::domain::states::{ExportStatus, UploadState};
 use crate::error::Result;
 
-/// A write whose attempt is over without completing it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct OrphanWrite {
-    pub export_id: Uuid,
-    pub attempt: i32,
-    pub object_key: String,
-    pub write_token: Option<String>,
+pg_row! {
+    /// A write whose attempt is over without completing it.
+    #[derive(Debug)]
+    pub struct OrphanWrite {
+        pub export_id: Uuid,
+        pub attempt: i32,
+        pub object_key: String,
+        pub write_token: Option<String>,
+    }
 }
 
 /// Writes left OPEN by attempts that are over (a killed worker), older than `age`.

@@ -1,0 +1,80 @@
+//! The schema's migrations, compiled into the binaries. Listed here by hand instead of through
+//! sqlx's `migrate!` macro, whose proc-macro crate compiles sqlx's PostgreSQL driver a second
+//! time for the host (README, "Time to first green"); a test holds this list to the files in
+//! `migrations/`, so a new file that is not listed fails the build's tests.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+/// (version, description, SQL), in order; the file name is `{version}_{description}.sql`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        20261122000001,
+        "init",
+        include_str!("../../../migrations/20261122000001_init.sql"),
+    ),
+    (
+        20261123000001,
+        "limits",
+        include_str!("../../../migrations/20261123000001_limits.sql"),
+    ),
+    (
+        20261124000001,
+        "object_writes",
+        include_str!("../../../migrations/20261124000001_object_writes.sql"),
+    ),
+];
+
+/// The migrator the API runs at startup (and the test harness on each test's database). Its
+/// checksums are the SHA-384 of each file, as `migrate!` computes them, so databases migrated
+/// by earlier builds validate.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Owned(description.replace('_', " ")),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations directory")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(v, d, _)| format!("{v}_{d}.sql"))
+            .collect();
+        assert_eq!(files, listed);
+        for (v, d, sql) in MIGRATIONS {
+            let on_disk = std::fs::read_to_string(format!("{dir}/{v}_{d}.sql")).expect("file");
+            assert_eq!(&on_disk, sql, "{v}_{d}.sql");
+            assert!(
+                !sql.trim_start().starts_with("-- no-transaction"),
+                "{v}_{d}.sql: no-transaction migrations are not supported by this list"
+            );
+        }
+        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -1,0 +1,100 @@
+//! A database of its own for each test: created from `DATABASE_URL`'s server, migrated, and
+//! dropped when the test ends (kept, and named on stderr, when it fails, to be looked at).
+//!
+//! What `#[sqlx::test]` did, without sqlx's proc-macro crate (which compiles sqlx's PostgreSQL
+//! driver a second time for the host). The drop is `WITH (FORCE)`: connections that tasks of the
+//! test still hold (an app, a worker, a listener) cannot make it fail and leave the database
+//! behind.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection, PgPool};
+
+/// Test databases are named `wharf_test_<32 hex>`.
+pub const PREFIX: &str = "wharf_test_";
+
+pub struct TestDb {
+    name: String,
+    server: PgConnectOptions,
+    pub pool: PgPool,
+}
+
+fn server_options() -> PgConnectOptions {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    PgConnectOptions::from_str(&url)
+        .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}"))
+        .disable_statement_logging()
+}
+
+impl TestDb {
+    /// A fresh, migrated database and a pool of at most 5 connections to it.
+    pub async fn new() -> TestDb {
+        let server = server_options();
+        let name = format!("{PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&server)
+            .await
+            .unwrap_or_else(|e| panic!("connect to DATABASE_URL: {e}"));
+        conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
+        conn.close().await.ok();
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .connect_lazy_with(server.clone().database(&name));
+        wharf_shared::repo::MIGRATOR
+            .run(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrate test database {name}: {e}"));
+        TestDb { name, server, pool }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connection options for this database (for pools a test builds itself).
+    pub fn options(&self) -> PgConnectOptions {
+        self.server.clone().database(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: its database {} is kept", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        let server = self.server.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself: a thread of its
+        // own with a small runtime does the DROP.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+                conn.close().await.ok();
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database {} not dropped: {e}", self.name),
+            Err(_) => eprintln!("test database {} not dropped: the drop panicked", self.name),
+        }
+    }
+}
