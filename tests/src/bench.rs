@@ -80,7 +80,9 @@ pub async fn wait_done(
     }
 }
 
-/// Deletes the keys matching `pattern` from the Redis at `url` (a bench's queue); best effort.
+/// Removes a queue's traces from the Redis at `url`, best effort: the keys matching `pattern`
+/// (e.g. `{queue}*`), and the queue's entries in apalis's registry of queues (a sorted set
+/// shared by every queue, `core:apalis:queues:list`, holding `{queue}:workers`).
 pub fn remove_redis_keys(url: &str, pattern: &str) {
     let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
         return;
@@ -91,5 +93,61 @@ pub fn remove_redis_keys(url: &str, pattern: &str) {
         .unwrap_or_default();
     if !keys.is_empty() {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+    let registered: Vec<String> = redis::cmd("ZRANGE")
+        .arg(APALIS_QUEUES)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap_or_default();
+    let ours: Vec<&String> = registered
+        .iter()
+        .filter(|m| glob_match(pattern, m))
+        .collect();
+    if !ours.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("ZREM")
+            .arg(APALIS_QUEUES)
+            .arg(ours)
+            .query(&mut conn);
+    }
+}
+
+/// apalis's registry of queues (every worker registers `{queue}:workers` in it).
+pub const APALIS_QUEUES: &str = "core:apalis:queues:list";
+
+/// Redis's glob, for the `*` patterns used here (no `?` or classes).
+fn glob_match(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, rest) = match parts.split_first() {
+        Some(p) => p,
+        None => return s.is_empty(),
+    };
+    let Some(mut tail) = s.strip_prefix(first) else {
+        return false;
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return tail.is_empty();
+    };
+    for part in middle {
+        match tail.find(part) {
+            Some(i) => tail = &tail[i + part.len()..],
+            None => return false,
+        }
+    }
+    tail.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_matches_like_redis_for_stars() {
+        use super::glob_match;
+        assert!(glob_match("q1*", "q1:workers"));
+        assert!(glob_match("*q1*", "wharf:q1:workers"));
+        assert!(!glob_match("q1*", "q2:workers"));
+        assert!(glob_match("a*b*c", "a-b-b-c"));
+        assert!(!glob_match("a*b*c", "a-c"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact-not"));
     }
 }

@@ -170,21 +170,8 @@ impl Drop for TestApp {
         if let wharf_shared::config::StoreKind::Dir(dir) = &self.settings.store {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let Some(url) = &self.settings.redis_url else {
-            return;
-        };
-        let Ok(client) = redis::Client::open(url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.settings.queue))
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        if let Some(url) = &self.settings.redis_url {
+            bench::remove_redis_keys(url, &format!("{}*", self.settings.queue));
         }
     }
 }

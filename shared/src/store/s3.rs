@@ -28,7 +28,13 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn new(s: &S3Settings) -> Self {
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https)
             .region(Region::new(s.region.clone()))
             .timeout_config(
                 TimeoutConfig::builder()

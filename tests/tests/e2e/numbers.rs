@@ -1,7 +1,7 @@
 //! Numbers come back bit for bit: random f64 through every ingest format and every export
 //! format, and digits inside `json` fields that no f64 could hold.
 
-use arrow::array::{Array, Float64Array, StringArray};
+use arrow_array::{Array, Float64Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use wharf_tests::db::TestDb;
