@@ -64,6 +64,93 @@ fn row(n: u64) -> String {
     )
 }
 
+/// The same row as `row(n)`, as a CSV record (header `CSV_HEADER`): nulls are empty cells,
+/// the json field is its JSON text, quoted.
+fn csv_row(n: u64) -> String {
+    let opt = |cond: bool, v: String| if cond { String::new() } else { v };
+    format!(
+        "SKU-{n:08},\"Product number {n} with a longer title, \"\"quoted\"\"\",{},{},{}.{:02},{},{},\
+         2024-{:02}-{:02}T{:02}:{:02}:{:02}Z,{},\"{{\"\"color\"\":\"\"c{}\"\",\"\"tags\"\":[\"\"a\"\",\"\"b\"\"],\"\"n\"\":{n}}}\"\n",
+        n % 1000,
+        opt(n.is_multiple_of(7), (n * 31).to_string()),
+        n % 500,
+        n % 100,
+        opt(n.is_multiple_of(5), format!("{}.5", n % 5)),
+        n.is_multiple_of(2),
+        n % 12 + 1,
+        n % 28 + 1,
+        n % 24,
+        n % 60,
+        n % 60,
+        opt(n.is_multiple_of(3), format!("note {n}")),
+        n % 10,
+    )
+}
+
+const CSV_HEADER: &str = "sku,title,qty,views,price,rating,active,listed,note,attrs\n";
+
+/// A run body's media type, its first bytes (a CSV header) and how each row is written.
+#[derive(Clone, Copy)]
+struct BodyKind {
+    content_type: &'static str,
+    head: &'static str,
+    make: fn(u64) -> String,
+}
+
+const NDJSON: BodyKind = BodyKind {
+    content_type: "application/x-ndjson",
+    head: "",
+    make: row,
+};
+
+const CSV: BodyKind = BodyKind {
+    content_type: "text/csv",
+    head: CSV_HEADER,
+    make: csv_row,
+};
+
+/// Uploads `rows` rows made by `kind.make` as one run (a streamed body, 10,000 rows a chunk, made
+/// as they are sent); the run's JSON and the seconds it took.
+async fn ingest(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    wf_id: &str,
+    rows: u64,
+    kind: BodyKind,
+) -> anyhow::Result<(Value, f64)> {
+    let BodyKind {
+        content_type,
+        head,
+        make,
+    } = kind;
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+    let body = first.chain(
+        futures::stream::iter(0..rows.div_ceil(10_000)).map(move |c| {
+            let s: String = (c * 10_000..((c + 1) * 10_000).min(rows))
+                .map(make)
+                .collect();
+            Ok::<_, std::io::Error>(Bytes::from(s))
+        }),
+    );
+    let t = Instant::now();
+    let run: Value = client
+        .post(format!("{base}/v1/workflows/{wf_id}/runs"))
+        .header("x-api-key", key)
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        run["rowCount"].as_u64() == Some(rows),
+        "ingest failed: {run}"
+    );
+    Ok((run, secs))
+}
+
 fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -113,37 +200,35 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     println!("wharf-bench: {rows} rows, 10 fields");
-    let body = futures::stream::iter(0..rows.div_ceil(10_000)).map(move |c| {
-        let s: String = (c * 10_000..((c + 1) * 10_000).min(rows))
-            .map(row)
-            .collect();
-        Ok::<_, std::io::Error>(Bytes::from(s))
-    });
-    let t = Instant::now();
-    let run: Value = client
-        .post(format!("{base}/v1/workflows/{wf_id}/runs"))
+    let (run, ndjson_secs) = ingest(&client, &base, &key, &wf_id, rows, NDJSON).await?;
+    // The same rows as CSV, into a second workflow of the same schema (the exports below read
+    // the first one, which holds one run).
+    let csv_wf: Value = client
+        .post(format!("{base}/v1/workflows"))
         .header("x-api-key", &key)
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body))
+        .json(&json!({"name": "bench-csv", "schema": serde_json::from_str::<Value>(SCHEMA)?}))
         .send()
         .await?
         .json()
         .await?;
-    let ingest = t.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        run["rowCount"].as_u64() == Some(rows),
-        "ingest failed: {run}"
-    );
+    let csv_wf = csv_wf["id"].as_str().unwrap_or_default().to_string();
+    let (_, csv_secs) = ingest(&client, &base, &key, &csv_wf, rows, CSV).await?;
+    let table = format!("rows_{}", uuid::Uuid::parse_str(&wf_id)?.simple());
+    let ingest_floor = copy_in_floor(&database_url, &table)?;
     println!(
-        "ingest (NDJSON over HTTP, validate, COPY): {ingest:.2} s, {:.0} rows/s",
-        rows as f64 / ingest
+        "ingest floor: psql -c \"COPY … FROM STDIN\" < file (the same rows' COPY text, into a copy of the table): {ingest_floor:.2} s, {:.0} rows/s",
+        rows as f64 / ingest_floor
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "VACUUM ANALYZE rows_{}",
-        uuid::Uuid::parse_str(&wf_id)?.simple()
-    )))
-    .execute(&pool)
-    .await?;
+    for (what, secs) in [("NDJSON", ndjson_secs), ("CSV", csv_secs)] {
+        println!(
+            "ingest {what} over HTTP (parse, validate, COPY): {secs:.2} s, {:.0} rows/s, {:.2} × the floor",
+            rows as f64 / secs,
+            secs / ingest_floor
+        );
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+        .execute(&pool)
+        .await?;
 
     let run_id = run["runId"].as_str().unwrap_or_default();
     let floor = copy_floor(&database_url, &wf_id, run_id, "csv")?;
@@ -241,6 +326,45 @@ async fn main() -> anyhow::Result<()> {
         wharf_tests::bench::remove_redis_keys(url, &format!("{queue}*"));
     }
     Ok(())
+}
+
+/// PostgreSQL's own floor for storing the run: its rows' COPY text (`COPY table TO STDOUT`,
+/// not timed) loaded by `psql -c "COPY … FROM STDIN" < file` into an empty copy of the table
+/// (same columns, same primary key), best of two.
+fn copy_in_floor(database_url: &str, table: &str) -> anyhow::Result<f64> {
+    let path = std::env::temp_dir().join("wharf-bench-ingest.copy");
+    let psql = |sql: &str| -> anyhow::Result<()> {
+        let status = std::process::Command::new("psql")
+            .arg(database_url)
+            .args(["-qXc", sql])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "psql failed: {sql}");
+        Ok(())
+    };
+    let status = std::process::Command::new("psql")
+        .arg(database_url)
+        .args(["-qXc", &format!("COPY {table} TO STDOUT")])
+        .stdout(std::fs::File::create(&path)?)
+        .status()?;
+    anyhow::ensure!(status.success(), "psql COPY TO failed");
+    let copy = format!("{table}_floor");
+    psql(&format!("CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"))?;
+    let mut best = f64::MAX;
+    for _ in 0..2 {
+        psql(&format!("TRUNCATE {copy}"))?;
+        let t = Instant::now();
+        let status = std::process::Command::new("psql")
+            .arg(database_url)
+            .args(["-qXc", &format!("COPY {copy} FROM STDIN")])
+            .stdin(std::fs::File::open(&path)?)
+            .status()?;
+        anyhow::ensure!(status.success(), "psql COPY FROM failed");
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    psql(&format!("DROP TABLE {copy}"))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(best)
 }
 
 /// PostgreSQL's own floor, measured the honest way: `psql -c "COPY (SELECT …) TO STDOUT …"`
