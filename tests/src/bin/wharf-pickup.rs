@@ -45,12 +45,22 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("\nsmall exports (one row, CSV), 600 queued over 4 projects, then drained\n");
-    println!("| queue | worker processes | exports/s |");
-    println!("| --- | ---: | ---: |");
+    println!(
+        "CPU seconds used while draining, per second of the drain (this machine has {} cores): \
+         PostgreSQL (every postgres process), the workers, this process (the API)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| queue | worker processes | exports/s | PostgreSQL CPU/s | workers CPU/s | API CPU/s |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for queue in ["postgres", "redis"] {
         for workers in [1, 2] {
-            let rate = throughput(&server, queue, workers, 150).await?;
-            println!("| {queue} | {workers} | {rate:.0} |");
+            let (rate, cpu) = throughput(&server, queue, workers, 150).await?;
+            println!(
+                "| {queue} | {workers} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
+                cpu.postgres, cpu.workers, cpu.api
+            );
         }
     }
     Ok(())
@@ -147,13 +157,48 @@ impl Bench {
     }
 }
 
-/// Exports per second that `workers` processes drain from a queue of `per_project` × 4.
+/// CPU seconds a process has used (user + system), from /proc (clock ticks of 1/100 s, Linux's
+/// USER_HZ on every architecture it runs on).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every PostgreSQL process on the machine (backends, WAL writer, checkpointer).
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_secs)
+        .sum()
+}
+
+/// Where the CPU went during a drain, in CPU seconds per second of it.
+struct CpuShare {
+    postgres: f64,
+    workers: f64,
+    api: f64,
+}
+
+/// Exports per second that `workers` processes drain from a queue of `per_project` × 4, and
+/// the CPU each side used meanwhile.
 async fn throughput(
     server: &str,
     queue: &str,
     workers: usize,
     per_project: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, CpuShare)> {
     let bench = Bench::start(
         server,
         queue,
@@ -190,6 +235,11 @@ async fn throughput(
         .count()
         .await;
     anyhow::ensure!(created == per_project * 4, "only {created} exports created");
+    let (pg0, api0, t0) = (
+        postgres_cpu_secs(),
+        cpu_secs(std::process::id()),
+        std::time::Instant::now(),
+    );
     let mut procs = Vec::new();
     for _ in 0..workers {
         procs.push(bench.worker()?);
@@ -206,6 +256,12 @@ async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = CpuShare {
+        postgres: (postgres_cpu_secs() - pg0) / wall,
+        workers: procs.iter().map(|p| cpu_secs(p.id())).sum::<f64>() / wall,
+        api: (cpu_secs(std::process::id()) - api0) / wall,
+    };
     let (completed, secs): (i64, f64) = sqlx::query_as(concat!(
         "SELECT count(*) FILTER (WHERE status = ",
         wharf_shared::sql_status!(Completed),
@@ -222,7 +278,7 @@ async fn throughput(
         completed == total,
         "{completed} of {total} exports completed"
     );
-    Ok(total as f64 / secs)
+    Ok((total as f64 / secs, cpu))
 }
 
 async fn measure(server: &str, queue: &str, n: usize) -> anyhow::Result<Vec<f64>> {
