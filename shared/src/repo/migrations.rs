@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "object_writes",
         include_str!("../../../migrations/20261124000001_object_writes.sql"),
     ),
+    (
+        20261125000001,
+        "claim_function",
+        include_str!("../../../migrations/20261125000001_claim_function.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

@@ -21,59 +21,27 @@ pub struct Claim {
 /// Claims the next export fairly: the oldest QUEUED export of the project with the fewest
 /// running, among projects below their cap (`project_cap`). A queue message only says "there
 /// is work"; which export runs is decided here, so a burst of one project's exports cannot
-/// keep another project's export waiting behind it. Claims take turns (a few milliseconds
-/// each), so a cap is never overshot by a race.
+/// keep another project's export waiting behind it. Claims take turns on one advisory lock, so
+/// a cap is never overshot by a race; the claim is one call of the `wharf_claim_next` function
+/// (migration 20261125000001), so the lock is held for the server's work and the commit, not
+/// across round trips.
 pub async fn claim_next(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
     project_cap: i64,
 ) -> Result<Option<Claim>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7)")
-        .execute(&mut *tx)
-        .await?;
-    let picked: Option<Uuid> = sqlx::query_scalar(concat!(
-        "WITH running AS (
-             SELECT project_id, count(*) AS n FROM exports
-             WHERE status = ",
-        crate::sql_status!(InProgress),
-        " AND lease_expires_at > now() GROUP BY project_id)
-         SELECT e.id FROM exports e LEFT JOIN running r ON r.project_id = e.project_id
-         WHERE e.status = ",
-        crate::sql_status!(Queued),
-        " AND e.attempts < e.max_attempts
-             AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= now())
-             AND coalesce(r.n, 0) < $1
-         ORDER BY coalesce(r.n, 0), e.created_at
-         LIMIT 1 FOR UPDATE OF e SKIP LOCKED"
-    ))
-    .bind(project_cap)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(id) = picked else {
-        tx.commit().await?;
-        return Ok(None);
-    };
     let token = Uuid::new_v4();
-    let attempt: i32 = sqlx::query_scalar(concat!(
-        "UPDATE exports SET status = ",
-        crate::sql_status!(InProgress),
-        ", attempts = attempts + 1, lease_token = $2,
-             lease_expires_at = now() + make_interval(secs => $3), worker_id = $4,
-             started_at = coalesce(started_at, now()), updated_at = now(),
-             rows_written = 0, bytes_written = 0, next_attempt_at = NULL
-         WHERE id = $1 RETURNING attempts"
-    ))
-    .bind(id)
-    .bind(token)
-    .bind(lease.as_secs_f64())
-    .bind(worker_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(Claim {
-        export_id: id,
+    let claimed: Option<(Uuid, i32)> =
+        sqlx::query_as("SELECT export_id, attempt FROM wharf_claim_next($1, $2, $3, $4)")
+            .bind(worker_id)
+            .bind(lease.as_secs_f64())
+            .bind(project_cap)
+            .bind(token)
+            .fetch_optional(pool)
+            .await?;
+    Ok(claimed.map(|(export_id, attempt)| Claim {
+        export_id,
         token,
         attempt,
     }))
