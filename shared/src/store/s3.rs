@@ -75,6 +75,45 @@ impl S3Store {
         }
     }
 
+    /// Deletes every object of the bucket, its unfinished multipart uploads, and the bucket
+    /// itself (tests and benches remove what they made; Wharf never deletes its bucket).
+    pub async fn delete_bucket(&self) -> Result<(), StoreError> {
+        for key in ObjectStore::list(self, "").await? {
+            ObjectStore::delete(self, &key).await?;
+        }
+        if let Ok(out) = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            for up in out.uploads() {
+                if let (Some(key), Some(id)) = (up.key(), up.upload_id()) {
+                    let _ = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await;
+                }
+            }
+        }
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(classify)
+        {
+            Ok(_) | Err(StoreError::NotFound) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
     async fn put(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<(), StoreError> {
         self.client
             .put_object()

@@ -321,7 +321,8 @@ async fn main() -> anyhow::Result<()> {
         )))
         .await
         .ok();
-    // The queue's keys in the shared Redis.
+    // The bucket, and the queue's keys in the shared Redis.
+    wharf_tests::remove_bucket(&settings);
     if let Some(url) = &settings.redis_url {
         wharf_tests::bench::remove_redis_keys(url, &format!("{queue}*"));
     }
