@@ -117,8 +117,10 @@ proptest! {
         let text = if long { format!("{f:.16e}") } else { format!("{f:?}") };
         let mut buf = Vec::new();
         values::push_raw_value(&mut buf, FieldType::Number, &text).map_err(TestCaseError::fail)?;
-        let back: f64 = std::str::from_utf8(&buf).ok().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-        prop_assert_eq!(back.to_bits(), f.to_bits());
+        // One float8 field: length 8, then the bits.
+        prop_assert_eq!(&buf[..4], &8i32.to_be_bytes());
+        let back = buf[4..].try_into().map(u64::from_be_bytes).unwrap_or(0);
+        prop_assert_eq!(back, f.to_bits());
     }
 
     #[test]
@@ -157,8 +159,16 @@ fn parsed_rows_are_numbered_from_the_first_id() -> Result<(), RowError> {
         b"{\"s\": \"a\"}\n{\"s\": \"b\"}\n",
         1024,
     )?;
-    let text = String::from_utf8_lossy(&out);
-    let ids: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next()).collect();
-    assert_eq!(ids, ["1", "2"]);
+    // Each tuple: field count (2 bytes), `_id` (length 8, value), `run_id` (16), then the six
+    // fields: "a"/"b" (4 + 1) and five NULLs (4 each).
+    let tuple = 2 + 12 + 20 + 5 + 5 * 4;
+    assert_eq!(out.len(), 2 * tuple);
+    let ids: Vec<i64> = (0..2)
+        .filter_map(|i| {
+            let at = i * tuple + 6;
+            out[at..at + 8].try_into().ok().map(i64::from_be_bytes)
+        })
+        .collect();
+    assert_eq!(ids, [1, 2]);
     Ok(())
 }

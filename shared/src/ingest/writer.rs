@@ -1,4 +1,6 @@
-//! Turns validated rows into COPY text and hands it on in batches of bounded size.
+//! Turns validated rows into binary COPY tuples and hands them on in batches of bounded size.
+//! The stream's header and trailer are `COPY_HEADER` and `COPY_TRAILER`, sent by the COPY's
+//! owner (`repo::runs::copy_run`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,13 @@ impl RowError {
 
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// Binary COPY's signature, flags and header-extension length.
+pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// A field count of -1 ends the stream.
+pub const COPY_TRAILER: &[u8] = &[0xff, 0xff];
+/// Where a tuple's `_id` value starts: after the field count (2) and its length (4).
+const ID_AT: usize = 6;
+
 /// PostgreSQL's largest heap tuple (8 KiB pages): a row wider than this after compression and
 /// out-of-line storage is "row is too big".
 const MAX_TUPLE: usize = 8160;
@@ -72,7 +81,7 @@ pub struct FirstId {
 pub struct RowWriter<'a> {
     fields: &'a [Field],
     by_name: HashMap<&'a str, usize>,
-    run_id: String,
+    run_id: [u8; 16],
     first_id: Option<FirstId>,
     next_id: i64,
     rows: u64,
@@ -98,7 +107,7 @@ impl<'a> RowWriter<'a> {
         RowWriter {
             fields,
             by_name,
-            run_id: run_id.to_string(),
+            run_id: *run_id.as_bytes(),
             first_id: Some(first_id),
             next_id: 0,
             rows: 0,
@@ -125,7 +134,6 @@ impl<'a> RowWriter<'a> {
         let start = self.begin_row();
         let mut width = TuplWidth::default();
         for (field, slot) in self.fields.iter().zip(slots) {
-            self.buf.push(b'\t');
             let before = self.buf.len();
             let res = match slot.as_deref().map(RawValue::get) {
                 Some(raw) if raw != "null" => {
@@ -156,7 +164,6 @@ impl<'a> RowWriter<'a> {
         let start = self.begin_row();
         let mut width = TuplWidth::default();
         for (field, slot) in self.fields.iter().zip(slots) {
-            self.buf.push(b'\t');
             let before = self.buf.len();
             let res = match slot {
                 Some(s) => values::push_csv_value(&mut self.buf, field.field_type, s),
@@ -179,17 +186,21 @@ impl<'a> RowWriter<'a> {
         Ok(())
     }
 
-    /// Starts a row: `_id<TAB>run_id`, or only `run_id` while the first id is not known yet.
+    /// Starts a tuple: its field count, `_id` (zero while the first id is not known yet: it is
+    /// written in place once it is) and `run_id`.
     fn begin_row(&mut self) -> usize {
         let start = self.buf.len();
+        let count = (self.fields.len() + 2) as i16;
+        self.buf.extend_from_slice(&count.to_be_bytes());
+        self.buf.extend_from_slice(&8i32.to_be_bytes());
         if self.first_id.is_none() {
-            self.buf
-                .extend_from_slice(itoa::Buffer::new().format(self.next_id).as_bytes());
-            self.buf.push(b'\t');
+            self.buf.extend_from_slice(&self.next_id.to_be_bytes());
         } else {
             self.pending.push(start);
+            self.buf.extend_from_slice(&[0; 8]);
         }
-        self.buf.extend_from_slice(self.run_id.as_bytes());
+        self.buf.extend_from_slice(&16i32.to_be_bytes());
+        self.buf.extend_from_slice(&self.run_id);
         start
     }
 
@@ -212,7 +223,6 @@ impl<'a> RowWriter<'a> {
         {
             wide.insert(row, loc);
         }
-        self.buf.push(b'\n');
         self.next_id += 1;
         self.rows = row;
         if self.buf.len() >= BATCH_BYTES {
@@ -230,16 +240,11 @@ impl<'a> RowWriter<'a> {
             ask.send(()).map_err(|_| RowError::Aborted)?;
         }
         let first = answer.blocking_recv().map_err(|_| RowError::Aborted)?;
-        let mut numbered = Vec::with_capacity(self.buf.len() + self.pending.len() * 12);
         let starts = std::mem::take(&mut self.pending);
-        let mut id = itoa::Buffer::new();
         for (i, start) in starts.iter().enumerate() {
-            let end = starts.get(i + 1).copied().unwrap_or(self.buf.len());
-            numbered.extend_from_slice(id.format(first + i as i64).as_bytes());
-            numbered.push(b'\t');
-            numbered.extend_from_slice(&self.buf[*start..end]);
+            let id = (first + i as i64).to_be_bytes();
+            self.buf[start + ID_AT..start + ID_AT + 8].copy_from_slice(&id);
         }
-        self.buf = numbered;
         self.next_id = first + starts.len() as i64;
         Ok(())
     }
@@ -277,15 +282,17 @@ impl Default for TuplWidth {
 }
 
 impl TuplWidth {
-    fn add(&mut self, ty: FieldType, copy_text: &[u8]) {
-        if copy_text == NULL {
+    /// `field`: one binary COPY field, its length included.
+    fn add(&mut self, ty: FieldType, field: &[u8]) {
+        if field == NULL {
             return;
         }
+        let value = field.len().saturating_sub(4);
         let (least, likely) = match ty {
             FieldType::Integer | FieldType::Number | FieldType::Timestamp => (8, 8),
             FieldType::Boolean => (1, 1),
             FieldType::String | FieldType::Json => {
-                let len = copy_text.len() + if copy_text.len() < 127 { 1 } else { 4 };
+                let len = value + if value < 127 { 1 } else { 4 };
                 (len.min(MIN_COMPRESSED), len.min(TOAST_POINTER))
             }
         };

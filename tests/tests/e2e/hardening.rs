@@ -187,7 +187,7 @@ async fn inputs_postgres_would_refuse_are_400_naming_the_field() {
         row.insert(format!("f{i}"), Value::String(text));
     }
     let ok_row = json!({"f0": "short"});
-    let body = format!("{ok_row}\n{}\n", Value::Object(row));
+    let body = format!("{ok_row}\n{}\n{ok_row}\n{ok_row}\n", Value::Object(row));
     let res = app
         .client
         .post(format!("{base}/v1/workflows/{wide}/runs"))

@@ -440,3 +440,62 @@ async fn a_bad_row_late_in_a_large_body_stores_nothing() {
         .expect("q");
     assert_eq!(next, 1);
 }
+
+/// Peak resident memory (VmHWM, kB) of the PostgreSQL backends serving this test's database.
+async fn backends_peak_kb(pool: &sqlx::PgPool) -> u64 {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await
+            .expect("backends");
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn wide_rows_do_not_pile_up_in_the_database_backend() {
+    // PostgreSQL buffers up to 1,000 binary COPY tuples whatever their size; Wharf ends each
+    // COPY after 16 MiB so a run of wide rows cannot make a backend hold hundreds of MB.
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let app = spawn_app(pool.clone()).await;
+    let p = app.create_project("acme").await;
+    let wf = app
+        .create_workflow(&p.key, "Wide", json!([{"name": "s", "type": "string"}]))
+        .await;
+    let rows = 160u64;
+    let text = "x".repeat(900_000);
+    let body = futures::stream::iter(0..rows)
+        .map(move |_| Ok::<_, std::io::Error>(Bytes::from(format!("{{\"s\": \"{text}\"}}\n"))));
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/workflows/{wf}/runs")))
+        .header("x-api-key", &p.key)
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        res.status(),
+        201,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let peak_mb = backends_peak_kb(&pool).await / 1024;
+    // 160 rows × 900 KB is 144 MB: held at once without the split, ~16 MB with it.
+    assert!(
+        peak_mb > 0,
+        "PostgreSQL's backends must be readable in /proc (the tests' PostgreSQL is local)"
+    );
+    assert!(
+        peak_mb < 90,
+        "a backend reached {peak_mb} MB ingesting 144 MB of wide rows"
+    );
+}
