@@ -155,7 +155,7 @@ fn push_timestamp(buf: &mut Vec<u8>, s: &str) -> Result<(), ValueError> {
 /// same value.
 fn pg_micros(t: DateTime<Utc>) -> i64 {
     let nanos = t.timestamp_subsec_nanos();
-    let frac_micros = if nanos % 1000 == 0 {
+    let frac_micros = if nanos.is_multiple_of(1000) {
         i64::from(nanos / 1000)
     } else {
         let frac: f64 = format!("0.{nanos:09}").parse().unwrap_or(0.0);
