@@ -214,9 +214,10 @@ async fn main() -> anyhow::Result<()> {
     let csv_wf = csv_wf["id"].as_str().unwrap_or_default().to_string();
     let (_, csv_secs) = ingest(&client, &base, &key, &csv_wf, rows, CSV).await?;
     let table = format!("rows_{}", uuid::Uuid::parse_str(&wf_id)?.simple());
-    let ingest_floor = copy_in_floor(&database_url, &table)?;
+    let text_floor = copy_in_floor(&database_url, &table, "text")?;
+    let ingest_floor = copy_in_floor(&database_url, &table, "binary")?;
     println!(
-        "ingest floor: psql -c \"COPY … FROM STDIN\" < file (the same rows' COPY text, into a copy of the table): {ingest_floor:.2} s, {:.0} rows/s",
+        "ingest floor: psql -c \"COPY … FROM STDIN (FORMAT binary)\" < file (the same rows, into a copy of the table): {ingest_floor:.2} s, {:.0} rows/s (text format: {text_floor:.2} s)",
         rows as f64 / ingest_floor
     );
     for (what, secs) in [("NDJSON", ndjson_secs), ("CSV", csv_secs)] {
@@ -329,11 +330,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// PostgreSQL's own floor for storing the run: its rows' COPY text (`COPY table TO STDOUT`,
-/// not timed) loaded by `psql -c "COPY … FROM STDIN" < file` into an empty copy of the table
-/// (same columns, same primary key), best of two.
-fn copy_in_floor(database_url: &str, table: &str) -> anyhow::Result<f64> {
-    let path = std::env::temp_dir().join("wharf-bench-ingest.copy");
+/// PostgreSQL's own floor for storing the run: its rows in COPY `format` (text or binary;
+/// `COPY table TO STDOUT`, not timed) loaded by `psql -c "COPY … FROM STDIN" < file` into an
+/// empty copy of the table (same columns, same primary key), best of two.
+fn copy_in_floor(database_url: &str, table: &str, format: &str) -> anyhow::Result<f64> {
+    let path = std::env::temp_dir().join(format!("wharf-bench-ingest.{format}"));
     let psql = |sql: &str| -> anyhow::Result<()> {
         let status = std::process::Command::new("psql")
             .arg(database_url)
@@ -345,7 +346,7 @@ fn copy_in_floor(database_url: &str, table: &str) -> anyhow::Result<f64> {
     };
     let status = std::process::Command::new("psql")
         .arg(database_url)
-        .args(["-qXc", &format!("COPY {table} TO STDOUT")])
+        .args(["-qXc", &format!("COPY {table} TO STDOUT (FORMAT {format})")])
         .stdout(std::fs::File::create(&path)?)
         .status()?;
     anyhow::ensure!(status.success(), "psql COPY TO failed");
@@ -357,7 +358,7 @@ fn copy_in_floor(database_url: &str, table: &str) -> anyhow::Result<f64> {
         let t = Instant::now();
         let status = std::process::Command::new("psql")
             .arg(database_url)
-            .args(["-qXc", &format!("COPY {copy} FROM STDIN")])
+            .args(["-qXc", &format!("COPY {copy} FROM STDIN (FORMAT {format})")])
             .stdin(std::fs::File::open(&path)?)
             .status()?;
         anyhow::ensure!(status.success(), "psql COPY FROM failed");
