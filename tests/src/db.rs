@@ -70,31 +70,38 @@ impl Drop for TestDb {
         }
         let name = self.name.clone();
         let server = self.server.clone();
-        // Drop runs inside the test's runtime, which cannot block on itself: a thread of its
-        // own with a small runtime does the DROP.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect_with(&server)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.execute(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
+        let dropped = on_own_runtime(move || async move {
+            let mut conn = PgConnection::connect_with(&server)
                 .await
                 .map_err(|e| e.to_string())?;
-                conn.close().await.ok();
-                Ok::<(), String>(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("test database {} not dropped: {e}", self.name),
-            Err(_) => eprintln!("test database {} not dropped: the drop panicked", self.name),
+            conn.execute(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
+            conn.close().await.ok();
+            Ok(())
+        });
+        if let Err(e) = dropped {
+            eprintln!("test database {} not dropped: {e}", self.name);
         }
     }
+}
+
+/// Runs the future `make` builds on a thread of its own with a small runtime, and waits for it:
+/// for clean-ups in `Drop`, which runs inside a test's runtime that cannot block on itself.
+pub fn on_own_runtime<F, Fut>(make: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(make())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the clean-up panicked".into()))
 }

@@ -183,28 +183,16 @@ impl Drop for TestApp {
 /// the test's runtime, which cannot block on itself); best effort, a failure is printed.
 pub fn remove_bucket(settings: &Settings) {
     let s3 = settings.s3.clone();
-    let done = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            // A test may have stopped its own S3 server: give up after a few seconds.
-            let removal = async { S3Store::new(&s3).await.delete_bucket().await };
-            match tokio::time::timeout(std::time::Duration::from_secs(5), removal).await {
-                Ok(done) => done.map_err(|e| e.to_string()),
-                Err(_) => Err("the object store did not answer within 5 s".to_string()),
-            }
-        })
-    })
-    .join();
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("test bucket {} not removed: {e}", settings.s3.bucket),
-        Err(_) => eprintln!(
-            "test bucket {} not removed: the removal panicked",
-            settings.s3.bucket
-        ),
+    let removed = db::on_own_runtime(move || async move {
+        // A test may have stopped its own S3 server: give up after a few seconds.
+        let removal = async { S3Store::new(&s3).await.delete_bucket().await };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), removal).await {
+            Ok(done) => done.map_err(|e| e.to_string()),
+            Err(_) => Err("the object store did not answer within 5 s".to_string()),
+        }
+    });
+    if let Err(e) = removed {
+        eprintln!("test bucket {} not removed: {e}", settings.s3.bucket);
     }
 }
 

@@ -246,14 +246,7 @@ mod tests {
         for (sql, status) in pairs {
             assert_eq!(sql, quoted(status.as_str()));
         }
-        for code in [
-            FailureCode::InvalidRequest,
-            FailureCode::NotFound,
-            FailureCode::StorageError,
-            FailureCode::ServiceUnavailable,
-            FailureCode::WorkerLost,
-            FailureCode::Internal,
-        ] {
+        for code in FailureCode::ALL {
             assert_eq!(
                 serde_json::to_value(code).ok(),
                 Some(serde_json::Value::String(code.as_str().into()))
