@@ -174,21 +174,22 @@ impl Drop for TestApp {
             bench::remove_redis_keys(url, &format!("{}*", self.settings.queue));
         }
         if matches!(self.settings.store, wharf_shared::config::StoreKind::S3) {
-            remove_bucket(&self.settings);
+            // A test may have stopped its own S3 server: give up after a few seconds.
+            remove_bucket(&self.settings, std::time::Duration::from_secs(5));
         }
     }
 }
 
-/// Deletes a test's S3 bucket and what is in it, from a thread of its own (Drop runs inside
-/// the test's runtime, which cannot block on itself); best effort, a failure is printed.
-pub fn remove_bucket(settings: &Settings) {
+/// Deletes a test's S3 bucket and what is in it (giving up after `patience`), from a thread of
+/// its own (Drop runs inside the test's runtime, which cannot block on itself); best effort, a
+/// failure is printed.
+pub fn remove_bucket(settings: &Settings, patience: std::time::Duration) {
     let s3 = settings.s3.clone();
     let removed = db::on_own_runtime(move || async move {
-        // A test may have stopped its own S3 server: give up after a few seconds.
         let removal = async { S3Store::new(&s3).await.delete_bucket().await };
-        match tokio::time::timeout(std::time::Duration::from_secs(5), removal).await {
+        match tokio::time::timeout(patience, removal).await {
             Ok(done) => done.map_err(|e| e.to_string()),
-            Err(_) => Err("the object store did not answer within 5 s".to_string()),
+            Err(_) => Err(format!("not done within {} s", patience.as_secs())),
         }
     });
     if let Err(e) = removed {

@@ -323,7 +323,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     // The bucket, and the queue's keys in the shared Redis.
-    wharf_tests::remove_bucket(&settings);
+    // Gigabytes of exports at 10M rows: deleting them takes the S3 server a while.
+    wharf_tests::remove_bucket(&settings, Duration::from_secs(300));
     if let Some(url) = &settings.redis_url {
         wharf_tests::bench::remove_redis_keys(url, &format!("{queue}*"));
     }
