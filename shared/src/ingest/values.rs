@@ -88,7 +88,7 @@ fn push_json_text(buf: &mut Vec<u8>, raw: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// A CSV cell (never empty: empty cells are nulls) for a field of type `ty`.
+/// A CSV cell (never empty, and for json never `null`: both are nulls) for a field of type `ty`.
 pub fn push_csv_value(buf: &mut Vec<u8>, ty: FieldType, s: &str) -> Result<(), ValueError> {
     match ty {
         FieldType::String => push_text(buf, s),
@@ -121,10 +121,8 @@ pub fn push_csv_value(buf: &mut Vec<u8>, ty: FieldType, s: &str) -> Result<(), V
         }
         FieldType::Timestamp => push_timestamp(buf, s.trim()),
         FieldType::Json => {
-            if s.trim() == "null" {
-                buf.extend_from_slice(NULL);
-                return Ok(());
-            }
+            // `null` never gets here: the writer makes it a null (held to the field's
+            // nullability), as it does an empty cell.
             push_json_text(buf, s.trim())
                 .map_err(|e| format!("expected a JSON value, got \"{}\": {e}", short(s)))
         }

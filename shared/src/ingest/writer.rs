@@ -159,7 +159,10 @@ impl<'a> RowWriter<'a> {
     ) -> Result<(), RowError> {
         let mut slots: Vec<Option<&str>> = vec![None; self.fields.len()];
         for (cell, idx) in cells.iter().zip(columns) {
-            slots[*idx] = Some(cell).filter(|c| !c.is_empty());
+            // An empty cell is a null; so is a json cell reading `null`.
+            let null = cell.is_empty()
+                || (self.fields[*idx].field_type == FieldType::Json && cell.trim() == "null");
+            slots[*idx] = Some(cell).filter(|_| !null);
         }
         let start = self.begin_row();
         let mut width = TuplWidth::default();

@@ -499,3 +499,40 @@ async fn wide_rows_do_not_pile_up_in_the_database_backend() {
         "a backend reached {peak_mb} MB ingesting 144 MB of wide rows"
     );
 }
+
+#[tokio::test]
+async fn a_json_null_in_a_csv_cell_is_held_to_the_field_being_nullable() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let app = spawn_app(pool).await;
+    let p = app.create_project("acme").await;
+    let wf = app
+        .create_workflow(
+            &p.key,
+            "Docs",
+            json!([{"name": "doc", "type": "json"}, {"name": "extra", "type": "json", "nullable": true}]),
+        )
+        .await;
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/workflows/{wf}/runs")))
+        .header("x-api-key", &p.key)
+        .header("content-type", "text/csv")
+        .body("doc,extra\n{\"a\": 1},null\nnull,{}\n")
+        .send()
+        .await
+        .expect("sent");
+    let (_, msg) = assert_envelope(res, 400).await;
+    assert!(msg.starts_with("line 3: field \"doc\": required"), "{msg}");
+    // Nullable: `null` is a null, as an empty cell is.
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/workflows/{wf}/runs")))
+        .header("x-api-key", &p.key)
+        .header("content-type", "text/csv")
+        .body("doc,extra\n{\"a\": 1},null\n")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 201);
+}
