@@ -135,12 +135,11 @@ pub async fn kadoa_create(
     }
     match rec.effective_status(Utc::now()) {
         ExportStatus::Queued | ExportStatus::InProgress => {
-            Ok(HttpResponse::Accepted().json(export_dto(&state, &(&rec).into())))
+            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
         }
         ExportStatus::Completed => {
-            let (url, expires_at) =
-                super::exports::signed_link(&state, rec.id, rec.workflow_id, &rec.format)
-                    .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
+            let (url, expires_at) = super::exports::signed_link(&state, &rec)
+                .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,
                 workflow_id: rec.workflow_id,

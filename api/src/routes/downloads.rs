@@ -75,7 +75,7 @@ pub async fn download(
             // A store without download URLs (a local directory): the API's own signed link.
             let url = match presigned {
                 Some(url) => url,
-                None => super::exports::signed_link(&state, rec.id, rec.workflow_id, &rec.format)
+                None => super::exports::signed_link(&state, &rec)
                     .map(|(url, _)| url)
                     .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?,
             };

@@ -9,9 +9,7 @@ use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{DockStatus, ExportStatus};
 use wharf_shared::queue::ExportJob;
-use wharf_shared::repo::exports::{
-    self, Cancelled, Created, ExportRecord, ExportStatusView, NewExport,
-};
+use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
 use wharf_shared::signing::{self, LinkClaims};
 
 use super::workflows::find;
@@ -80,7 +78,7 @@ pub struct ExportDto {
     pub download_url: String,
 }
 
-pub fn export_dto(state: &AppState, r: &ExportStatusView) -> ExportDto {
+pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
     let now = Utc::now();
     let status = r.effective_status(now);
     let total = r.rows_total.unwrap_or(0);
@@ -95,8 +93,7 @@ pub fn export_dto(state: &AppState, r: &ExportStatusView) -> ExportDto {
         _ => 0.0,
     };
     let (url, url_expires_at) = if status == ExportStatus::Completed {
-        signed_link(state, r.id, r.workflow_id, &r.format)
-            .map_or((None, None), |(u, e)| (Some(u), Some(e)))
+        signed_link(state, r).map_or((None, None), |(u, e)| (Some(u), Some(e)))
     } else {
         (None, None)
     };
@@ -135,17 +132,12 @@ pub fn export_dto(state: &AppState, r: &ExportStatusView) -> ExportDto {
 }
 
 /// The export's signed, keyless file link (`WHARF_LINK_TTL` from now) and when it expires.
-pub fn signed_link(
-    state: &AppState,
-    export_id: uuid::Uuid,
-    workflow_id: uuid::Uuid,
-    format: &str,
-) -> Option<(String, DateTime<Utc>)> {
+pub fn signed_link(state: &AppState, r: &ExportRecord) -> Option<(String, DateTime<Utc>)> {
     let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
     let claims = LinkClaims {
-        export_id,
-        workflow_id,
-        format,
+        export_id: r.id,
+        workflow_id: r.workflow_id,
+        format: &r.format,
         expires,
     };
     signing::signed_url(
@@ -322,11 +314,8 @@ pub async fn get_export(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let id = parse_id("exportId", &path)?;
-    let view = exports::status(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("export"))?;
-    Ok(HttpResponse::Ok().json(export_dto(&state, &view)))
+    let rec = find_export(&state, principal.project_id, &path).await?;
+    Ok(HttpResponse::Ok().json(export_dto(&state, &rec)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -374,7 +363,7 @@ pub async fn list_exports(
     let (rows, next) =
         exports::list(&state.pool, principal.project_id, wf.id, status, page).await?;
     Ok(HttpResponse::Ok().json(List::new(
-        rows.iter().map(|r| export_dto(&state, &r.into())).collect(),
+        rows.iter().map(|r| export_dto(&state, r)).collect(),
         next,
     )))
 }
@@ -397,7 +386,7 @@ pub async fn cancel_export(
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
             tracing::info!(export_id = %id, "export cancelled");
-            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec.as_ref().into())))
+            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
         }
         Some(Cancelled::Finished(status)) => Err(Error::Conflict(format!(
             "export is {status} and can no longer be cancelled"
@@ -442,7 +431,7 @@ pub async fn get_dock_status(
     let rec = exports::get_by_dock_status(&state.pool, principal.project_id, id)
         .await?
         .ok_or(Error::NotFound("dock status"))?;
-    let dto = export_dto(&state, &(&rec).into());
+    let dto = export_dto(&state, &rec);
     let status = dto.status.dock();
     Ok(HttpResponse::Ok().json(DockStatusDto {
         dock_status_id: rec.dock_status_id,

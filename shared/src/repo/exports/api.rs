@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{ExportRecord, ExportStatusView, SELECT};
+use super::{ExportRecord, SELECT};
 use crate::domain::export::ExportSpec;
 use crate::domain::ids::new_id;
 use crate::domain::states::ExportStatus;
@@ -131,22 +131,6 @@ pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Exp
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE e.id = $1 AND e.project_id = $2"
     )))
-    .bind(id)
-    .bind(project_id)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// What the status route shows, in one narrow query (a poller's hot path).
-pub async fn status(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportStatusView>> {
-    Ok(sqlx::query_as(
-        "SELECT e.id, e.workflow_id, e.run_id, e.format, e.compression, e.status, e.attempts,
-             e.rows_written, e.rows_total, e.bytes_written, e.row_count, e.size_bytes, e.sha256,
-             e.error_code, e.error_message, e.created_at, e.started_at, e.completed_at,
-             e.expires_at, r.executed_at AS run_executed_at
-         FROM exports e LEFT JOIN runs r ON r.id = e.run_id
-         WHERE e.id = $1 AND e.project_id = $2",
-    )
     .bind(id)
     .bind(project_id)
     .fetch_optional(pool)

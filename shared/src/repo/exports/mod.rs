@@ -74,82 +74,10 @@ impl ExportRecord {
     /// The status a client sees: a completed export past its retention reads EXPIRED at once,
     /// before the janitor has removed the object.
     pub fn effective_status(&self, now: DateTime<Utc>) -> ExportStatus {
-        effective(self.status, self.expires_at, now)
-    }
-}
-
-pg_row! {
-    /// What a status answer shows (API.md, Status), read by the status route with one narrow
-    /// query: no job parameters (a jsonb decoded on every poll), no dock status join.
-    #[derive(Debug, Clone)]
-    pub struct ExportStatusView {
-        pub id: Uuid,
-        pub workflow_id: Uuid,
-        pub run_id: Option<Uuid>,
-        pub format: String,
-        pub compression: String,
-        pub status: ExportStatus,
-        pub attempts: i32,
-        pub rows_written: i64,
-        pub rows_total: Option<i64>,
-        pub bytes_written: i64,
-        pub row_count: Option<i64>,
-        pub size_bytes: Option<i64>,
-        pub sha256: Option<String>,
-        pub error_code: Option<crate::domain::states::FailureCode>,
-        pub error_message: Option<String>,
-        pub created_at: DateTime<Utc>,
-        pub started_at: Option<DateTime<Utc>>,
-        pub completed_at: Option<DateTime<Utc>>,
-        pub expires_at: Option<DateTime<Utc>>,
-        pub run_executed_at: Option<DateTime<Utc>>,
-    }
-}
-
-impl ExportStatusView {
-    /// As `ExportRecord::effective_status`.
-    pub fn effective_status(&self, now: DateTime<Utc>) -> ExportStatus {
-        effective(self.status, self.expires_at, now)
-    }
-}
-
-impl From<&ExportRecord> for ExportStatusView {
-    fn from(r: &ExportRecord) -> Self {
-        ExportStatusView {
-            id: r.id,
-            workflow_id: r.workflow_id,
-            run_id: r.run_id,
-            format: r.format.clone(),
-            compression: r.compression.clone(),
-            status: r.status,
-            attempts: r.attempts,
-            rows_written: r.rows_written,
-            rows_total: r.rows_total,
-            bytes_written: r.bytes_written,
-            row_count: r.row_count,
-            size_bytes: r.size_bytes,
-            sha256: r.sha256.clone(),
-            error_code: r.error_code,
-            error_message: r.error_message.clone(),
-            created_at: r.created_at,
-            started_at: r.started_at,
-            completed_at: r.completed_at,
-            expires_at: r.expires_at,
-            run_executed_at: r.run_executed_at,
+        match (self.status, self.expires_at) {
+            (ExportStatus::Completed, Some(exp)) if exp <= now => ExportStatus::Expired,
+            (s, _) => s,
         }
-    }
-}
-
-/// A completed export past its retention reads EXPIRED at once, before the janitor has
-/// removed the object.
-fn effective(
-    status: ExportStatus,
-    expires_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> ExportStatus {
-    match (status, expires_at) {
-        (ExportStatus::Completed, Some(exp)) if exp <= now => ExportStatus::Expired,
-        (s, _) => s,
     }
 }
 
