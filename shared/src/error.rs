@@ -84,6 +84,13 @@ pub enum Error {
     ExportCancelled,
     #[error("Export has expired and its file was deleted")]
     ExportExpired,
+    /// A job's input refused for good (an import's bundle): the failure code and message its
+    /// status shows.
+    #[error("{message}")]
+    Refused {
+        code: crate::domain::states::FailureCode,
+        message: String,
+    },
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("object store error")]
@@ -101,7 +108,7 @@ impl Error {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Invalid(_) => ErrorCode::InvalidRequest,
+            Error::Invalid(_) | Error::Refused { .. } => ErrorCode::InvalidRequest,
             Error::Unauthorized => ErrorCode::Unauthorized,
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotFound(_) => ErrorCode::NotFound,

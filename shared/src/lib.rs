@@ -5,6 +5,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod export;
+pub mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod ingest;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wharf_shared::export::{ExportContext, upload};
-use wharf_shared::repo::exports;
+use wharf_shared::repo::{exports, imports};
 
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
@@ -19,7 +19,10 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
     if let Err(e) = abort_orphans(ctx, ORPHAN_AGE).await {
         tracing::warn!(error = %e, "orphaned uploads not all aborted; retried next pass");
     }
-    let mut deleted = 0;
+    let mut deleted = expire_files(ctx).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "expired uploads not all deleted; retried next pass");
+        0
+    });
     let mut skipped = 0i64;
     loop {
         // Items skipped in this pass are still due: look past them.
@@ -46,6 +49,24 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
             return Ok(deleted);
         }
     }
+}
+
+/// Uploaded files past their 24 hours: the object, then the record (a file that will not
+/// delete stays recorded and due).
+async fn expire_files(ctx: &ExportContext) -> wharf_shared::Result<usize> {
+    let mut deleted = 0;
+    for f in imports::expired_files(&ctx.pool, 100).await? {
+        match ctx.store.delete(&f.object_key).await {
+            Ok(()) => {
+                imports::delete_file(&ctx.pool, f.id).await?;
+                deleted += 1;
+            }
+            Err(e) => {
+                tracing::warn!(file_id = %f.id, error = %e, "expired upload not deleted; retried next pass");
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 pub async fn run(ctx: ExportContext, every: Duration, shutdown: CancellationToken) {

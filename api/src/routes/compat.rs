@@ -142,7 +142,7 @@ pub async fn kadoa_create(
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,
-                workflow_id: rec.workflow_id,
+                workflow_id: rec.link_workflow(),
                 run_id: rec.run_id,
                 executed_at: rec.run_executed_at,
                 format: rec.format.clone(),
@@ -179,15 +179,15 @@ pub async fn kadoa_download(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let workflow_id = parse_id("workflowId", &path.0)?;
-    let rec = find_export(&state, principal.project_id, &path.1).await?;
-    if rec.workflow_id != workflow_id {
+    let rec = find_export(&state, principal, &path.1).await?;
+    if rec.workflow_id != Some(workflow_id) {
         return Err(Error::NotFound("export").into());
     }
     stream(&state, &req, &rec).await
 }
 
 /// `exp_` + 32 hex digits, or a bare UUID.
-fn project_export_id(raw: &str) -> Option<uuid::Uuid> {
+pub(crate) fn project_export_id(raw: &str) -> Option<uuid::Uuid> {
     match raw.strip_prefix("exp_") {
         Some(hex) if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             uuid::Uuid::parse_str(hex).ok()
@@ -215,7 +215,16 @@ pub async fn project_download(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
-    let mut res = match project_download_inner(&req, &state, &path.0, &path.1).await {
+    in_envelope(
+        &req,
+        project_download_inner(&req, &state, &path.0, &path.1).await,
+    )
+}
+
+/// A project-scoped route's answer: errors in its envelope, and `X-Operation-Key` and
+/// `X-Operation-Run-Id` echoed either way.
+pub(crate) fn in_envelope(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+    let mut res = match result {
         Ok(res) => res,
         Err(e) => project_error(&e.0),
     };
@@ -228,17 +237,27 @@ pub async fn project_download(
     res
 }
 
+/// The key of a project-scoped request (these routes answer errors in their own envelope, so
+/// they authenticate here rather than through the `Auth` extractor).
+pub(crate) async fn project_principal(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<auth::Principal, ApiError> {
+    let key = presented_key(req)
+        .filter(|k| !k.is_empty())
+        .ok_or(Error::Unauthorized)?;
+    let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
+    state.limiter.check(principal.key_id)?;
+    Ok(principal)
+}
+
 async fn project_download_inner(
     req: &HttpRequest,
     state: &AppState,
     project: &str,
     raw: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let key = presented_key(req)
-        .filter(|k| !k.is_empty())
-        .ok_or(Error::Unauthorized)?;
-    let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
-    state.limiter.check(principal.key_id)?;
+    let principal = project_principal(req, state).await?;
     principal.require(Scope::Read)?;
     if project.contains('\0') {
         return Err(
@@ -253,6 +272,7 @@ async fn project_download_inner(
     let rec = exports::get(&state.pool, principal.project_id, id)
         .await?
         .ok_or(Error::NotFound("export"))?;
+    super::exports::require_for(&principal, &rec)?;
     stream(state, req, &rec).await
 }
 

@@ -63,7 +63,7 @@ pub async fn download(
     query: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let rec = find_export(&state, principal.project_id, &path).await?;
+    let rec = find_export(&state, principal, &path).await?;
     match query.mode.as_deref() {
         Some("stream") => stream(&state, &req, &rec).await,
         None | Some("redirect") => {
@@ -158,7 +158,7 @@ async fn verify_link(
         .ok_or_else(forbidden)?;
     let claims = LinkClaims {
         export_id: rec.id,
-        workflow_id: rec.workflow_id,
+        workflow_id: rec.link_workflow(),
         format: &rec.format,
         expires,
     };

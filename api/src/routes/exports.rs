@@ -7,7 +7,8 @@ use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
 use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
-use wharf_shared::domain::states::{DockStatus, ExportStatus};
+use wharf_shared::auth::Principal;
+use wharf_shared::domain::states::{DockStatus, ExportScope, ExportStatus, JobKind};
 use wharf_shared::queue::ExportJob;
 use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
 use wharf_shared::signing::{self, LinkClaims};
@@ -27,7 +28,7 @@ pub struct ExportCreated {
     /// The same id: the export job.
     pub export_job_id: uuid::Uuid,
     pub dock_status_id: uuid::Uuid,
-    pub workflow_id: uuid::Uuid,
+    pub workflow_id: Option<uuid::Uuid>,
     pub status: ExportStatus,
     pub status_url: String,
     pub download_url: String,
@@ -53,9 +54,13 @@ pub struct ExportErrorDto {
 #[serde(rename_all = "camelCase")]
 pub struct ExportDto {
     pub export_id: uuid::Uuid,
-    pub workflow_id: uuid::Uuid,
+    /// Null for a bundle of a whole project.
+    pub workflow_id: Option<uuid::Uuid>,
     pub run_id: Option<uuid::Uuid>,
+    /// csv, json, ndjson, parquet, or bundle (a ZIP of definitions and Parquet runs).
     pub format: String,
+    /// table (one run's rows), or a bundle's: workflow, schema or database.
+    pub scope: String,
     pub compression: String,
     pub status: ExportStatus,
     pub created_at: DateTime<Utc>,
@@ -103,6 +108,7 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         workflow_id: r.workflow_id,
         run_id: r.run_id,
         format: r.format.clone(),
+        scope: r.scope.as_str().to_string(),
         compression: r.compression.clone(),
         created_at: r.created_at,
         started_at: r.started_at,
@@ -136,7 +142,7 @@ pub fn signed_link(state: &AppState, r: &ExportRecord) -> Option<(String, DateTi
     let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
     let claims = LinkClaims {
         export_id: r.id,
-        workflow_id: r.workflow_id,
+        workflow_id: r.link_workflow(),
         format: &r.format,
         expires,
     };
@@ -292,15 +298,27 @@ pub async fn post_export(
     }
 }
 
+/// An export of the principal's project; a bundle of the whole project (scope schema or
+/// database) needs the admin scope.
 pub async fn find_export(
     state: &AppState,
-    project_id: uuid::Uuid,
+    principal: &Principal,
     raw: &str,
 ) -> Result<ExportRecord, ApiError> {
     let id = parse_id("exportId", raw)?;
-    Ok(exports::get(&state.pool, project_id, id)
+    let rec = exports::get(&state.pool, principal.project_id, id)
         .await?
-        .ok_or(Error::NotFound("export"))?)
+        .ok_or(Error::NotFound("export"))?;
+    require_for(principal, &rec)?;
+    Ok(rec)
+}
+
+/// A project-level bundle (schema or database scope) is the admin's.
+pub fn require_for(principal: &Principal, rec: &ExportRecord) -> Result<(), ApiError> {
+    if matches!(rec.scope, ExportScope::Schema | ExportScope::Database) {
+        principal.require(Scope::Admin)?;
+    }
+    Ok(())
 }
 
 /// An export's status, progress and, once completed, its signed download link (read scope).
@@ -314,7 +332,7 @@ pub async fn get_export(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let rec = find_export(&state, principal.project_id, &path).await?;
+    let rec = find_export(&state, principal, &path).await?;
     Ok(HttpResponse::Ok().json(export_dto(&state, &rec)))
 }
 
@@ -381,7 +399,7 @@ pub async fn cancel_export(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let id = parse_id("exportId", &path)?;
+    let id = find_export(&state, principal, &path).await?.id;
     match exports::cancel(&state.pool, principal.project_id, id).await? {
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
@@ -404,7 +422,7 @@ pub struct DockStatusDto {
     pub action: String,
     /// IN_PROGRESS (queued or running), SUCCESS, FAILED, CANCELLED or EXPIRED.
     pub status: DockStatus,
-    pub workflow_id: uuid::Uuid,
+    pub workflow_id: Option<uuid::Uuid>,
     pub export_job_id: uuid::Uuid,
     pub progress: ProgressDto,
     pub response: DockResponse,
@@ -431,19 +449,51 @@ pub async fn get_dock_status(
     let rec = exports::get_by_dock_status(&state.pool, principal.project_id, id)
         .await?
         .ok_or(Error::NotFound("dock status"))?;
-    let dto = export_dto(&state, &rec);
+    require_for(principal, &rec)?;
+    Ok(HttpResponse::Ok().json(dock_dto(&state, &rec)))
+}
+
+/// The generic job record of an export, a bundle or an import.
+pub fn dock_dto(state: &AppState, rec: &ExportRecord) -> DockStatusDto {
+    let dto = export_dto(state, rec);
     let status = dto.status.dock();
-    Ok(HttpResponse::Ok().json(DockStatusDto {
+    let (action, download_url, workflow_id) = match rec.kind {
+        JobKind::Export => (
+            "EXPORT",
+            (status == DockStatus::Success).then(|| dto.download_url.clone()),
+            rec.workflow_id,
+        ),
+        // An import names the workflow it made once it has made it.
+        JobKind::Import => (
+            "IMPORT",
+            None,
+            imported_workflows(rec)
+                .first()
+                .and_then(|w| w.get("workflowId"))
+                .and_then(|v| v.as_str())
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+                .or(rec.workflow_id),
+        ),
+    };
+    DockStatusDto {
         dock_status_id: rec.dock_status_id,
-        job_type: "EXPORT".into(),
-        action: "EXPORT".into(),
+        job_type: rec.job_type.clone(),
+        action: action.into(),
         status,
-        workflow_id: rec.workflow_id,
+        workflow_id,
         export_job_id: rec.id,
-        response: DockResponse {
-            download_url: (status == DockStatus::Success).then(|| dto.download_url.clone()),
-        },
+        response: DockResponse { download_url },
         error: dto.error,
         progress: dto.progress,
-    }))
+    }
+}
+
+/// What an import created: `[{"sourceId", "workflowId", "name", "runs", "rows"}]`.
+pub fn imported_workflows(rec: &ExportRecord) -> Vec<serde_json::Value> {
+    rec.result
+        .as_ref()
+        .and_then(|r| r.0.get("workflows"))
+        .and_then(|w| w.as_array())
+        .cloned()
+        .unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! Route table. Each module holds the handlers of one resource.
 
+pub mod bundles;
 pub mod compat;
 pub mod downloads;
 pub mod exports;
@@ -41,7 +42,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(downloads::signed_file)
         .service(compat::kadoa_create)
         .service(compat::kadoa_download)
-        .service(compat::project_download);
+        .service(compat::project_download)
+        .service(bundles::kore_export)
+        .service(bundles::kore_dock_status)
+        .service(bundles::kore_upload)
+        .service(bundles::kore_import)
+        .service(bundles::kore_import_into)
+        .service(bundles::create_import)
+        .service(bundles::get_import)
+        .service(bundles::zang_create)
+        .service(bundles::zang_list)
+        .service(bundles::zang_get);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

@@ -150,6 +150,30 @@ pub struct ExportSpec {
     pub columns: Vec<String>,
 }
 
+impl ExportSpec {
+    /// How a bundle holds each run: every row in `_id` order, `_id` first and then every field
+    /// (`columns` is filled per workflow by `with_all_columns`), as Parquet with zstd.
+    pub fn bundle_runs() -> ExportSpec {
+        ExportSpec {
+            format: Format::Parquet,
+            compression: Compression::Zstd,
+            filters: Vec::new(),
+            sort_by: "_id".into(),
+            order: Order::Asc,
+            row_ids: None,
+            columns: Vec::new(),
+        }
+    }
+
+    /// This spec selecting `_id` and every field of `fields`, in schema order.
+    pub fn with_all_columns(mut self, fields: &[Field]) -> ExportSpec {
+        self.columns = std::iter::once("_id".to_string())
+            .chain(fields.iter().map(|f| f.name.clone()))
+            .collect();
+        self
+    }
+}
+
 pub fn resolve(fields: &[Field], name: &str) -> Option<Column> {
     if name == "_id" {
         return Some(Column::Id);
@@ -346,6 +370,18 @@ pub fn file_name(
     } else {
         ""
     };
+    format!("{}-{date}.{ext}{gz}", safe_base(workflow_name))
+}
+
+/// A bundle's file name: `<workflow or project>-<date>.wharf.zip`.
+pub fn bundle_file_name(name: &str, date: chrono::NaiveDate) -> String {
+    format!("{}-{date}.wharf.zip", safe_base(name))
+}
+
+pub const BUNDLE_CONTENT_TYPE: &str = "application/zip";
+
+/// A name as the stem of a file name: no path separators, controls or invisible characters.
+fn safe_base(workflow_name: &str) -> String {
     let base: String = workflow_name
         .chars()
         .filter(|c| !is_format_char(*c))
@@ -361,12 +397,11 @@ pub fn file_name(
         .chars()
         .take(100)
         .collect();
-    let base = if base.is_empty() {
+    if base.is_empty() {
         "export".to_string()
     } else {
         base
-    };
-    format!("{base}-{date}.{ext}{gz}")
+    }
 }
 
 /// Invisible characters that change how a name is shown (Unicode category Cf: bidirectional

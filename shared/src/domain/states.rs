@@ -117,16 +117,32 @@ pub enum FailureCode {
     /// The worker running it was lost (killed, partitioned) on every attempt.
     WorkerLost,
     Internal,
+    /// An import's bundle is not one Wharf can read: not a ZIP, no manifest, a missing or
+    /// unlisted file, a path that leaves the bundle.
+    BundleInvalid,
+    /// A bundle of another major version.
+    BundleVersion,
+    /// A file's sha256 or size differs from the manifest's.
+    ChecksumMismatch,
+    /// A definition, a Parquet schema or a row does not fit (the message names it).
+    SchemaMismatch,
+    /// Declared sizes exceeded, or a compression ratio past the cap (a zip bomb).
+    BundleTooLarge,
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 6] = [
+    pub const ALL: [FailureCode; 11] = [
         FailureCode::InvalidRequest,
         FailureCode::NotFound,
         FailureCode::StorageError,
         FailureCode::ServiceUnavailable,
         FailureCode::WorkerLost,
         FailureCode::Internal,
+        FailureCode::BundleInvalid,
+        FailureCode::BundleVersion,
+        FailureCode::ChecksumMismatch,
+        FailureCode::SchemaMismatch,
+        FailureCode::BundleTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +153,11 @@ impl FailureCode {
             FailureCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             FailureCode::WorkerLost => "WORKER_LOST",
             FailureCode::Internal => "INTERNAL",
+            FailureCode::BundleInvalid => "BUNDLE_INVALID",
+            FailureCode::BundleVersion => "BUNDLE_VERSION",
+            FailureCode::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            FailureCode::SchemaMismatch => "SCHEMA_MISMATCH",
+            FailureCode::BundleTooLarge => "BUNDLE_TOO_LARGE",
         }
     }
 }
@@ -144,6 +165,63 @@ impl FailureCode {
 impl std::fmt::Display for FailureCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What a job of the ledger does: export rows (a file or a bundle) or import a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Export,
+    Import,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Export, JobKind::Import];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Export => "export",
+            JobKind::Import => "import",
+        }
+    }
+}
+
+/// What an export holds: one run's selected rows (`Table`), or a bundle of one workflow
+/// (`Workflow`), of every definition of the project (`Schema`), or of every definition and run
+/// (`Database`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportScope {
+    Table,
+    Workflow,
+    Schema,
+    Database,
+}
+
+impl ExportScope {
+    pub const ALL: [ExportScope; 4] = [
+        ExportScope::Table,
+        ExportScope::Workflow,
+        ExportScope::Schema,
+        ExportScope::Database,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportScope::Table => "table",
+            ExportScope::Workflow => "workflow",
+            ExportScope::Schema => "schema",
+            ExportScope::Database => "database",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Holds rows of runs.
+    pub fn has_data(self) -> bool {
+        !matches!(self, ExportScope::Schema)
     }
 }
 
@@ -187,6 +265,8 @@ macro_rules! sql_text_enum {
 sql_text_enum!(ExportStatus);
 sql_text_enum!(UploadState);
 sql_text_enum!(FailureCode);
+sql_text_enum!(JobKind);
+sql_text_enum!(ExportScope);
 
 /// An export status as an SQL string literal, for the text of statements: the planner matches
 /// partial indexes (`WHERE status = 'QUEUED'`) only against literals, not bound parameters.

@@ -3,11 +3,14 @@
 //! cancel discards the write, so no one can ever download a partial object.
 
 mod binary;
+pub mod bundle;
 mod csv;
+pub mod import;
 mod parquet;
 mod sink;
 mod text;
 pub mod upload;
+pub mod zipstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::export::{self as dom, ExportSpec, Format};
-use crate::domain::states::FailureCode;
+use crate::domain::states::{FailureCode, JobKind};
 use crate::error::{Error, Result};
 use crate::repo::export_query::Plan;
 use crate::repo::exports::{self, Claim, Completion, ExportRecord};
@@ -114,8 +117,13 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
     let rec = exports::get_any(&ctx.pool, export_id)
         .await?
         .ok_or(Error::NotFound("export"))?;
+    if rec.kind == JobKind::Import {
+        let span = tracing::info_span!("import", import_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
+            attempt = claim.attempt);
+        return tracing::Instrument::instrument(import::run(ctx, claim, &rec), span).await;
+    }
     let span = tracing::info_span!("export", export_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
-        attempt = claim.attempt, format = %rec.format);
+        attempt = claim.attempt, format = %rec.format, scope = rec.scope.as_str());
     span.in_scope(|| tracing::info!("export claimed"));
     let started = Instant::now();
     let cancel = ctx.stop.child_token();
@@ -196,27 +204,41 @@ async fn settle(
                 Ok(Outcome::Cancelled)
             }
         }
-        Err(_) if ctx.stop.is_cancelled() => {
-            exports::release(&ctx.pool, &claim, Duration::ZERO).await?;
-            tracing::info!("worker stopping: export released to another worker");
+        Err(e) => settle_error(ctx, &claim, rec, e, cancel).await,
+    }
+}
+
+/// How a failed attempt ends: released (the worker is stopping, or a transient failure with
+/// attempts left), cancelled (the claim was lost), or FAILED with its code.
+async fn settle_error(
+    ctx: &ExportContext,
+    claim: &Claim,
+    rec: &ExportRecord,
+    e: Error,
+    cancel: &CancellationToken,
+) -> Result<Outcome> {
+    match e {
+        _ if ctx.stop.is_cancelled() => {
+            exports::release(&ctx.pool, claim, Duration::ZERO).await?;
+            tracing::info!("worker stopping: job released to another worker");
             Ok(Outcome::Released {
                 after: Duration::ZERO,
             })
         }
-        Err(_) if cancel.is_cancelled() => {
-            tracing::info!("export stopped: cancelled or claim lost");
+        _ if cancel.is_cancelled() => {
+            tracing::info!("job stopped: cancelled or claim lost");
             Ok(Outcome::Cancelled)
         }
-        Err(e) if is_transient(&e) && exports::has_attempts_left(&claim, rec.max_attempts) => {
+        e if is_transient(&e) && exports::has_attempts_left(claim, rec.max_attempts) => {
             let after = backoff(claim.attempt);
-            tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "export attempt failed; will retry");
-            exports::release(&ctx.pool, &claim, after).await?;
+            tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
+            exports::release(&ctx.pool, claim, after).await?;
             Ok(Outcome::Released { after })
         }
-        Err(e) => {
+        e => {
             let (code, message) = failure(&e);
-            tracing::warn!(code = %code, error = %e, "export failed");
-            exports::fail(&ctx.pool, &claim, code, &message).await?;
+            tracing::warn!(code = %code, error = %e, "job failed");
+            exports::fail(&ctx.pool, claim, code, &message).await?;
             Ok(Outcome::Failed { code })
         }
     }
@@ -244,6 +266,7 @@ fn backoff(attempt: i32) -> Duration {
 fn failure(e: &Error) -> (FailureCode, String) {
     match e {
         Error::Invalid(m) => (FailureCode::InvalidRequest, m.clone()),
+        Error::Refused { code, message } => (*code, message.clone()),
         Error::NotFound(what) => (FailureCode::NotFound, format!("{what} no longer exists")),
         Error::Storage(_) => (
             FailureCode::StorageError,
@@ -303,7 +326,11 @@ async fn produce(
     cancel: &CancellationToken,
     read_conn: &mut ReadConn,
 ) -> Result<Produced> {
-    let wf = workflows::get(&ctx.pool, rec.project_id, rec.workflow_id)
+    if rec.is_bundle() {
+        return bundle::produce(ctx, claim, rec, progress, started, cancel, read_conn).await;
+    }
+    let workflow_id = rec.workflow_id.ok_or(Error::NotFound("workflow"))?;
+    let wf = workflows::get(&ctx.pool, rec.project_id, workflow_id)
         .await?
         .ok_or(Error::NotFound("workflow"))?;
     let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
@@ -363,6 +390,23 @@ async fn produce(
         *read_conn = Some(conn);
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
+    settle_pipeline(ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel).await
+}
+
+/// The verdict on an attempt's three stages (read, encode, write): the stored file when all
+/// three succeeded and agree on its size; else the object is discarded and the root cause told.
+#[allow(clippy::too_many_arguments)]
+async fn settle_pipeline(
+    ctx: &ExportContext,
+    claim: &Claim,
+    key: String,
+    file_name: String,
+    meta: ObjectMeta,
+    read: Result<()>,
+    encoded: Result<(u64, u64)>,
+    uploaded: Result<Written>,
+    cancel: &CancellationToken,
+) -> Result<Produced> {
     match (read, encoded, uploaded) {
         (Ok(()), Ok((size, rows)), Ok(written)) if size == written.size => {
             if cancel.is_cancelled() {

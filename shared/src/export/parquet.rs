@@ -1,6 +1,7 @@
 //! Parquet from binary COPY tuples: typed Arrow columns (timestamps as UTC microseconds, json
 //! fields as their JSON text), row groups of ~128k rows so dictionaries do not restart often.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -30,8 +31,8 @@ enum Col {
     Time(TimestampMicrosecondBuilder),
 }
 
-pub struct ParquetWriter {
-    writer: ArrowWriter<ChunkSink>,
+pub struct ParquetWriter<W: Write + Send = ChunkSink> {
+    writer: ArrowWriter<W>,
     schema: SchemaRef,
     cols: Vec<Col>,
     json: Vec<bool>,
@@ -69,8 +70,8 @@ pub fn arrow_schema(columns: &[OutColumn]) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-impl ParquetWriter {
-    pub fn new(sink: ChunkSink, columns: &[OutColumn], compression: Compression) -> Result<Self> {
+impl<W: Write + Send> ParquetWriter<W> {
+    pub fn new(sink: W, columns: &[OutColumn], compression: Compression) -> Result<Self> {
         let schema = arrow_schema(columns);
         let codec = match compression {
             Compression::Snappy => PqCompression::SNAPPY,
@@ -161,11 +162,19 @@ impl ParquetWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<u64> {
+    /// Writes the last batch and the footer; returns the output.
+    pub fn close(mut self) -> Result<W> {
         if self.pending > 0 {
             self.flush_batch()?;
         }
-        let sink = self.writer.into_inner().map_err(pq)?;
-        sink.finish().map_err(|e| Error::Unexpected(e.into()))
+        self.writer.into_inner().map_err(pq)
+    }
+}
+
+impl ParquetWriter<ChunkSink> {
+    pub fn finish(self) -> Result<u64> {
+        self.close()?
+            .finish()
+            .map_err(|e| Error::Unexpected(e.into()))
     }
 }

@@ -31,11 +31,11 @@ pub fn push_text(buf: &mut Vec<u8>, s: &str) -> Result<(), ValueError> {
 /// A NULL field.
 pub const NULL: &[u8] = &[0xff; 4];
 
-fn push_i64(buf: &mut Vec<u8>, i: i64) {
+pub(crate) fn push_i64(buf: &mut Vec<u8>, i: i64) {
     field(buf, |b| b.extend_from_slice(&i.to_be_bytes()));
 }
 
-fn push_bool(buf: &mut Vec<u8>, v: bool) {
+pub(crate) fn push_bool(buf: &mut Vec<u8>, v: bool) {
     field(buf, |b| b.push(u8::from(v)));
 }
 
@@ -79,7 +79,7 @@ fn json_string(raw: &str) -> Result<String, ValueError> {
 
 /// A `json` field's text: checked strictly (duplicate keys, NUL, depth), stored verbatim
 /// (`jsonb`'s binary form is a version byte, 1, and the text, which PostgreSQL parses).
-fn push_json_text(buf: &mut Vec<u8>, raw: &str) -> Result<(), ValueError> {
+pub(crate) fn push_json_text(buf: &mut Vec<u8>, raw: &str) -> Result<(), ValueError> {
     crate::json::check(raw)?;
     field(buf, |b| {
         b.push(1);
@@ -129,7 +129,7 @@ pub fn push_csv_value(buf: &mut Vec<u8>, ty: FieldType, s: &str) -> Result<(), V
     }
 }
 
-fn push_float(buf: &mut Vec<u8>, f: f64) -> Result<(), ValueError> {
+pub(crate) fn push_float(buf: &mut Vec<u8>, f: f64) -> Result<(), ValueError> {
     if !f.is_finite() {
         return Err("expected a finite number".into());
     }
@@ -144,6 +144,18 @@ const PG_EPOCH_UNIX: i64 = 946_684_800;
 fn push_timestamp(buf: &mut Vec<u8>, s: &str) -> Result<(), ValueError> {
     let t = parse_timestamp(s)?;
     push_i64(buf, pg_micros(t));
+    Ok(())
+}
+
+/// A timestamp given as microseconds since the Unix epoch (a Parquet column), held to the range
+/// of API.md's Limits.
+pub(crate) fn push_unix_micros(buf: &mut Vec<u8>, micros: i64) -> Result<(), ValueError> {
+    const MIN: i64 = -62_135_596_800 * 1_000_000; // 0001-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_800 * 1_000_000 - 1; // 9999-12-31T23:59:59.999999Z
+    if !(MIN..=MAX).contains(&micros) {
+        return Err("timestamp outside 0001-01-01 to 9999-12-31 UTC".into());
+    }
+    push_i64(buf, micros - PG_EPOCH_UNIX * 1_000_000);
     Ok(())
 }
 

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim_function",
         include_str!("../../../migrations/20261125000001_claim_function.sql"),
     ),
+    (
+        20261126000001,
+        "bundles",
+        include_str!("../../../migrations/20261126000001_bundles.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

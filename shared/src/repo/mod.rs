@@ -27,6 +27,7 @@ macro_rules! pg_row {
 
 pub mod export_query;
 pub mod exports;
+pub mod imports;
 pub mod keys;
 mod migrations;
 pub mod projects;

@@ -55,3 +55,12 @@ pub async fn get_by_slug(pool: &PgPool, slug: &str) -> Result<Option<Project>> {
     .fetch_optional(pool)
     .await?)
 }
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Project>> {
+    Ok(sqlx::query_as::<_, Project>(
+        "SELECT id, slug, name, created_at FROM projects WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}

@@ -40,6 +40,16 @@ pub async fn list(
     Ok(paginate(rows, page, |r| r.id))
 }
 
+/// Every run of the workflow, oldest first (bundles).
+pub async fn all_of_workflow(pool: &PgPool, workflow_id: Uuid) -> Result<Vec<Run>> {
+    Ok(sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE workflow_id = $1 ORDER BY id"
+    )))
+    .bind(workflow_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The channels that feed one run's rows into `copy_run`.
 pub struct RunFeed {
     /// The parser asks for the first `_id` once its first batch is ready; until then no
@@ -184,7 +194,7 @@ fn refused_row(e: sqlx::Error, wide: &WideRows) -> Error {
 }
 
 /// Only generated names: `rows_<hex>` and `c1..cn`.
-fn copy_statement(wf: &Workflow) -> String {
+pub(crate) fn copy_statement(wf: &Workflow) -> String {
     let cols: Vec<String> = (0..wf.fields.len()).map(Field::column).collect();
     format!(
         "COPY {} (_id, run_id, {}) FROM STDIN (FORMAT binary)",

@@ -52,9 +52,21 @@ pub async fn create(
     name: &str,
     fields: &[Field],
 ) -> Result<Workflow> {
+    let mut tx = pool.begin().await?;
+    let wf = create_in(&mut tx, project_id, name, fields).await?;
+    tx.commit().await?;
+    Ok(wf)
+}
+
+/// `create` inside the caller's transaction (an import creates all its workflows in one).
+pub async fn create_in(
+    tx: &mut sqlx::PgConnection,
+    project_id: Uuid,
+    name: &str,
+    fields: &[Field],
+) -> Result<Workflow> {
     let id = new_id();
     let table_name = format!("rows_{}", id.simple());
-    let mut tx = pool.begin().await?;
     let row = sqlx::query_as::<_, WorkflowRow>(AssertSqlSafe(format!(
         "INSERT INTO workflows (id, project_id, name, schema, table_name) VALUES ($1, $2, $3, $4, $5)
          RETURNING {COLUMNS}"
@@ -69,7 +81,6 @@ pub async fn create(
     sqlx::query(AssertSqlSafe(rows_table_ddl(&table_name, fields)))
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(row.into())
 }
 
@@ -117,6 +128,31 @@ pub async fn list(
     let rows: Vec<WorkflowRow> = q.build_query_as().fetch_all(pool).await?;
     let (rows, next) = paginate(rows, page, |r| r.id);
     Ok((rows.into_iter().map(Into::into).collect(), next))
+}
+
+/// Every workflow of the project, oldest first (bundles of a whole project; a project has
+/// hundreds of workflows at most, so one query).
+pub async fn all_of_project(pool: &PgPool, project_id: Uuid) -> Result<Vec<Workflow>> {
+    let rows = sqlx::query_as::<_, WorkflowRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM workflows WHERE project_id = $1 ORDER BY id"
+    )))
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// The workflow of the project with this exact name, the newest if several share it.
+pub async fn get_by_name(pool: &PgPool, project_id: Uuid, name: &str) -> Result<Option<Workflow>> {
+    let row = sqlx::query_as::<_, WorkflowRow>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM workflows WHERE project_id = $1 AND name = $2
+         ORDER BY id DESC LIMIT 1"
+    )))
+    .bind(project_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{ExportRecord, SELECT};
 use crate::domain::export::ExportSpec;
 use crate::domain::ids::new_id;
-use crate::domain::states::ExportStatus;
+use crate::domain::states::{ExportScope, ExportStatus, JobKind};
 use crate::error::{Error, Result};
 use crate::repo::{Page, paginate};
 
@@ -75,22 +75,7 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
             None => {}
         }
     }
-    let queued: i64 = sqlx::query_scalar(concat!(
-        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = ",
-        crate::sql_status!(Queued)
-    ))
-    .bind(new.project_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if queued >= new.queue_max {
-        return Err(Error::RateLimited {
-            message: format!(
-                "this project already has {queued} exports waiting in the queue \
-                 (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
-            ),
-            retry_after: 10,
-        });
-    }
+    check_queue_cap(&mut tx, new.project_id, new.queue_max).await?;
     let id = new_id();
     sqlx::query(
         "INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
@@ -110,16 +95,8 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     .bind(new.max_attempts)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
-         VALUES ($1, $2, 'EXPORT', 'EXPORT', $3, $4)",
-    )
-    .bind(new_id())
-    .bind(new.project_id)
-    .bind(new.workflow_id)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
+    insert_dock_status(&mut tx, new.project_id, "EXPORT", "EXPORT", Some(new.workflow_id), id)
+        .await?;
     tx.commit().await?;
     let rec = get(pool, new.project_id, id)
         .await?
@@ -127,9 +104,139 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     Ok(Created::New(Box::new(rec)))
 }
 
-pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
+async fn check_queue_cap(
+    tx: &mut sqlx::PgConnection,
+    project_id: Uuid,
+    queue_max: i64,
+) -> Result<()> {
+    let queued: i64 = sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND status = ",
+        crate::sql_status!(Queued)
+    ))
+    .bind(project_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if queued >= queue_max {
+        return Err(Error::RateLimited {
+            message: format!(
+                "this project already has {queued} jobs waiting in the queue \
+                 (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
+            ),
+            retry_after: 10,
+        });
+    }
+    Ok(())
+}
+
+async fn insert_dock_status(
+    tx: &mut sqlx::PgConnection,
+    project_id: Uuid,
+    job_type: &str,
+    action: &str,
+    workflow_id: Option<Uuid>,
+    job_id: Uuid,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(new_id())
+    .bind(project_id)
+    .bind(job_type)
+    .bind(action)
+    .bind(workflow_id)
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A bundle to build, or a bundle to import: jobs of the same ledger as exports.
+pub struct NewJob<'a> {
+    pub project_id: Uuid,
+    pub kind: JobKind,
+    pub scope: ExportScope,
+    /// The bundled workflow (scope workflow), or the workflow an import adds runs to.
+    pub workflow_id: Option<Uuid>,
+    /// An import's bundle.
+    pub file_id: Option<Uuid>,
+    /// An import's name for the workflow it creates.
+    pub import_name: Option<&'a str>,
+    /// The dock status's `jobType`: `EXPORT`, `WORKFLOWS` (Kore.ai's routes) or `IMPORT`.
+    pub job_type: &'a str,
+    pub request_id: &'a str,
+    pub max_attempts: i32,
+    pub queue_max: i64,
+}
+
+/// Writes a bundle or import job and its dock status in one transaction (status QUEUED).
+pub async fn create_job(pool: &PgPool, new: NewJob<'_>) -> Result<ExportRecord> {
+    let mut tx = pool.begin().await?;
+    check_queue_cap(&mut tx, new.project_id, new.queue_max).await?;
+    let id = new_id();
+    // A bundle's runs are Parquet (zstd), as a Parquet export of each run would be.
+    let spec = ExportSpec::bundle_runs();
+    sqlx::query(
+        "INSERT INTO exports (id, project_id, workflow_id, format, compression, params, kind,
+             scope, file_id, import_name, request_id, max_attempts, enqueued_at)
+         VALUES ($1, $2, $3, 'bundle', 'zstd', $4, $5, $6, $7, $8, $9, $10, now())",
+    )
+    .bind(id)
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(Json(&spec))
+    .bind(new.kind)
+    .bind(new.scope)
+    .bind(new.file_id)
+    .bind(new.import_name)
+    .bind(new.request_id)
+    .bind(new.max_attempts)
+    .execute(&mut *tx)
+    .await?;
+    let action = match new.kind {
+        JobKind::Export => "EXPORT",
+        JobKind::Import => "IMPORT",
+    };
+    insert_dock_status(&mut tx, new.project_id, new.job_type, action, new.workflow_id, id).await?;
+    tx.commit().await?;
+    get_job(pool, new.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("job"))
+}
+
+/// Any job of the project (an export, a bundle or an import) by its id.
+pub async fn get_job(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE e.id = $1 AND e.project_id = $2"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The project's exports of every scope (bundles included, imports not), newest first.
+pub async fn list_project(
+    pool: &PgPool,
+    project_id: Uuid,
+    page: Page,
+) -> Result<(Vec<ExportRecord>, Option<Uuid>)> {
+    let mut q = QueryBuilder::<Postgres>::new(SELECT);
+    q.push(" WHERE e.project_id = ").push_bind(project_id);
+    q.push(" AND e.kind = 'export'");
+    if let Some(before) = page.before {
+        q.push(" AND e.id < ").push_bind(before);
+    }
+    q.push(" ORDER BY e.id DESC LIMIT ")
+        .push_bind(page.limit + 1);
+    let rows: Vec<ExportRecord> = q.build_query_as().fetch_all(pool).await?;
+    Ok(paginate(rows, page, |r| r.id))
+}
+
+/// An export (of any scope; not an import) of the project.
+pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE e.id = $1 AND e.project_id = $2 AND e.kind = 'export'"
     )))
     .bind(id)
     .bind(project_id)
@@ -173,6 +280,7 @@ pub async fn list(
     let mut q = QueryBuilder::<Postgres>::new(SELECT);
     q.push(" WHERE e.project_id = ").push_bind(project_id);
     q.push(" AND e.workflow_id = ").push_bind(workflow_id);
+    q.push(" AND e.kind = 'export'");
     // As a client sees them: a COMPLETED export past its retention is EXPIRED already.
     match status {
         Some(ExportStatus::Expired) => {
@@ -215,7 +323,7 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<
         crate::sql_status!(Cancelled),
         ", cancel_requested = true, completed_at = now(),
              updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND project_id = $2 AND status IN (",
+         WHERE id = $1 AND project_id = $2 AND kind = 'export' AND status IN (",
         crate::sql_status!(Queued),
         ", ",
         crate::sql_status!(InProgress),

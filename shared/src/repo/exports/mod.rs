@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::domain::export::ExportSpec;
-use crate::domain::states::ExportStatus;
+use crate::domain::states::{ExportScope, ExportStatus, JobKind};
 use crate::error::{Error, Result};
 
 pg_row! {
@@ -26,8 +26,17 @@ pg_row! {
     pub struct ExportRecord {
         pub id: Uuid,
         pub project_id: Uuid,
-        pub workflow_id: Uuid,
+        /// None for a bundle of a whole project (scope schema or database).
+        pub workflow_id: Option<Uuid>,
         pub run_id: Option<Uuid>,
+        pub kind: JobKind,
+        pub scope: ExportScope,
+        /// An import's bundle (an uploaded file).
+        pub file_id: Option<Uuid>,
+        /// An import's name for the workflow it creates.
+        pub import_name: Option<String>,
+        /// What an import created.
+        pub result: Option<Json<serde_json::Value>>,
         pub format: String,
         pub compression: String,
         pub params: Json<ExportSpec>,
@@ -53,11 +62,22 @@ pg_row! {
         pub completed_at: Option<DateTime<Utc>>,
         pub expires_at: Option<DateTime<Utc>>,
         pub dock_status_id: Uuid,
+        pub job_type: String,
         pub run_executed_at: Option<DateTime<Utc>>,
     }
 }
 
 impl ExportRecord {
+    /// A bundle (definitions and data as one ZIP), not one run's rows.
+    pub fn is_bundle(&self) -> bool {
+        self.scope != ExportScope::Table
+    }
+
+    /// The workflow id the signed link covers (nil for a project's bundle).
+    pub fn link_workflow(&self) -> Uuid {
+        self.workflow_id.unwrap_or_default()
+    }
+
     /// The object to download, or the error that says why there is none.
     pub fn downloadable(&self, now: DateTime<Utc>) -> Result<&str> {
         match self.effective_status(now) {
@@ -81,5 +101,5 @@ impl ExportRecord {
     }
 }
 
-const SELECT: &str = "SELECT e.*, d.id AS dock_status_id, r.executed_at AS run_executed_at
+const SELECT: &str = "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at
     FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
