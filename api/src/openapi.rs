@@ -4,9 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{
-    bundles, compat, downloads, exports, health, keys, projects, runs, workflows,
-};
+use crate::routes::{bundles, compat, downloads, exports, health, keys, projects, runs, workflows};
 
 #[derive(OpenApi)]
 #[openapi(

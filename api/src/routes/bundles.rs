@@ -101,7 +101,8 @@ async fn small_json(
             Error::UnsupportedMediaType("Content-Type must be application/json".into()).into(),
         );
     }
-    let bytes = crate::json::read_limited(body, MAX_SMALL_BODY, state.settings.body_timeout).await?;
+    let bytes =
+        crate::json::read_limited(body, MAX_SMALL_BODY, state.settings.body_timeout).await?;
     let value = wharf_shared::json::parse(&bytes)
         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
     if !value.is_object() {
@@ -321,12 +322,14 @@ pub async fn kore_upload(
     let mut form = actix_multipart::Multipart::new(req.headers(), payload.into_inner());
     let stall = state.settings.body_timeout;
     loop {
-        let next = tokio::time::timeout(stall, form.next()).await.map_err(|_| {
-            Error::RequestTimeout(format!(
-                "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
-                stall.as_secs_f64()
-            ))
-        })?;
+        let next = tokio::time::timeout(stall, form.next())
+            .await
+            .map_err(|_| {
+                Error::RequestTimeout(format!(
+                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
+                    stall.as_secs_f64()
+                ))
+            })?;
         let Some(field) = next else {
             return Err(Error::invalid("file: the form has no part named file").into());
         };
@@ -338,12 +341,23 @@ pub async fn kore_upload(
         let name = field
             .content_disposition()
             .and_then(|cd| cd.get_filename())
-            .map(|n| n.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+            })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "upload.zip".to_string());
-        let stored =
-            files::upload(&state.pool, &state.store, principal.project_id, &name, field, limits)
-                .await?;
+        let stored = files::upload(
+            &state.pool,
+            &state.store,
+            principal.project_id,
+            &name,
+            field,
+            limits,
+        )
+        .await?;
         tracing::info!(file_id = %stored.id, bytes = stored.size_bytes, "file uploaded");
         return Ok(HttpResponse::Ok().json(UploadedFile {
             file_id: stored.id,
@@ -383,8 +397,7 @@ async fn kore_import_inner(
     let value = small_json(req, state, body).await?;
     let request: KoreImportRequest = crate::json::from_value(value)?;
     if let Some(name) = &request.workflow_name {
-        validate_workflow_name(name)
-            .map_err(|e| Error::invalid(format!("workflowName: {e}")))?;
+        validate_workflow_name(name).map_err(|e| Error::invalid(format!("workflowName: {e}")))?;
     }
     let file = uploaded_file(state, principal, &request.workflow_data_file_id).await?;
     let rid = request_id::current();
@@ -773,7 +786,15 @@ async fn zang_create_inner(
         let rid = request_id::current();
         create_job(
             state,
-            new_job(state, &principal, JobKind::Export, scope, None, "EXPORT", &rid),
+            new_job(
+                state,
+                &principal,
+                JobKind::Export,
+                scope,
+                None,
+                "EXPORT",
+                &rid,
+            ),
         )
         .await?
     };

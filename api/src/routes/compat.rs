@@ -223,7 +223,10 @@ pub async fn project_download(
 
 /// A project-scoped route's answer: errors in its envelope, and `X-Operation-Key` and
 /// `X-Operation-Run-Id` echoed either way.
-pub(crate) fn in_envelope(req: &HttpRequest, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub(crate) fn in_envelope(
+    req: &HttpRequest,
+    result: Result<HttpResponse, ApiError>,
+) -> HttpResponse {
     let mut res = match result {
         Ok(res) => res,
         Err(e) => project_error(&e.0),

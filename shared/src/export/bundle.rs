@@ -26,9 +26,9 @@ use crate::domain::states::ExportScope;
 use crate::error::{Error, Result};
 use crate::repo::export_query::{OutColumn, Plan};
 use crate::repo::exports::{self, Claim, ExportRecord};
+use crate::repo::projects;
 use crate::repo::runs::{self, Run};
 use crate::repo::workflows::{self, Workflow};
-use crate::repo::projects;
 use crate::store::ObjectMeta;
 
 /// The bundle format's major version: an importer refuses any other.
@@ -171,7 +171,10 @@ pub(super) async fn produce(
         *read_conn = Some(conn);
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
-    super::settle_pipeline(ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel).await
+    super::settle_pipeline(
+        ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel,
+    )
+    .await
 }
 
 /// Every run's rows, in order, each run framed by `Begin` and `End`.
@@ -212,7 +215,13 @@ async fn read_all(
 
 /// The run being written: its workflow and run index, its Parquet writer (which owns the ZIP
 /// stream until the run ends), its COPY decoder and its rows so far.
-type Open = (usize, usize, ParquetWriter<ZipStream<ChunkSink>>, TupleReader, u64);
+type Open = (
+    usize,
+    usize,
+    ParquetWriter<ZipStream<ChunkSink>>,
+    TupleReader,
+    u64,
+);
 
 struct Header {
     scope: ExportScope,
@@ -241,7 +250,8 @@ fn encode(
             "schema": wf.fields,
             "createdAt": bundle_time(wf.created_at),
         });
-        let bytes = serde_json::to_vec_pretty(&definition).map_err(|e| Error::Unexpected(e.into()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&definition).map_err(|e| Error::Unexpected(e.into()))?;
         let z = zip.as_mut().ok_or_else(stopped)?;
         definitions.push(z.put(&definition_path(wf.id), &bytes).map_err(io)?);
     }
@@ -254,7 +264,8 @@ fn encode(
             Some(Msg::Begin(w, r)) => {
                 let mut z = zip.take().ok_or_else(stopped)?;
                 let item = &items[w];
-                z.begin(&run_path(item.wf.id, item.runs[r].id)).map_err(io)?;
+                z.begin(&run_path(item.wf.id, item.runs[r].id))
+                    .map_err(io)?;
                 let pw = ParquetWriter::new(z, &item.plan_columns, Compression::Zstd)?;
                 writer = Some((w, r, pw, TupleReader::new(), 0));
             }

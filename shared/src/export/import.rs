@@ -133,7 +133,12 @@ pub fn verify(zip_path: &Path, dir: &Path) -> Result<Verified> {
             .map_err(|e| refuse(FailureCode::BundleInvalid, format!("unreadable entry: {e}")))?;
         let name = entry
             .name()
-            .map_err(|e| refuse(FailureCode::BundleInvalid, format!("unreadable entry name: {e}")))?
+            .map_err(|e| {
+                refuse(
+                    FailureCode::BundleInvalid,
+                    format!("unreadable entry name: {e}"),
+                )
+            })?
             .to_string();
         if !safe_path(&name) || entry.enclosed_name().is_none() {
             return Err(refuse(
@@ -222,7 +227,12 @@ fn verify_workflow(
             format!("{}: not valid JSON: {e}", printable(&mw.definition)),
         )
     })?;
-    let at = |m: String| refuse(FailureCode::SchemaMismatch, format!("{}: {m}", printable(&mw.definition)));
+    let at = |m: String| {
+        refuse(
+            FailureCode::SchemaMismatch,
+            format!("{}: {m}", printable(&mw.definition)),
+        )
+    };
     let name = def
         .get("name")
         .and_then(|v| v.as_str())
@@ -437,7 +447,14 @@ fn run_tuples(
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| unreadable(&run.file, e))?;
-        let buf = batch_tuples(&batch, fields, run_id, first_id + rows as i64, rows, &run.file)?;
+        let buf = batch_tuples(
+            &batch,
+            fields,
+            run_id,
+            first_id + rows as i64,
+            rows,
+            &run.file,
+        )?;
         rows += batch.num_rows() as u64;
         if tx.blocking_send(buf).is_err() {
             return Err(super::stopped());
@@ -538,7 +555,11 @@ pub(super) async fn run(ctx: &ExportContext, claim: Claim, rec: &ExportRecord) -
     beat.abort();
     match done {
         Ok(Some(rows)) => {
-            tracing::info!(rows, seconds = started.elapsed().as_secs_f64(), "import completed");
+            tracing::info!(
+                rows,
+                seconds = started.elapsed().as_secs_f64(),
+                "import completed"
+            );
             Ok(Outcome::Completed {
                 rows,
                 bytes: 0,
@@ -634,7 +655,10 @@ async fn import(
             if n as i64 != run.rows {
                 return Err(refuse(
                     FailureCode::SchemaMismatch,
-                    format!("{}: read {n} rows, the manifest says {}", run.file, run.rows),
+                    format!(
+                        "{}: read {n} rows, the manifest says {}",
+                        run.file, run.rows
+                    ),
                 ));
             }
             imports::add_run_with_id(&mut tx, wf.id, run_id, first, run.rows, run.executed_at)
@@ -671,7 +695,12 @@ async fn target_workflow(
 ) -> Result<Workflow> {
     let wf = workflows::get(&ctx.pool, project_id, id)
         .await?
-        .ok_or_else(|| refuse(FailureCode::NotFound, "the target workflow no longer exists"))?;
+        .ok_or_else(|| {
+            refuse(
+                FailureCode::NotFound,
+                "the target workflow no longer exists",
+            )
+        })?;
     let [vw] = verified.workflows.as_slice() else {
         return Err(refuse(
             FailureCode::SchemaMismatch,

@@ -390,7 +390,10 @@ async fn produce(
         *read_conn = Some(conn);
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
-    settle_pipeline(ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel).await
+    settle_pipeline(
+        ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel,
+    )
+    .await
 }
 
 /// The verdict on an attempt's three stages (read, encode, write): the stored file when all

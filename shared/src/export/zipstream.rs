@@ -175,11 +175,7 @@ impl<W: Write> ZipStream<W> {
                 extra.extend_from_slice(&(body.len() as u16).to_le_bytes());
                 extra.extend_from_slice(&body);
             }
-            let size32 = if big_size {
-                u32::MAX
-            } else {
-                e.size as u32
-            };
+            let size32 = if big_size { u32::MAX } else { e.size as u32 };
             let offset32 = if big_offset {
                 u32::MAX
             } else {
@@ -216,9 +212,8 @@ impl<W: Write> ZipStream<W> {
         }
         let cd_size = self.at - cd_start;
         let count = entries.len() as u64;
-        let zip64 = count >= u16::MAX as u64
-            || cd_start >= u32::MAX as u64
-            || cd_size >= u32::MAX as u64;
+        let zip64 =
+            count >= u16::MAX as u64 || cd_start >= u32::MAX as u64 || cd_size >= u32::MAX as u64;
         if zip64 {
             let record_at = self.at;
             let mut z = Vec::with_capacity(56 + 20);
@@ -289,10 +284,7 @@ mod tests {
         z.put("empty", b"").ok();
         let bytes = z.finish().unwrap_or_default();
         assert_eq!(a.map(|d| d.bytes), Some(8));
-        assert_eq!(
-            b.map(|d| d.sha256),
-            Some(hex::encode(Sha256::digest(&big)))
-        );
+        assert_eq!(b.map(|d| d.sha256), Some(hex::encode(Sha256::digest(&big))));
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("opens");
         assert_eq!(archive.len(), 3);
         let mut content = Vec::new();

@@ -1,6 +1,7 @@
 //! End-to-end tests: real PostgreSQL (a database per test), Redis, and S3 (s3s-fs).
 
 mod auth;
+mod bundles;
 mod downloads;
 mod errors;
 mod export_jobs;

@@ -95,8 +95,15 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     .bind(new.max_attempts)
     .execute(&mut *tx)
     .await?;
-    insert_dock_status(&mut tx, new.project_id, "EXPORT", "EXPORT", Some(new.workflow_id), id)
-        .await?;
+    insert_dock_status(
+        &mut tx,
+        new.project_id,
+        "EXPORT",
+        "EXPORT",
+        Some(new.workflow_id),
+        id,
+    )
+    .await?;
     tx.commit().await?;
     let rec = get(pool, new.project_id, id)
         .await?
@@ -197,7 +204,15 @@ pub async fn create_job(pool: &PgPool, new: NewJob<'_>) -> Result<ExportRecord> 
         JobKind::Export => "EXPORT",
         JobKind::Import => "IMPORT",
     };
-    insert_dock_status(&mut tx, new.project_id, new.job_type, action, new.workflow_id, id).await?;
+    insert_dock_status(
+        &mut tx,
+        new.project_id,
+        new.job_type,
+        action,
+        new.workflow_id,
+        id,
+    )
+    .await?;
     tx.commit().await?;
     get_job(pool, new.project_id, id)
         .await?

@@ -101,5 +101,6 @@ impl ExportRecord {
     }
 }
 
-const SELECT: &str = "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at
+const SELECT: &str =
+    "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at
     FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
