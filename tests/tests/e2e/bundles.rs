@@ -769,3 +769,91 @@ async fn a_malformed_bundle_fails_its_import_with_a_code_and_writes_nothing() {
     let (status, _) = json_of(app.get(&format!("/v1/exports/{id}"), &b.key).await).await;
     assert_eq!(status, 404, "an import is not an export");
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_import_leaves_nothing_and_the_retry_completes_it() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let a = app.create_project("acme").await;
+    let wf = app.wide_workflow(&a.key, 100_000).await;
+    let bundle = {
+        let _w = app.start_worker().await;
+        let (_, job) = json_of(
+            app.post_json(
+                &format!("/api/public/workflows/{wf}/export"),
+                &a.key,
+                &json!({}),
+            )
+            .await,
+        )
+        .await;
+        let ds = job["dockStatusId"].as_str().expect("ds").to_string();
+        let done = kore_dock(&app, &a.key, &ds, "SUCCESS").await;
+        let id = done["exportJobId"].as_str().expect("id")["workflow-ej-".len()..].to_string();
+        let status = app.wait_done(&a.key, &id).await;
+        app.export_file(&status).await
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let b = app.create_project("beta").await;
+    let res = app
+        .client
+        .post(app.url("/v1/imports"))
+        .header("x-api-key", &b.key)
+        .header("content-type", "application/zip")
+        .body(bundle)
+        .send()
+        .await
+        .expect("sent");
+    let (status, created) = json_of(res).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["importId"].as_str().expect("id").to_string();
+    let fast = [("WHARF_LEASE", "3s"), ("WHARF_REQUEUE_AFTER", "2s")];
+    let mut first = app.spawn_worker_process_with(1, &fast);
+    // Killed while its COPY into the new workflow's table runs: mid-write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let copying: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'active' AND query LIKE 'COPY rows_%FROM STDIN%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("q");
+        if copying > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never began writing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.signal("-KILL");
+    assert!(first.wait_exit(5));
+    let (_, listed) = json_of(app.get("/v1/workflows", &b.key).await).await;
+    assert_eq!(
+        listed["data"],
+        json!([]),
+        "nothing of the killed attempt is visible"
+    );
+
+    let _second = app.spawn_worker_process_with(1, &fast);
+    let done = wait_import(&app, &b.key, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["attempts"], 2, "the crash counts as an attempt");
+    let made = done["workflows"].as_array().expect("workflows");
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0]["rows"], 100_000);
+    let (_, listed) = json_of(app.get("/v1/workflows", &b.key).await).await;
+    assert_eq!(
+        listed["data"].as_array().map(Vec::len),
+        Some(1),
+        "one workflow, not two"
+    );
+    let copy = made[0]["workflowId"].as_str().expect("id");
+    assert_eq!(
+        app.stored_rows(&b.id, copy).await,
+        app.stored_rows(&a.id, &wf).await
+    );
+}
