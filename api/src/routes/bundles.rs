@@ -549,7 +549,8 @@ fn import_dto(state: &AppState, rec: &ExportRecord) -> ImportDto {
 /// Imports a bundle (admin scope): the body, a ZIP, is streamed to the object store and a worker
 /// checks every file, checksum and schema before it writes all of it or none of it.
 #[utoipa::path(post, path = "/v1/imports", tag = "imports", params(ImportQuery),
-    request_body(content = Vec<u8>, content_type = "application/zip", description = "A Wharf bundle"),
+    request_body(description = "A Wharf bundle (a ZIP file)",
+        content((Vec<u8> = "application/zip"), (Vec<u8> = "application/octet-stream"))),
     responses((status = 202, body = ImportCreated), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope),
         (status = 408, body = crate::error::ErrorEnvelope), (status = 413, body = crate::error::ErrorEnvelope),
@@ -573,7 +574,9 @@ pub async fn create_import(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/zip") {
+    if !essence.eq_ignore_ascii_case("application/zip")
+        && !essence.eq_ignore_ascii_case("application/octet-stream")
+    {
         return Err(Error::UnsupportedMediaType(format!(
             "Content-Type \"{}\" is not accepted for an import: send the bundle as application/zip",
             printable(essence)
@@ -824,19 +827,20 @@ pub async fn zang_list(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<ListQuery>,
 ) -> HttpResponse {
-    compat::in_envelope(&req, zang_list_inner(&req, &state, &path, &query).await)
+    compat::in_envelope(&req, zang_list_inner(&req, &state, &path).await)
 }
 
 async fn zang_list_inner(
     req: &HttpRequest,
     state: &AppState,
     slug: &str,
-    query: &ListQuery,
 ) -> Result<HttpResponse, ApiError> {
     let principal = project_principal(req, state, slug).await?;
     principal.require(Scope::Read)?;
+    // Parsed here, not by an extractor, so a bad query is answered in this route's envelope.
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| Error::invalid(format!("invalid query string: {e}")))?;
     let page = query.page()?;
     let (rows, next) = exports::list_project(&state.pool, principal.project_id, page).await?;
     let admin = principal.require(Scope::Admin).is_ok();

@@ -295,6 +295,16 @@ async fn main() -> anyhow::Result<()> {
             phase_rows.push((format!("{format} {compression}"), secs, p));
         }
     }
+    bundles(
+        &client,
+        &base,
+        &key,
+        &worker_bin,
+        &settings,
+        &database_url,
+        rows,
+    )
+    .await?;
     println!(
         "\nphases (ms after the claim; create → claim is the rest of the total): counted, first rows \
          from COPY, last rows read, encoder busy (not waiting for rows), encoded, written to the store"
@@ -395,6 +405,104 @@ fn copy_floor(database_url: &str, wf_id: &str, run_id: &str, format: &str) -> an
     }
     let _ = std::fs::remove_file(&path);
     Ok(best)
+}
+
+/// A database bundle of the bench project (its two workflows, 2 × `rows` rows) and its import
+/// into a new project: seconds, rows/s, size and each worker's peak RSS.
+async fn bundles(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    worker_bin: &std::path::Path,
+    settings: &wharf_shared::config::Settings,
+    database_url: &str,
+    rows: u64,
+) -> anyhow::Result<()> {
+    let every = Duration::from_millis(20);
+    let mut worker = spawn_worker(worker_bin, settings, database_url)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let created: Value = client
+        .post(format!("{base}/projects/bench/export"))
+        .header("x-api-key", key)
+        .json(&json!({"scope": "database"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let exp = created["data"]["export_id"].as_str().unwrap_or_default();
+    let id = uuid::Uuid::parse_str(exp.trim_start_matches("exp_"))?.to_string();
+    let status = wharf_tests::bench::wait_done(client, base, key, &id, every).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = peak_rss_kb(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    anyhow::ensure!(
+        status["status"] == "COMPLETED" && status["rowCount"].as_u64() == Some(2 * rows),
+        "bundle failed: {status}"
+    );
+    let size = status["sizeBytes"].as_f64().unwrap_or(0.0) / 1e6;
+    println!(
+        "\nbundle (scope database: 2 workflows, {} rows, Parquet zstd in a ZIP): {secs:.2} s, {:.0} rows/s, {size:.1} MB, worker peak RSS {rss:.0} MB",
+        2 * rows,
+        (2 * rows) as f64 / secs
+    );
+
+    // The bundle streamed from the API into POST /v1/imports of another project.
+    let (import_key, _) = wharf_tests::bench::project_and_workflow(
+        client,
+        base,
+        "bench-import",
+        serde_json::from_str::<Value>(SCHEMA)?,
+    )
+    .await?;
+    let mut worker = spawn_worker(worker_bin, settings, database_url)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let body = client
+        .get(format!("{base}/v1/exports/{id}/download?mode=stream"))
+        .header("x-api-key", key)
+        .send()
+        .await?
+        .bytes_stream();
+    let created: Value = client
+        .post(format!("{base}/v1/imports"))
+        .header("x-api-key", &import_key)
+        .header("content-type", "application/zip")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let import_id = created["importId"].as_str().unwrap_or_default().to_string();
+    let uploaded = t.elapsed().as_secs_f64();
+    let status = loop {
+        let s: Value = client
+            .get(format!("{base}/v1/imports/{import_id}"))
+            .header("x-api-key", &import_key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if !matches!(s["status"].as_str(), Some("QUEUED" | "IN_PROGRESS")) {
+            break s;
+        }
+        tokio::time::sleep(every).await;
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let rss = peak_rss_kb(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    anyhow::ensure!(
+        status["status"] == "COMPLETED"
+            && status["progress"]["rowsTotal"].as_u64() == Some(2 * rows),
+        "import failed: {status}"
+    );
+    println!(
+        "import of that bundle (upload {uploaded:.2} s, then verify every checksum and schema, write in one transaction): {secs:.2} s, {:.0} rows/s, worker peak RSS {rss:.0} MB",
+        (2 * rows) as f64 / secs
+    );
+    Ok(())
 }
 
 /// The phase figures of the worker's "export completed" log line (milliseconds since claim).
