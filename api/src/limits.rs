@@ -56,6 +56,9 @@ impl KeyLimiter {
 #[derive(Clone)]
 pub struct IngestSlots {
     max: usize,
+    /// What a slot is for, and the setting that sizes it (for the 429's message).
+    what: &'static str,
+    setting: &'static str,
     busy: Arc<Mutex<HashMap<uuid::Uuid, usize>>>,
 }
 
@@ -67,8 +70,14 @@ pub struct IngestSlot {
 
 impl IngestSlots {
     pub fn new(max: usize) -> Self {
+        Self::named(max, "run uploads", "WHARF_PROJECT_INGESTS")
+    }
+
+    pub fn named(max: usize, what: &'static str, setting: &'static str) -> Self {
         IngestSlots {
             max,
+            what,
+            setting,
             busy: Arc::default(),
         }
     }
@@ -82,8 +91,8 @@ impl IngestSlots {
         if *n >= self.max {
             return Err(Error::RateLimited {
                 message: format!(
-                    "this project already has {} run uploads in progress (WHARF_PROJECT_INGESTS); retry when one ends",
-                    self.max
+                    "this project already has {} {} in progress ({}); retry when one ends",
+                    self.max, self.what, self.setting
                 ),
                 retry_after: 5,
             });

@@ -4,7 +4,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{bundles, compat, downloads, exports, health, keys, projects, runs, workflows};
+use crate::routes::{
+    bundles, compat, downloads, exports, health, kadoa, keys, projects, runs, workflows,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +26,7 @@ use crate::routes::{bundles, compat, downloads, exports, health, keys, projects,
         exports::post_export, exports::list_exports, exports::get_export, exports::cancel_export, exports::get_dock_status,
         downloads::download, downloads::signed_file,
         compat::kadoa_create, compat::kadoa_download, compat::project_download,
+        kadoa::list, kadoa::get_one, kadoa::data,
         bundles::kore_export, bundles::kore_dock_status, bundles::kore_upload, bundles::kore_import,
         bundles::kore_import_into, bundles::create_import, bundles::get_import,
         bundles::zang_create, bundles::zang_list, bundles::zang_get,

@@ -56,6 +56,12 @@ impl Application {
             keys,
             queue: wharf_shared::queue::from_settings(&settings, &pool)?,
             ingest_slots: IngestSlots::new(settings.project_ingests),
+            read_slots: IngestSlots::named(
+                settings.project_reads,
+                "data reads",
+                "WHARF_PROJECT_READS",
+            ),
+            page_keys: crate::routes::kadoa::PageKeys::default(),
             settings: Arc::new(settings),
             pool,
             ingest_gate: repo::IngestGate::default(),

@@ -21,4 +21,8 @@ pub struct AppState {
     /// Keys verified recently (revocations announced by PostgreSQL).
     pub keys: Arc<wharf_shared::auth::KeyCache>,
     pub ingest_slots: IngestSlots,
+    /// `WHARF_PROJECT_READS`: data reads of one project at once.
+    pub read_slots: IngestSlots,
+    /// Keyset paging: where recent pages of filtered reads ended.
+    pub page_keys: crate::routes::kadoa::PageKeys,
 }

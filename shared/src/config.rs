@@ -90,6 +90,9 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Run uploads of one project at once (per API process).
     pub project_ingests: usize,
+    /// `WHARF_PROJECT_READS`: synchronous data reads (`/v4/…/data` pages and streams) of one
+    /// project at once, per API process.
+    pub project_reads: usize,
     /// Requests per key: a token bucket refilled at `rate` per second holding `burst`;
     /// `None` turns it off.
     pub rate_limit: Option<RateLimit>,
@@ -226,6 +229,14 @@ impl Settings {
                 Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                     invalid("WHARF_PROJECT_INGESTS", "expected a positive integer")
                 })?,
+            },
+            project_reads: match var("WHARF_PROJECT_READS") {
+                None => 4,
+                Some(v) => {
+                    v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        invalid("WHARF_PROJECT_READS", "expected a positive integer")
+                    })?
+                }
             },
             rate_limit: match var("WHARF_RATE_LIMIT") {
                 None => Some(RateLimit {
@@ -434,6 +445,7 @@ mod tests {
         assert_eq!(s.max_row_bytes, 1 << 20);
         assert_eq!(s.body_timeout, Duration::from_secs(30));
         assert_eq!(s.project_ingests, 4);
+        assert_eq!(s.project_reads, 4);
         assert_eq!(
             s.rate_limit,
             Some(RateLimit {

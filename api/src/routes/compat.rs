@@ -24,42 +24,69 @@ use crate::state::AppState;
 
 pub const MAX_WAIT_SECS: u64 = 60;
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// The parameters of every `/v4` route: Kadoa's, accepted on each route even where it ignores
+/// them (its SDK sends them everywhere); any other parameter is a 400. `format` and `order` are
+/// case-insensitive.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct KadoaQuery {
-    /// csv (default), json, ndjson or parquet.
-    #[param(pattern = "^(csv|json|ndjson|parquet)$")]
+    /// csv, json (the data route's default), ndjson or parquet, in any case.
     pub format: Option<String>,
     #[param(value_type = Option<uuid::Uuid>)]
     pub run_id: Option<String>,
     /// The filters array of the native API, as URL-encoded JSON.
     pub filters: Option<String>,
     pub sort_by: Option<String>,
-    /// asc (default) or desc.
-    #[param(pattern = "^(asc|desc)$")]
+    /// asc (default) or desc, in any case.
     pub order: Option<String>,
     /// Comma-separated row ids.
     #[param(pattern = "^-?[0-9]+(,-?[0-9]+)*$")]
     pub row_ids: Option<String>,
-    /// Seconds to wait for the file (0-60, default 25).
+    /// Seconds to wait for the file (0-60, default 25; the export route).
     #[param(minimum = 0, maximum = 60)]
     pub wait: Option<u64>,
+    /// Page number, from 1 (the data route).
+    #[param(minimum = 1)]
+    pub page: Option<String>,
+    /// Rows per page (data route: default 100, at most 10,000; 0 streams every selected row)
+    /// or workflows per page (list: default 25, at most 100).
+    #[param(minimum = 0, maximum = 10000)]
+    pub limit: Option<String>,
+    /// true: the body is gzip (`Content-Encoding: gzip`).
+    pub gzip: Option<String>,
+    /// Accepted and ignored.
+    pub include_anomalies: Option<String>,
+    /// Workflows whose name contains this text (list).
+    pub search: Option<String>,
+    /// Workflows to skip (list).
+    #[param(minimum = 0)]
+    pub skip: Option<String>,
 }
 
 impl KadoaQuery {
     /// The native request these parameters mean, and its canonical JSON (for hashing).
-    fn to_request(&self) -> Result<(ExportRequest, Value), ApiError> {
+    pub(crate) fn to_request(&self) -> Result<(ExportRequest, Value), ApiError> {
         let mut body = serde_json::Map::new();
         let mut put = |k: &str, v: Option<Value>| {
             if let Some(v) = v {
                 body.insert(k.to_string(), v);
             }
         };
-        put("format", self.format.clone().map(Value::String));
+        put(
+            "format",
+            self.format
+                .as_ref()
+                .map(|f| Value::String(f.to_ascii_lowercase())),
+        );
         put("runId", self.run_id.clone().map(Value::String));
         put("sortBy", self.sort_by.clone().map(Value::String));
-        put("order", self.order.clone().map(Value::String));
+        put(
+            "order",
+            self.order
+                .as_ref()
+                .map(|o| Value::String(o.to_ascii_lowercase())),
+        );
         if let Some(f) = &self.filters {
             let v: Value = wharf_shared::json::parse(f.as_bytes())
                 .map_err(|e| Error::invalid(format!("filters: not a JSON array: {e}")))?;

@@ -5,6 +5,7 @@ pub mod compat;
 pub mod downloads;
 pub mod exports;
 pub mod health;
+pub mod kadoa;
 pub mod keys;
 pub mod projects;
 pub mod runs;
@@ -40,6 +41,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(exports::get_dock_status)
         .service(downloads::download)
         .service(downloads::signed_file)
+        .service(kadoa::list)
+        .service(kadoa::data)
+        .service(kadoa::get_one)
         .service(compat::kadoa_create)
         .service(compat::kadoa_download)
         .service(compat::project_download)

@@ -9,8 +9,8 @@ use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
 use crate::repo::export_query::OutColumn;
 
-pub struct CsvWriter {
-    out: Output,
+pub struct CsvWriter<W: Write = Output> {
+    out: W,
     types: Vec<Option<FieldType>>,
     row: Vec<u8>,
 }
@@ -37,8 +37,8 @@ fn push_field(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-impl CsvWriter {
-    pub fn new(mut out: Output, columns: &[OutColumn]) -> Result<Self> {
+impl<W: Write> CsvWriter<W> {
+    pub fn new(mut out: W, columns: &[OutColumn]) -> Result<Self> {
         let header: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         out.write_all(format!("{}\n", header.join(",")).as_bytes())
             .map_err(io)?;
@@ -73,9 +73,16 @@ impl CsvWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<u64> {
+    /// Writes what is buffered; returns the output.
+    pub fn close(mut self) -> Result<W> {
         self.out.write_all(&self.row).map_err(io)?;
-        self.out.finish().map_err(io)
+        Ok(self.out)
+    }
+}
+
+impl CsvWriter<Output> {
+    pub fn finish(self) -> Result<u64> {
+        self.close()?.finish().map_err(io)
     }
 }
 

@@ -6,6 +6,7 @@ mod binary;
 pub mod bundle;
 mod csv;
 pub mod import;
+pub mod page;
 mod parquet;
 mod sink;
 mod text;

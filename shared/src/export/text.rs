@@ -9,8 +9,8 @@ use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
 use crate::repo::export_query::OutColumn;
 
-pub struct JsonWriter {
-    out: Output,
+pub struct JsonWriter<W: Write = Output> {
+    out: W,
     keys: Vec<Vec<u8>>,
     types: Vec<Option<FieldType>>,
     row: Vec<u8>,
@@ -22,8 +22,8 @@ fn io(e: std::io::Error) -> Error {
     Error::Unexpected(e.into())
 }
 
-impl JsonWriter {
-    pub fn new(out: Output, columns: &[OutColumn], array: bool) -> Self {
+impl<W: Write> JsonWriter<W> {
+    pub fn new(out: W, columns: &[OutColumn], array: bool) -> Self {
         let keys = columns
             .iter()
             .enumerate()
@@ -86,12 +86,19 @@ impl JsonWriter {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<u64> {
+    /// Writes what is buffered and the array's end; returns the output.
+    pub fn close(mut self) -> Result<W> {
         if self.array {
             self.row
                 .extend_from_slice(if self.rows == 0 { b"[]\n" } else { b"]\n" });
         }
         self.out.write_all(&self.row).map_err(io)?;
-        self.out.finish().map_err(io)
+        Ok(self.out)
+    }
+}
+
+impl JsonWriter<Output> {
+    pub fn finish(self) -> Result<u64> {
+        self.close()?.finish().map_err(io)
     }
 }

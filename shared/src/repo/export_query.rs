@@ -20,10 +20,24 @@ pub struct OutColumn {
     pub nullable: bool,
 }
 
+/// Where a page of rows starts: by `_id` (keyset: an index range, however deep the page),
+/// or by skipping rows (OFFSET) when no key is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    Start,
+    /// Rows with `_id` ≥ (ascending) or ≤ (descending) this id.
+    FromId(i64),
+    /// Rows with `_id` > (ascending) or < (descending) this id: the page after one ending there.
+    AfterId(i64),
+    Skip(u64),
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Every row of the run: nothing filters it.
     whole_run: bool,
+    /// Sorted by `_id` (keyset paging applies), in this order.
+    id_order: Option<Order>,
     pub columns: Vec<OutColumn>,
     settings: Vec<String>,
     from_where: String,
@@ -88,6 +102,7 @@ impl Plan {
         }
         Ok(Plan {
             whole_run: spec.filters.is_empty() && spec.row_ids.is_none(),
+            id_order: (sort == Column::Id).then_some(spec.order),
             columns,
             settings,
             from_where: format!("FROM {} WHERE {}", wf.table_name, conds.join(" AND ")),
@@ -124,6 +139,34 @@ impl Plan {
         )))
         .fetch_one(conn)
         .await?)
+    }
+
+    /// Every row of the run, unfiltered.
+    pub fn is_whole_run(&self) -> bool {
+        self.whole_run
+    }
+
+    /// The order when rows are sorted by `_id`.
+    pub fn id_order(&self) -> Option<Order> {
+        self.id_order
+    }
+
+    /// One page: at most `limit` rows from `seek` on. Only generated numbers join the SQL text.
+    pub fn page_copy_sql(&self, seek: Seek, limit: u64) -> String {
+        let desc = self.id_order == Some(Order::Desc);
+        let (cond, offset) = match seek {
+            Seek::Start => (String::new(), 0),
+            Seek::FromId(id) => (
+                format!(" AND _id {} {id}", if desc { "<=" } else { ">=" }),
+                0,
+            ),
+            Seek::AfterId(id) => (format!(" AND _id {} {id}", if desc { "<" } else { ">" }), 0),
+            Seek::Skip(n) => (String::new(), n),
+        };
+        format!(
+            "COPY (SELECT {} {}{cond} ORDER BY {} LIMIT {limit} OFFSET {offset}) TO STDOUT (FORMAT binary)",
+            self.select, self.from_where, self.order_by
+        )
     }
 
     pub fn copy_sql(&self) -> String {

@@ -40,6 +40,22 @@ pub async fn list(
     Ok(paginate(rows, page, |r| r.id))
 }
 
+/// A run of the workflow, or its latest when `id` is None.
+pub async fn get_or_latest(
+    pool: &PgPool,
+    workflow_id: Uuid,
+    id: Option<Uuid>,
+) -> Result<Option<Run>> {
+    Ok(sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE workflow_id = $1 AND ($2::uuid IS NULL OR id = $2)
+         ORDER BY id DESC LIMIT 1"
+    )))
+    .bind(workflow_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Every run of the workflow, oldest first (bundles).
 pub async fn all_of_workflow(pool: &PgPool, workflow_id: Uuid) -> Result<Vec<Run>> {
     Ok(sqlx::query_as::<_, Run>(AssertSqlSafe(format!(

@@ -130,6 +130,93 @@ pub async fn list(
     Ok((rows.into_iter().map(Into::into).collect(), next))
 }
 
+/// A workflow with the figures of its runs (Kadoa's workflow shape).
+#[derive(Debug, Clone)]
+pub struct WorkflowSummary {
+    pub workflow: Workflow,
+    /// Rows over all runs.
+    pub total_records: i64,
+    /// The latest run's executedAt.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pg_row! {
+    struct SummaryRow {
+        id: Uuid,
+        project_id: Uuid,
+        name: String,
+        schema: Json<Vec<Field>>,
+        table_name: String,
+        created_at: DateTime<Utc>,
+        total_records: i64,
+        finished_at: Option<DateTime<Utc>>,
+    }
+}
+
+const SUMMARY: &str = "SELECT w.id, w.project_id, w.name, w.schema, w.table_name, w.created_at,
+        COALESCE((SELECT sum(r.row_count) FROM runs r WHERE r.workflow_id = w.id), 0)::bigint
+            AS total_records,
+        (SELECT max(r.executed_at) FROM runs r WHERE r.workflow_id = w.id) AS finished_at
+    FROM workflows w";
+
+impl From<SummaryRow> for WorkflowSummary {
+    fn from(r: SummaryRow) -> Self {
+        WorkflowSummary {
+            workflow: Workflow {
+                id: r.id,
+                project_id: r.project_id,
+                name: r.name,
+                fields: r.schema.0,
+                table_name: r.table_name,
+                created_at: r.created_at,
+            },
+            total_records: r.total_records,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// The project's workflows whose name contains `search` (case-insensitive), newest first,
+/// `skip` then `limit` of them, and how many match in all.
+pub async fn search(
+    pool: &PgPool,
+    project_id: Uuid,
+    search: Option<&str>,
+    skip: i64,
+    limit: i64,
+) -> Result<(Vec<WorkflowSummary>, i64)> {
+    let rows = sqlx::query_as::<_, SummaryRow>(AssertSqlSafe(format!(
+        "{SUMMARY} WHERE w.project_id = $1 AND ($2::text IS NULL OR strpos(lower(w.name), lower($2)) > 0)
+         ORDER BY w.id DESC OFFSET $3 LIMIT $4"
+    )))
+    .bind(project_id)
+    .bind(search)
+    .bind(skip)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM workflows w
+         WHERE w.project_id = $1 AND ($2::text IS NULL OR strpos(lower(w.name), lower($2)) > 0)",
+    )
+    .bind(project_id)
+    .bind(search)
+    .fetch_one(pool)
+    .await?;
+    Ok((rows.into_iter().map(Into::into).collect(), total))
+}
+
+pub async fn summary(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<WorkflowSummary>> {
+    let row = sqlx::query_as::<_, SummaryRow>(AssertSqlSafe(format!(
+        "{SUMMARY} WHERE w.id = $1 AND w.project_id = $2"
+    )))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
 /// Every workflow of the project, oldest first (bundles of a whole project; a project has
 /// hundreds of workflows at most, so one query).
 pub async fn all_of_project(pool: &PgPool, project_id: Uuid) -> Result<Vec<Workflow>> {

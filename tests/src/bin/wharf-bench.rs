@@ -305,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
         rows,
     )
     .await?;
+    reads(&client, &key, &wf_id, &settings, &database_url, rows).await?;
     println!(
         "\nphases (ms after the claim; create → claim is the rest of the total): counted, first rows \
          from COPY, last rows read, encoder busy (not waiting for rows), encoded, written to the store"
@@ -405,6 +406,93 @@ fn copy_floor(database_url: &str, wf_id: &str, run_id: &str, format: &str) -> an
     }
     let _ = std::fs::remove_file(&path);
     Ok(best)
+}
+
+/// Kadoa's synchronous reads on an API process of their own: page 1 and a deep page (limit
+/// 1,000; page 5,000 when the run has 5M rows, else its last), and `limit=0` streaming the whole
+/// run as JSON, with the API's resident memory before and its peak after.
+async fn reads(
+    client: &reqwest::Client,
+    key: &str,
+    wf_id: &str,
+    settings: &wharf_shared::config::Settings,
+    database_url: &str,
+    rows: u64,
+) -> anyhow::Result<()> {
+    let api_bin = std::env::current_exe()?.with_file_name("wharf-api");
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut api = wharf_tests::worker_command(&api_bin, settings, database_url)
+        .env("WHARF_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WHARF_RATE_LIMIT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deep = (rows / 1000).clamp(1, 5000);
+    let mut timings = Vec::new();
+    for page in [1, deep] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let body = client
+                .get(format!(
+                    "{base}/v4/workflows/{wf_id}/data?page={page}&limit=1000"
+                ))
+                .header("x-api-key", key)
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            anyhow::ensure!(body.len() > 1000, "page {page} came back short");
+            best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        timings.push((page, best));
+    }
+    let rss_kb = |pid: u32, field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = rss_kb(api.id(), "VmRSS:");
+    let t = Instant::now();
+    let mut stream = client
+        .get(format!("{base}/v4/workflows/{wf_id}/data?limit=0"))
+        .header("x-api-key", key)
+        .send()
+        .await?
+        .bytes_stream();
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len() as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let peak = rss_kb(api.id(), "VmHWM:");
+    let _ = api.kill();
+    let _ = api.wait();
+    println!(
+        "\nKadoa reads (GET /v4/workflows/{{id}}/data, limit 1,000, best of 5): page 1 {:.1} ms, page {} {:.1} ms",
+        timings[0].1, timings[1].0, timings[1].1
+    );
+    println!(
+        "limit=0 as JSON, {rows} rows: {secs:.2} s, {:.0} rows/s, {:.1} MB; API RSS {:.0} MB before, peak {:.0} MB",
+        rows as f64 / secs,
+        bytes as f64 / 1e6,
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    Ok(())
 }
 
 /// A database bundle of the bench project (its two workflows, 2 × `rows` rows) and its import

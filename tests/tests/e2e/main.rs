@@ -11,6 +11,7 @@ mod faults;
 mod hardening;
 mod ingest;
 mod janitor;
+mod kadoa;
 mod limits;
 mod numbers;
 mod ops;

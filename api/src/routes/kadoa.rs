@@ -1,0 +1,368 @@
+//! Kadoa's reads, as its official SDK makes them (API.md, "Kadoa, reads"): workflows listed and
+//! fetched in Kadoa's shape, and rows read synchronously a page at a time (or all at once with
+//! `limit=0`), streamed in bounded memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use actix_web::{HttpResponse, get, web};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use wharf_shared::Error;
+use wharf_shared::domain::export::{ExportRequest, Order};
+use wharf_shared::domain::schema::Field;
+use wharf_shared::domain::scopes::Scope;
+use wharf_shared::export::page::{self, Framing, PageFormat};
+use wharf_shared::repo::export_query::{Plan, Seek};
+use wharf_shared::repo::runs;
+use wharf_shared::repo::workflows::{self, WorkflowSummary};
+
+use super::compat::KadoaQuery;
+use super::workflows::find;
+use crate::auth::{Auth, parse_id};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const DEFAULT_PAGE: u64 = 100;
+/// The largest page (`limit`); `limit=0` streams the whole selection instead.
+pub const MAX_PAGE: u64 = 10_000;
+pub const DEFAULT_WORKFLOWS: i64 = 25;
+pub const MAX_WORKFLOWS: i64 = 100;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KadoaWorkflow {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// Always ACTIVE.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub schema: Vec<Field>,
+    /// Rows over all runs.
+    pub total_records: i64,
+    /// The latest run's executedAt.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<WorkflowSummary> for KadoaWorkflow {
+    fn from(s: WorkflowSummary) -> Self {
+        KadoaWorkflow {
+            id: s.workflow.id,
+            name: s.workflow.name,
+            state: "ACTIVE".into(),
+            created_at: s.workflow.created_at,
+            schema: s.workflow.fields,
+            total_records: s.total_records,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pagination {
+    pub total_count: i64,
+    pub page: i64,
+    pub total_pages: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KadoaWorkflowList {
+    pub workflows: Vec<KadoaWorkflow>,
+    pub pagination: Pagination,
+}
+
+/// A non-negative integer parameter within `max`.
+fn int_param(name: &str, raw: Option<&str>, default: u64, max: u64) -> Result<u64, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{name}: expected an integer from 0 to {max}, got \"{}\"",
+                wharf_shared::domain::schema::printable(raw)
+            ))
+            .into()
+        })
+}
+
+fn bool_param(name: &str, raw: Option<&str>) -> Result<bool, ApiError> {
+    match raw.map(str::trim) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(_) => Err(Error::invalid(format!("{name}: expected true or false")).into()),
+    }
+}
+
+/// Kadoa: the project's workflows, newest first (read scope).
+#[utoipa::path(get, path = "/v4/workflows", tag = "compat", params(KadoaQuery),
+    responses((status = 200, body = KadoaWorkflowList), (status = 400, body = crate::error::ErrorEnvelope)))]
+#[get("/v4/workflows")]
+pub async fn list(
+    auth: Auth,
+    state: web::Data<AppState>,
+    query: web::Query<KadoaQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let limit = match int_param(
+        "limit",
+        query.limit.as_deref(),
+        DEFAULT_WORKFLOWS as u64,
+        MAX_WORKFLOWS as u64,
+    )? {
+        0 => DEFAULT_WORKFLOWS,
+        n => n as i64,
+    };
+    let skip = int_param("skip", query.skip.as_deref(), 0, 1_000_000_000)? as i64;
+    if query.search.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(
+            Error::invalid("search: text may not contain the NUL character (U+0000)").into(),
+        );
+    }
+    let search = query.search.as_deref().filter(|s| !s.is_empty());
+    let (rows, total) =
+        workflows::search(&state.pool, principal.project_id, search, skip, limit).await?;
+    Ok(HttpResponse::Ok().json(KadoaWorkflowList {
+        workflows: rows.into_iter().map(Into::into).collect(),
+        pagination: Pagination {
+            total_count: total,
+            page: skip / limit + 1,
+            total_pages: (total + limit - 1) / limit,
+            limit,
+        },
+    }))
+}
+
+/// Kadoa: one workflow in Kadoa's shape (read scope).
+#[utoipa::path(get, path = "/v4/workflows/{workflowId}", tag = "compat",
+    params(("workflowId" = uuid::Uuid, Path), KadoaQuery),
+    responses((status = 200, body = KadoaWorkflow), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+#[get("/v4/workflows/{workflowId}")]
+pub async fn get_one(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    _query: web::Query<KadoaQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let id = parse_id("workflowId", &path)?;
+    let wf = workflows::summary(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("workflow"))?;
+    Ok(HttpResponse::Ok().json(KadoaWorkflow::from(wf)))
+}
+
+/// Where recent pages of filtered, `_id`-sorted reads ended, so the next page seeks by key
+/// instead of skipping rows. Per API process, bounded; a miss falls back to OFFSET.
+#[derive(Clone, Default)]
+pub struct PageKeys(Arc<Mutex<HashMap<(u64, u64), i64>>>);
+
+const PAGE_KEYS_MAX: usize = 50_000;
+
+impl PageKeys {
+    fn get(&self, query: u64, page: u64) -> Option<i64> {
+        self.0.lock().ok()?.get(&(query, page)).copied()
+    }
+
+    fn put(&self, query: u64, page: u64, last_id: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= PAGE_KEYS_MAX {
+                m.clear();
+            }
+            m.insert((query, page), last_id);
+        }
+    }
+}
+
+fn query_hash(parts: &[&str]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+/// Kadoa: rows of a run, one page at a time (`page` from 1, `limit` rows, default 100, at most
+/// 10,000), as JSON with pagination figures or as CSV (figures in `X-Total-Count`,
+/// `X-Total-Pages`); `limit=0` streams every selected row. Deep pages sorted by `_id` seek by
+/// key: page 5,000 costs what page 1 costs (read scope; `WHARF_PROJECT_READS` at once).
+#[utoipa::path(get, path = "/v4/workflows/{workflowId}/data", tag = "compat",
+    params(("workflowId" = uuid::Uuid, Path), KadoaQuery),
+    responses((status = 200, description = "A page of rows: JSON {workflowId, runId, executedAt, data, pagination}, or CSV"),
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 429, description = "WHARF_RATE_LIMIT, or WHARF_PROJECT_READS data reads of this project already running", body = crate::error::ErrorEnvelope)))]
+#[get("/v4/workflows/{workflowId}/data")]
+pub async fn data(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<KadoaQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Read)?;
+    let wf = find(&state, principal.project_id, &path).await?;
+    let format = match query
+        .format
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("json") => PageFormat::Json,
+        Some("csv") => PageFormat::Csv,
+        Some(_) => return Err(Error::invalid("format: expected json or csv").into()),
+    };
+    let page = int_param("page", query.page.as_deref(), 1, 1_000_000_000)?.max(1);
+    let limit = int_param("limit", query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let gzip = bool_param("gzip", query.gzip.as_deref())?;
+    let run_id = match &query.run_id {
+        Some(raw) => Some(parse_id("runId", raw)?),
+        None => None,
+    };
+    let run = runs::get_or_latest(&state.pool, wf.id, run_id)
+        .await?
+        .ok_or(Error::NotFound(if run_id.is_some() {
+            "run"
+        } else {
+            "run (the workflow has no runs yet)"
+        }))?;
+    // The export's own validation: filters, sort, order and rowIds mean what they mean there.
+    let (mut request, _) = KadoaQuery {
+        filters: query.filters.clone(),
+        sort_by: query.sort_by.clone(),
+        order: query.order.clone(),
+        row_ids: query.row_ids.clone(),
+        ..KadoaQuery::default()
+    }
+    .to_request()?;
+    request.columns = Some(
+        std::iter::once("_id".to_string())
+            .chain(wf.fields.iter().map(|f| f.name.clone()))
+            .collect(),
+    );
+    let spec = ExportRequest {
+        run_id: Some(run.id),
+        ..request
+    }
+    .validate(&wf.fields)?;
+    let plan = Plan::new(&wf, run.id, &spec)?;
+    let slot = state.read_slots.acquire(principal.project_id)?;
+    let total = page::count_rows(&state.pool, &plan).await?;
+    let per_page = if limit == 0 {
+        total.max(0) as u64
+    } else {
+        limit
+    };
+    let total_pages = if per_page == 0 {
+        0
+    } else {
+        (total as u64).div_ceil(per_page)
+    };
+    let key = query_hash(&[
+        &run.id.to_string(),
+        query.filters.as_deref().unwrap_or(""),
+        query.sort_by.as_deref().unwrap_or(""),
+        &query.order.as_deref().unwrap_or("").to_ascii_lowercase(),
+        query.row_ids.as_deref().unwrap_or(""),
+        &limit.to_string(),
+    ]);
+    let skip = (page - 1).saturating_mul(limit);
+    let seek = match (limit, plan.id_order()) {
+        (0, _) => Seek::Start,
+        // A whole run's ids are contiguous: page N starts at a computed id.
+        (_, Some(order)) if plan.is_whole_run() => {
+            let first = run.first_row_id;
+            let last = run.first_row_id + run.row_count - 1;
+            let skip = i64::try_from(skip).unwrap_or(i64::MAX);
+            match order {
+                Order::Asc => Seek::FromId(first.saturating_add(skip)),
+                Order::Desc => Seek::FromId(last.saturating_sub(skip)),
+            }
+        }
+        (_, Some(_)) => match state.page_keys.get(key, page - 1) {
+            Some(after) => Seek::AfterId(after),
+            None => Seek::Skip(skip),
+        },
+        (_, None) => Seek::Skip(skip),
+    };
+    let framing = match format {
+        PageFormat::Csv => Framing::default(),
+        PageFormat::Json => {
+            let head = json!({
+                "workflowId": wf.id,
+                "runId": run.id,
+                "executedAt": run.executed_at,
+            })
+            .to_string();
+            let pagination = json!({
+                "totalCount": total,
+                "page": if limit == 0 { 1 } else { page },
+                "totalPages": total_pages,
+                "limit": limit,
+            });
+            Framing {
+                // `{"workflowId":…,"runId":…,"executedAt":…` + `,"data":` rows `,"pagination":…}`
+                prefix: format!("{},\"data\":", &head[..head.len() - 1]).into_bytes(),
+                suffix: format!(",\"pagination\":{pagination}}}\n").into_bytes(),
+            }
+        }
+    };
+    let streamed = page::stream_rows(
+        &state.pool,
+        plan.clone(),
+        seek,
+        (limit > 0).then_some(limit),
+        format,
+        gzip,
+        framing,
+        state.settings.body_timeout,
+    )
+    .await?;
+    if limit > 0 && plan.id_order().is_some() && !plan.is_whole_run() {
+        let (keys, last) = (state.page_keys.clone(), streamed.last_id);
+        tokio::spawn(async move {
+            if let Ok(Some(id)) = last.await {
+                keys.put(key, page, id);
+            }
+        });
+    }
+    let body =
+        futures::stream::unfold((Some(streamed.body), Some(slot)), |(rx, slot)| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(Some(bytes)) => Some((Ok::<Bytes, Error>(bytes), (Some(rx), slot))),
+                // The end: the slot is freed with the stream.
+                Some(None) => None,
+                // Cut short: the client sees the body end in an error, never a short file.
+                None => Some((
+                    Err(Error::Unexpected(anyhow::anyhow!(
+                        "the read stopped midway"
+                    ))),
+                    (None, None),
+                )),
+            }
+        });
+    let mut res = HttpResponse::Ok();
+    res.insert_header((
+        CONTENT_TYPE,
+        match format {
+            PageFormat::Json => "application/json",
+            PageFormat::Csv => "text/csv; charset=utf-8",
+        },
+    ));
+    if format == PageFormat::Csv {
+        res.insert_header(("x-total-count", total.to_string()));
+        res.insert_header(("x-total-pages", total_pages.to_string()));
+        res.insert_header(("x-page", page.to_string()));
+    }
+    if gzip {
+        res.insert_header((CONTENT_ENCODING, "gzip"));
+    }
+    Ok(res.streaming(body))
+}

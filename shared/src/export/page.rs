@@ -1,0 +1,183 @@
+//! Rows read synchronously into an HTTP response (Kadoa's `GET /v4/workflows/{id}/data`): one
+//! page, or every selected row (`limit=0`), through the export pipeline's own parts — binary
+//! COPY, the JSON or CSV writer on a blocking thread, optional gzip — streamed chunk by chunk,
+//! so memory stays bounded by a chunk, never by the page or the selection.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::binary::{TupleReader, i64_of};
+use super::csv::CsvWriter;
+use super::sink::{ChunkSink, Output};
+use super::text::JsonWriter;
+use super::upload::Piece;
+use crate::error::{Error, Result};
+use crate::repo::export_query::{Plan, Seek};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFormat {
+    Json,
+    Csv,
+}
+
+/// What goes around the rows: a JSON envelope's head and tail (nothing for CSV).
+#[derive(Debug, Default, Clone)]
+pub struct Framing {
+    pub prefix: Vec<u8>,
+    pub suffix: Vec<u8>,
+}
+
+pub struct Streamed {
+    /// The response body in chunks; `None` marks a complete body (the channel closing without
+    /// it means the read failed midway).
+    pub body: mpsc::Receiver<Piece>,
+    /// The last row's `_id` once every row is written (keyset paging remembers it).
+    pub last_id: oneshot::Receiver<Option<i64>>,
+}
+
+/// Starts streaming the rows `plan` selects, from `seek`, at most `limit` (None: all). The
+/// plan's bindings are applied (errors come back here, before any byte is sent); the rest runs
+/// in tasks of its own. A reader that sends nothing for `stall` (a client that stopped
+/// reading) is stopped, so its connection goes back to the pool.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream_rows(
+    pool: &PgPool,
+    plan: Plan,
+    seek: Seek,
+    limit: Option<u64>,
+    format: PageFormat,
+    gzip: bool,
+    framing: Framing,
+    stall: Duration,
+) -> Result<Streamed> {
+    let mut tx = pool.begin().await?;
+    plan.apply(&mut tx).await?;
+    let sql = match limit {
+        Some(n) => plan.page_copy_sql(seek, n),
+        None => plan.copy_sql(),
+    };
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Option<Bytes>>(4);
+    let (piece_tx, piece_rx) = mpsc::channel::<Piece>(4);
+    let (last_tx, last_rx) = oneshot::channel();
+    let columns = plan.columns.clone();
+    tokio::task::spawn_blocking(move || {
+        let sink = ChunkSink::new(piece_tx, Arc::new(AtomicU64::new(0)));
+        let encoded = encode(sink, &columns, format, gzip, &framing, &mut chunk_rx);
+        match encoded {
+            Ok(last) => {
+                last_tx.send(last).ok();
+            }
+            Err(e) => tracing::warn!(error = %e, "a data read stopped midway"),
+        }
+    });
+    tokio::spawn(async move {
+        let read = async {
+            let mut stream = tx.copy_out_raw(&sql).await?;
+            let mut batch = BytesMut::with_capacity(256 * 1024);
+            while let Some(chunk) = stream.next().await {
+                batch.extend_from_slice(&chunk?);
+                if batch.len() >= 128 * 1024 {
+                    send(&chunk_tx, Some(batch.split().freeze()), stall).await?;
+                }
+            }
+            drop(stream);
+            send(&chunk_tx, Some(batch.freeze()), stall).await?;
+            send(&chunk_tx, None, stall).await?;
+            tx.rollback().await?;
+            Ok::<(), Error>(())
+        };
+        if let Err(e) = read.await {
+            tracing::debug!(error = %e, "data read ended early");
+        }
+    });
+    Ok(Streamed {
+        body: piece_rx,
+        last_id: last_rx,
+    })
+}
+
+async fn send(
+    tx: &mpsc::Sender<Option<Bytes>>,
+    item: Option<Bytes>,
+    stall: Duration,
+) -> Result<()> {
+    match tokio::time::timeout(stall, tx.send(item)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(super::stopped()),
+        Err(_) => Err(Error::RequestTimeout(
+            "the client read nothing for the body timeout".into(),
+        )),
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Unexpected(e.into())
+}
+
+/// What a writer does with one binary COPY tuple (its bytes and its fields' spans).
+type RowFn<'a> = dyn FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()> + 'a;
+
+/// Writes the framing and the rows; returns the last row's `_id` (column 0 when selected).
+fn encode(
+    sink: ChunkSink,
+    columns: &[crate::repo::export_query::OutColumn],
+    format: PageFormat,
+    gzip: bool,
+    framing: &Framing,
+    rx: &mut mpsc::Receiver<Option<Bytes>>,
+) -> Result<Option<i64>> {
+    let mut out = Output::new(sink, gzip);
+    out.write_all(&framing.prefix).map_err(io)?;
+    let id_first = columns.first().is_some_and(|c| c.field_type.is_none());
+    let mut last = None;
+    let mut reader = TupleReader::new();
+    let mut fields = Vec::new();
+    let mut feed = |row: &mut RowFn<'_>| -> Result<()> {
+        loop {
+            match rx.blocking_recv() {
+                Some(Some(bytes)) => {
+                    reader.push(&bytes);
+                    reader.drain(&mut fields, |buf, f| {
+                        if id_first && let Some(Some((o, l))) = f.first() {
+                            last = Some(i64_of(&buf[*o..*o + *l])?);
+                        }
+                        row(buf, f)
+                    })?;
+                }
+                Some(None) if reader.finished => return Ok(()),
+                _ => return Err(super::stopped()),
+            }
+        }
+    };
+    let mut out = match format {
+        PageFormat::Json => {
+            let mut w = JsonWriter::new(out, columns, true);
+            feed(&mut |buf, f| w.row(buf, f))?;
+            w.close()?
+        }
+        PageFormat::Csv => {
+            let mut w = CsvWriter::new(out, columns)?;
+            feed(&mut |buf, f| w.row(buf, f))?;
+            w.close()?
+        }
+    };
+    out.write_all(&framing.suffix).map_err(io)?;
+    out.finish().map_err(io)?;
+    Ok(last)
+}
+
+/// How many rows `plan` selects (the run's own count when nothing filters it).
+pub async fn count_rows(pool: &PgPool, plan: &Plan) -> Result<i64> {
+    let mut tx = pool.begin().await?;
+    plan.apply(&mut tx).await?;
+    let n = plan.count(&mut tx).await?;
+    tx.rollback().await?;
+    Ok(n)
+}
