@@ -29,6 +29,23 @@ if ! up 6379; then
   wait_for 6379 Redis
 fi
 
+# Headless Chromium (Debian's package) for the ops page's browser test: installed once, in the
+# background; `chromium_up` waits for it.
+chromium_log="${CACHE:-$HOME/.cache/wharf}/chromium-install.log"
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "services: installing chromium in the background (once)"
+  mkdir -p "$(dirname "$chromium_log")"
+  ( (apt-get update -q || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium ) \
+    >"$chromium_log" 2>&1 &
+  chromium_install=$!
+fi
+chromium_up() {
+  if [ -n "${chromium_install:-}" ]; then
+    wait "$chromium_install" || { cat "$chromium_log" >&2; echo "services: installing chromium failed" >&2; return 1; }
+    chromium_install=
+  fi
+}
+
 # s3s-fs: installed from the registry once (a release build of its own, ~5 minutes on 2 cores),
 # in the background, so it compiles while the caller builds Wharf; `s3_up` waits for it and
 # starts it. Callers that need S3 call `s3_up` after their own build.

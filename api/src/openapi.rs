@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
 use crate::routes::{
-    bundles, compat, downloads, exports, health, kadoa, keys, projects, runs, workflows,
+    bundles, compat, downloads, exports, health, kadoa, keys, ops, projects, runs, workflows,
 };
 
 #[derive(OpenApi)]
@@ -19,7 +19,7 @@ use crate::routes::{
             page and `limit` (1-200, default 50)."
     ),
     paths(
-        health::healthz, health::readyz, health::metrics,
+        health::healthz, health::readyz, health::metrics, ops::page,
         projects::create_project, keys::create_key, keys::list_keys, keys::revoke_key,
         workflows::create_workflow, workflows::list_workflows, workflows::get_workflow,
         runs::create_run, runs::list_runs,

@@ -62,6 +62,7 @@ impl Application {
                 "WHARF_PROJECT_READS",
             ),
             page_keys: crate::routes::kadoa::PageKeys::default(),
+            metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
             settings: Arc::new(settings),
             pool,
             ingest_gate: repo::IngestGate::default(),
@@ -72,6 +73,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(crate::request_id::middleware))
+                .wrap(from_fn(http_metrics))
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -125,6 +127,30 @@ async fn shrink_now_and_then(limiter: KeyLimiter) {
         every.tick().await;
         limiter.shrink();
     }
+}
+
+/// Counts every request by its route pattern (never the raw path) and status, and its latency.
+async fn http_metrics(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let res = next.call(req).await;
+    if let Some(m) = metrics {
+        let (route, status) = match &res {
+            Ok(r) => (r.request().match_pattern(), r.status().as_u16()),
+            Err(e) => (None, e.as_response_error().status_code().as_u16()),
+        };
+        m.http(
+            route.as_deref().unwrap_or("unmatched"),
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    res
 }
 
 fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {

@@ -25,4 +25,5 @@ pub struct AppState {
     pub read_slots: IngestSlots,
     /// Keyset paging: where recent pages of filtered reads ended.
     pub page_keys: crate::routes::kadoa::PageKeys,
+    pub metrics: Arc<wharf_shared::metrics::Metrics>,
 }

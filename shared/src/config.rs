@@ -71,6 +71,8 @@ pub struct Settings {
     /// How long an API process trusts a key it verified (revocation is announced at once).
     pub key_cache_ttl: Duration,
     pub worker_concurrency: usize,
+    /// `WHARF_METRICS_LISTEN`: where a worker serves `/metrics` and `/healthz` (unset: nowhere).
+    pub metrics_listen: Option<String>,
     pub max_run_bytes: u64,
     /// The Redis queue (key prefix) exports travel on.
     pub queue: String,
@@ -181,6 +183,7 @@ impl Settings {
                 Some("0") => Duration::ZERO,
                 _ => duration_var(&var, "WHARF_KEY_CACHE_TTL", "2s")?,
             },
+            metrics_listen: var("WHARF_METRICS_LISTEN").filter(|v| !v.trim().is_empty()),
             worker_concurrency: match var("WHARF_WORKER_CONCURRENCY") {
                 None => 4,
                 Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {

@@ -10,6 +10,7 @@ pub mod files;
 mod fuzz;
 pub mod ingest;
 pub mod json;
+pub mod metrics;
 pub mod queue;
 pub mod repo;
 pub mod signing;

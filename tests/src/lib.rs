@@ -205,6 +205,17 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
+    /// Where the worker serves /metrics (with `WHARF_METRICS_LISTEN` set), once bound.
+    pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        for _ in 0..200 {
+            if let Some(a) = self.handle.metrics_addr.get() {
+                return *a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the worker never served its metrics");
+    }
+
     /// Waits until the worker runs no export (20 s at most).
     pub async fn idle(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

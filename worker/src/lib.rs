@@ -2,6 +2,7 @@
 //! the fairest export and runs the export pipeline of `shared`.
 
 pub mod janitor;
+pub mod ops;
 pub mod pull;
 pub mod reconciler;
 pub mod startup;

@@ -28,6 +28,9 @@ pub struct Worker {
     pub reconcile_every: Duration,
     pub requeue_after: Duration,
     pub janitor_every: Duration,
+    /// `WHARF_METRICS_LISTEN`, and the address bound there once running.
+    pub metrics_listen: Option<String>,
+    pub metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
     inflight: Arc<AtomicUsize>,
     /// Set when the process was told to stop: new jobs are passed on, not started.
     draining: CancellationToken,
@@ -52,6 +55,7 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         heartbeat: HEARTBEAT,
         project_cap: settings.project_concurrency,
         stop: CancellationToken::new(),
+        metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
     }
 }
 
@@ -80,6 +84,8 @@ impl Worker {
             reconcile_every: Duration::from_secs(2),
             requeue_after: settings.requeue_after,
             janitor_every: crate::janitor::INTERVAL,
+            metrics_listen: settings.metrics_listen.clone(),
+            metrics_addr: Arc::default(),
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: CancellationToken::new(),
         })
@@ -95,6 +101,16 @@ impl Worker {
             loops.clone(),
         ));
         tokio::spawn(crate::reconciler::run(self.clone(), loops.clone()));
+        if let Some(addr) = &self.metrics_listen {
+            let bound = crate::ops::serve_metrics(self.clone(), addr, loops.clone())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on WHARF_METRICS_LISTEN={addr}: {e}")
+                })?;
+            self.metrics_addr.set(bound).ok();
+            tracing::info!(%bound, "serving /metrics and /healthz");
+        }
+        tokio::spawn(crate::ops::register(self.clone(), loops.clone()));
         tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.queue.kind(), "wharf-worker started");
         // Drain first, then stop the queue worker: apalis's shutdown waits for its running
         // tasks, so it only begins once ours have finished or been released.

@@ -5,7 +5,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 use wharf_shared::ErrorCode;
 
-use crate::error::envelope_response;
+use crate::error::{ApiError, envelope_response};
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
@@ -57,23 +57,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
-/// Prometheus text exposition.
+/// Metrics in the Prometheus/OpenMetrics text format: queue depth and oldest age (from
+/// PostgreSQL, cached for a second), this process's HTTP requests and latency by route pattern,
+/// and its connection pool.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+        (status = 503, body = crate::error::ErrorEnvelope)))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let pool = &state.pool;
-    let body = format!(
-        "# HELP wharf_up The API process is up.\n# TYPE wharf_up gauge\nwharf_up 1\n\
-         # HELP wharf_db_pool_connections Open PostgreSQL connections.\n# TYPE wharf_db_pool_connections gauge\n\
-         wharf_db_pool_connections {}\n\
-         # HELP wharf_db_pool_idle Idle PostgreSQL connections.\n# TYPE wharf_db_pool_idle gauge\nwharf_db_pool_idle {}\n",
-        pool.size(),
-        pool.num_idle()
-    );
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(body)
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = state.metrics.render(&state.pool).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(wharf_shared::metrics::CONTENT_TYPE)
+        .body(body))
 }
 
 #[get("/openapi.json")]

@@ -7,6 +7,7 @@ pub mod exports;
 pub mod health;
 pub mod kadoa;
 pub mod keys;
+pub mod ops;
 pub mod projects;
 pub mod runs;
 pub mod workflows;
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)
+        .service(ops::page)
         .service(health::openapi_json)
         .service(projects::create_project)
         .service(keys::create_key)

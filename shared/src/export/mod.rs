@@ -48,6 +48,8 @@ pub struct ExportContext {
     pub project_cap: i64,
     /// Fired when the process must give its running exports back (shutdown grace is over).
     pub stop: CancellationToken,
+    /// This process's metrics: finished exports, durations, rows, bytes, pickup latency.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug)]
@@ -118,11 +120,44 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
     let rec = exports::get_any(&ctx.pool, export_id)
         .await?
         .ok_or(Error::NotFound("export"))?;
-    if rec.kind == JobKind::Import {
+    if claim.attempt == 1 {
+        let waited = (chrono::Utc::now() - rec.created_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        ctx.metrics.pickup.observe(waited.max(0) as f64 / 1e6);
+    }
+    let outcome = if rec.kind == JobKind::Import {
         let span = tracing::info_span!("import", import_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
             attempt = claim.attempt);
-        return tracing::Instrument::instrument(import::run(ctx, claim, &rec), span).await;
+        tracing::Instrument::instrument(import::run(ctx, claim, &rec), span).await
+    } else {
+        run_export(ctx, claim, &rec, read_conn).await
+    };
+    let label = if rec.kind == JobKind::Import {
+        "import"
+    } else {
+        rec.format.as_str()
+    };
+    match &outcome {
+        Ok(Outcome::Completed {
+            rows,
+            bytes,
+            seconds,
+        }) => ctx.metrics.completed(label, *rows, *bytes, *seconds),
+        Ok(Outcome::Failed { .. }) => ctx.metrics.finished(label, "failed"),
+        Ok(Outcome::Cancelled) => ctx.metrics.finished(label, "cancelled"),
+        _ => {}
     }
+    outcome
+}
+
+async fn run_export(
+    ctx: &ExportContext,
+    claim: Claim,
+    rec: &ExportRecord,
+    read_conn: &mut ReadConn,
+) -> Result<Outcome> {
+    let export_id = claim.export_id;
     let span = tracing::info_span!("export", export_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
         attempt = claim.attempt, format = %rec.format, scope = rec.scope.as_str());
     span.in_scope(|| tracing::info!("export claimed"));
@@ -136,13 +171,13 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
         cancel.clone(),
     ));
     let produced = tracing::Instrument::instrument(
-        produce(ctx, &claim, &rec, &progress, started, &cancel, read_conn),
+        produce(ctx, &claim, rec, &progress, started, &cancel, read_conn),
         span.clone(),
     )
     .await;
     beat.abort();
     tracing::Instrument::instrument(
-        settle(ctx, &claim, &rec, produced, started, &progress, &cancel),
+        settle(ctx, &claim, rec, produced, started, &progress, &cancel),
         span,
     )
     .await

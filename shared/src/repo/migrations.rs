@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bundles",
         include_str!("../../../migrations/20261126000001_bundles.sql"),
     ),
+    (
+        20261127000001,
+        "workers",
+        include_str!("../../../migrations/20261127000001_workers.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

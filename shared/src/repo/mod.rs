@@ -30,6 +30,7 @@ pub mod exports;
 pub mod imports;
 pub mod keys;
 mod migrations;
+pub mod ops;
 pub mod projects;
 pub mod runs;
 pub mod workflows;

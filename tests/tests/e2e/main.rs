@@ -14,6 +14,7 @@ mod janitor;
 mod kadoa;
 mod limits;
 mod numbers;
+mod operators;
 mod ops;
 mod queue_contract;
 mod startup;

@@ -1,0 +1,238 @@
+//! Metrics (API.md, Operations), through `prometheus-client`: a registry per process role (an
+//! API, a worker), never a global one, so processes in one test binary each count their own.
+//! Queue figures come from PostgreSQL (the record) at scrape time, one indexed query cached for a
+//! second, so any API or worker answers them. Labels are bounded: formats, statuses and route
+//! patterns only — never raw paths, ids or tenants.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+
+use crate::error::Result;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabel {
+    pub format: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishedLabels {
+    pub format: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms to ~16 min.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+fn request_buckets() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    queue: Family<StatusLabel, Gauge>,
+    oldest: Gauge<f64, AtomicU64>,
+    pub finished: Family<FinishedLabels, Counter>,
+    pub duration: HistogramFamily<FormatLabel>,
+    pub rows: Counter,
+    pub bytes: Counter,
+    pub pickup: Histogram,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily<RouteLabel>,
+    pool_size: Gauge<i64, AtomicI64>,
+    pool_idle: Gauge<i64, AtomicI64>,
+    /// When the queue figures were last read.
+    read_at: Mutex<Option<Instant>>,
+}
+
+/// How long queue figures read from PostgreSQL are reused.
+pub const QUEUE_CACHE: Duration = Duration::from_secs(1);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let queue = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "wharf_exports",
+            "Exports by status: queued (waiting) and running (claimed); from PostgreSQL",
+            queue.clone(),
+        );
+        let oldest = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "wharf_export_oldest_queued_seconds",
+            "Age of the oldest queued export (0 when none waits)",
+            oldest.clone(),
+        );
+        let finished = Family::<FinishedLabels, Counter>::default();
+        registry.register(
+            "wharf_exports_finished",
+            "Export attempts that ended, by format and status (completed, failed, cancelled)",
+            finished.clone(),
+        );
+        let duration: HistogramFamily<FormatLabel> = Family::new_with_constructor(seconds_buckets);
+        registry.register(
+            "wharf_export_duration_seconds",
+            "Claim to completion of completed exports, by format",
+            duration.clone(),
+        );
+        let rows = Counter::default();
+        registry.register(
+            "wharf_export_rows",
+            "Rows written by completed exports",
+            rows.clone(),
+        );
+        let bytes = Counter::default();
+        registry.register(
+            "wharf_export_bytes",
+            "Bytes stored by completed exports",
+            bytes.clone(),
+        );
+        let pickup = seconds_buckets();
+        registry.register(
+            "wharf_queue_pickup_seconds",
+            "Created to claimed, for first attempts",
+            pickup.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "wharf_http_requests",
+            "HTTP requests by route pattern and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(request_buckets);
+        registry.register(
+            "wharf_http_request_duration_seconds",
+            "HTTP request latency by route pattern",
+            http_duration.clone(),
+        );
+        let pool_size = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "wharf_db_pool_connections",
+            "Connections the process's PostgreSQL pool holds",
+            pool_size.clone(),
+        );
+        let pool_idle = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "wharf_db_pool_idle_connections",
+            "Idle connections of the pool",
+            pool_idle.clone(),
+        );
+        Metrics {
+            registry,
+            queue,
+            oldest,
+            finished,
+            duration,
+            rows,
+            bytes,
+            pickup,
+            http_requests,
+            http_duration,
+            pool_size,
+            pool_idle,
+            read_at: Mutex::new(None),
+        }
+    }
+
+    /// An export attempt that ended: `status` is completed, failed or cancelled.
+    pub fn finished(&self, format: &str, status: &'static str) {
+        self.finished
+            .get_or_create(&FinishedLabels {
+                format: format.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn completed(&self, format: &str, rows: u64, bytes: u64, seconds: f64) {
+        self.finished(format, "completed");
+        self.duration
+            .get_or_create(&FormatLabel {
+                format: format.to_string(),
+            })
+            .observe(seconds);
+        self.rows.inc_by(rows);
+        self.bytes.inc_by(bytes);
+    }
+
+    pub fn http(&self, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text exposition, queue figures fresh within `QUEUE_CACHE`.
+    pub async fn render(&self, pool: &PgPool) -> Result<String> {
+        let stale = self
+            .read_at
+            .lock()
+            .map(|t| t.is_none_or(|t| t.elapsed() >= QUEUE_CACHE))
+            .unwrap_or(true);
+        if stale {
+            let q = crate::repo::ops::queue_figures(pool).await?;
+            self.queue
+                .get_or_create(&StatusLabel { status: "queued" })
+                .set(q.queued);
+            self.queue
+                .get_or_create(&StatusLabel { status: "running" })
+                .set(q.running);
+            self.oldest.set(q.oldest_queued_seconds);
+            if let Ok(mut t) = self.read_at.lock() {
+                *t = Some(Instant::now());
+            }
+        }
+        self.pool_size.set(i64::from(pool.size()));
+        self.pool_idle.set(pool.num_idle() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| crate::error::Error::Unexpected(anyhow::anyhow!("metrics: {e}")))?;
+        Ok(out)
+    }
+}
+
+/// The exposition's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
