@@ -20,7 +20,7 @@ pub async fn fresh_database(
         .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
         .await?;
     let database_url = format!("{server}/{db}");
-    let pool = PgPoolOptions::new()
+    let pool = wharf_shared::repo::no_reaper(PgPoolOptions::new())
         .max_connections(10)
         .connect(&database_url)
         .await?;

@@ -7,7 +7,6 @@
 //! behind.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection, PgPool};
@@ -41,9 +40,9 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
         conn.close().await.ok();
-        let pool = PgPoolOptions::new()
+        // No reaper (see repo::no_reaper): its idle-count race hung a test's runtime.
+        let pool = wharf_shared::repo::no_reaper(PgPoolOptions::new())
             .max_connections(5)
-            .idle_timeout(Some(Duration::from_secs(1)))
             .connect_lazy_with(server.clone().database(&name));
         wharf_shared::repo::MIGRATOR
             .run(&pool)

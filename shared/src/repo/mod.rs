@@ -97,9 +97,23 @@ impl IngestGate {
 }
 
 fn pool_options() -> PgPoolOptions {
-    PgPoolOptions::new()
+    no_reaper(PgPoolOptions::new())
         .max_connections(SERVING_CONNECTIONS + INGEST_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(3))
+}
+
+/// Pools without sqlx's background reaper (idle timeout and max lifetime off). In sqlx 0.9.0
+/// `release` makes a connection acquirable before counting it idle, so a concurrent pop can
+/// wrap the idle count to `usize::MAX`; the reaper then loops over that many slots without
+/// awaiting: one core at 100 % for good, and on a current-thread runtime nothing else runs
+/// (seen here: a test hung with its connections idle in transaction; sqlx issue 3645, fixed
+/// upstream by pull request 4289 after 0.9.0). Connections are few (a handful per process) and
+/// reused; PostgreSQL closes those of a process that goes away.
+pub fn no_reaper(options: PgPoolOptions) -> PgPoolOptions {
+    options
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .min_connections(0)
 }
 
 /// Why a connection failed, in words an operator can act on: `database "x" does not exist`,

@@ -411,7 +411,7 @@ async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart() {
         .clone()
         .host("127.0.0.1")
         .port(proxy.port);
-    let via_proxy = sqlx::postgres::PgPoolOptions::new()
+    let via_proxy = wharf_shared::repo::no_reaper(sqlx::postgres::PgPoolOptions::new())
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy_with(options);
     let app = wharf_tests::spawn_app_on(via_proxy, &[]).await;
