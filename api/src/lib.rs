@@ -9,3 +9,4 @@ pub mod request_id;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod waiters;

@@ -50,6 +50,8 @@ impl Application {
         }
         let limiter = KeyLimiter::new(settings.rate_limit);
         tokio::spawn(shrink_now_and_then(limiter.clone()));
+        let waiters = crate::waiters::Waiters::new();
+        tokio::spawn(waiters.clone().listen(pool.clone()));
         let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
         tokio::spawn(keys.clone().listen(pool.clone()));
         let state = AppState {
@@ -63,6 +65,7 @@ impl Application {
             ),
             page_keys: crate::routes::kadoa::PageKeys::default(),
             metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
+            waiters: waiters.clone(),
             settings: Arc::new(settings),
             pool,
             ingest_gate: repo::IngestGate::default(),

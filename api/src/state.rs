@@ -26,4 +26,6 @@ pub struct AppState {
     /// Keyset paging: where recent pages of filtered reads ended.
     pub page_keys: crate::routes::kadoa::PageKeys,
     pub metrics: Arc<wharf_shared::metrics::Metrics>,
+    /// Long polls waiting for exports to finish.
+    pub waiters: Arc<crate::waiters::Waiters>,
 }

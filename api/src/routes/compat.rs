@@ -1,6 +1,6 @@
 //! Seed-compatible routes: the documented behaviour of the export APIs Wharf stands in for.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
@@ -152,14 +152,12 @@ pub async fn kadoa_create(
     {
         Created::New(r) | Created::Existing(r) => r,
     };
-    let deadline = Instant::now() + Duration::from_secs(wait);
-    let mut rec = *rec;
-    while rec.status.is_active() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        rec = exports::get(&state.pool, principal.project_id, rec.id)
-            .await?
-            .ok_or(Error::NotFound("export"))?;
-    }
+    // Waits on the process's one listener for finished exports, not by polling.
+    let rec = if wait > 0 && rec.status.is_active() {
+        super::exports::wait_final(&state, *rec, Duration::from_secs(wait)).await?
+    } else {
+        *rec
+    };
     match rec.effective_status(Utc::now()) {
         ExportStatus::Queued | ExportStatus::InProgress => {
             Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))

@@ -41,6 +41,12 @@ pub struct ProgressDto {
     pub rows_total: i64,
     pub bytes_written: i64,
     pub percent: f64,
+    /// While QUEUED: exports of the same project ahead of it (0 = next).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
+    /// Once rowsTotal is known: seconds left at the recent rows/s of exports of this format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,6 +87,13 @@ pub struct ExportDto {
     pub error: Option<ExportErrorDto>,
     pub status_url: String,
     pub download_url: String,
+    /// While QUEUED: exports of the same project ahead of it (0 = next).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
+    /// Once rowsTotal is known and the export still runs: seconds left at the recent rows/s of
+    /// exports of the same format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
 }
 
 pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
@@ -120,6 +133,8 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
             rows_total: total,
             bytes_written: r.bytes_written,
             percent,
+            queue_position: None,
+            eta_seconds: None,
         },
         row_count: r.row_count,
         size_bytes: r.size_bytes,
@@ -134,7 +149,70 @@ pub fn export_dto(state: &AppState, r: &ExportRecord) -> ExportDto {
         status_url: format!("{base}/v1/exports/{}", r.id),
         download_url: format!("{base}/v1/exports/{}/download", r.id),
         status,
+        queue_position: None,
+        eta_seconds: None,
     }
+}
+
+/// Where a waiting export stands: its place in its project's queue, and once its row count is
+/// known, the seconds left at the recent pace of its format. Finished exports cost nothing.
+pub async fn standing(
+    state: &AppState,
+    r: &ExportRecord,
+) -> Result<(Option<i64>, Option<f64>), ApiError> {
+    let status = r.effective_status(Utc::now());
+    let position = if status == ExportStatus::Queued {
+        Some(exports::queue_position(&state.pool, r.project_id, r.id).await?)
+    } else {
+        None
+    };
+    let eta = match (status.is_active(), r.rows_total) {
+        (true, Some(total)) => exports::recent_rows_per_second(&state.pool, &r.format)
+            .await?
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| ((total - r.rows_written).max(0) as f64 / rate * 10.0).round() / 10.0),
+        _ => None,
+    };
+    Ok((position, eta))
+}
+
+/// Long poll: the export as soon as it reaches a final status, or as it is after `within`.
+pub(crate) async fn wait_final(
+    state: &AppState,
+    rec: ExportRecord,
+    within: std::time::Duration,
+) -> Result<ExportRecord, ApiError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let watch = state.waiters.watch(rec.id);
+    loop {
+        let notified = watch.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Read after registering: a finish between the two is never missed.
+        let cur = exports::get(&state.pool, rec.project_id, rec.id)
+            .await?
+            .ok_or(Error::NotFound("export"))?;
+        let now = tokio::time::Instant::now();
+        if !cur.effective_status(Utc::now()).is_active() || now >= deadline {
+            return Ok(cur);
+        }
+        let left = deadline - now;
+        let tick = if state.waiters.is_live() {
+            left
+        } else {
+            left.min(crate::waiters::FALLBACK_POLL)
+        };
+        tokio::time::timeout(tick, notified).await.ok();
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// Long poll: answer as soon as the export reaches a final status (COMPLETED, FAILED,
+    /// CANCELLED, EXPIRED), or after this many seconds, 1 to 60.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 60)]
+    pub wait: Option<String>,
 }
 
 /// The export's signed, keyless file link (`WHARF_LINK_TTL` from now) and when it expires.
@@ -322,7 +400,7 @@ pub fn require_for(principal: &Principal, rec: &ExportRecord) -> Result<(), ApiE
 }
 
 /// An export's status, progress and, once completed, its signed download link (read scope).
-#[utoipa::path(get, path = "/v1/exports/{exportId}", tag = "exports", params(("exportId" = uuid::Uuid, Path)),
+#[utoipa::path(get, path = "/v1/exports/{exportId}", tag = "exports", params(("exportId" = uuid::Uuid, Path), StatusQuery),
     responses((status = 200, body = ExportDto), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
 #[get("/v1/exports/{exportId}")]
@@ -330,10 +408,26 @@ pub async fn get_export(
     auth: Auth,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
-    let rec = find_export(&state, principal, &path).await?;
-    Ok(HttpResponse::Ok().json(export_dto(&state, &rec)))
+    let mut rec = find_export(&state, principal, &path).await?;
+    if let Some(raw) = &query.wait {
+        let secs = raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=60).contains(s))
+            .ok_or_else(|| Error::invalid("wait: expected 1 to 60 seconds"))?;
+        if rec.effective_status(Utc::now()).is_active() {
+            rec = wait_final(&state, rec, std::time::Duration::from_secs(secs)).await?;
+        }
+    }
+    let mut dto = export_dto(&state, &rec);
+    let (position, eta) = standing(&state, &rec).await?;
+    (dto.queue_position, dto.eta_seconds) = (position, eta);
+    (dto.progress.queue_position, dto.progress.eta_seconds) = (position, eta);
+    Ok(HttpResponse::Ok().json(dto))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -450,7 +544,10 @@ pub async fn get_dock_status(
         .await?
         .ok_or(Error::NotFound("dock status"))?;
     require_for(principal, &rec)?;
-    Ok(HttpResponse::Ok().json(dock_dto(&state, &rec)))
+    let mut dock = dock_dto(&state, &rec);
+    let (position, eta) = standing(&state, &rec).await?;
+    (dock.progress.queue_position, dock.progress.eta_seconds) = (position, eta);
+    Ok(HttpResponse::Ok().json(dock))
 }
 
 /// The generic job record of an export, a bundle or an import.

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "workers",
         include_str!("../../../migrations/20261127000001_workers.sql"),
     ),
+    (
+        20261128000001,
+        "export_events",
+        include_str!("../../../migrations/20261128000001_export_events.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

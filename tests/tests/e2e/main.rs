@@ -13,6 +13,7 @@ mod ingest;
 mod janitor;
 mod kadoa;
 mod limits;
+mod long_poll;
 mod numbers;
 mod operators;
 mod ops;

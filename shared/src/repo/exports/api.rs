@@ -378,3 +378,33 @@ pub async fn run_exists(pool: &PgPool, workflow_id: Uuid, run_id: Uuid) -> Resul
             .await?,
     )
 }
+
+/// QUEUED exports of the same project created before this one (0: it is next).
+pub async fn queue_position(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<i64> {
+    Ok(sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM exports WHERE project_id = $1 AND id < $2 AND status = ",
+        crate::sql_status!(Queued)
+    ))
+    .bind(project_id)
+    .bind(id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Rows per second of the latest completed exports of `format` (the last 20 of the last day),
+/// or None when there are none to go by.
+pub async fn recent_rows_per_second(pool: &PgPool, format: &str) -> Result<Option<f64>> {
+    Ok(sqlx::query_scalar(concat!(
+        "SELECT sum(row_count)::float8 / NULLIF(sum(extract(epoch FROM completed_at - started_at)), 0)
+         FROM (SELECT row_count, completed_at, started_at FROM exports
+               WHERE completed_at > now() - interval '1 day' AND format = $1
+                 AND started_at IS NOT NULL AND status IN (",
+        crate::sql_status!(Completed),
+        ", ",
+        crate::sql_status!(Expired),
+        ") ORDER BY completed_at DESC LIMIT 20) recent"
+    ))
+    .bind(format)
+    .fetch_one(pool)
+    .await?)
+}

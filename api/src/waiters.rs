@@ -1,0 +1,118 @@
+//! Long polls: one `LISTEN wharf_export_done` per API process fans each finished export out to
+//! the requests waiting on it, so a thousand waiting clients cost a map entry each, not a query
+//! per tick. When the listener is down (reconnecting), waiters fall back to reading the record
+//! every `FALLBACK_POLL`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub const CHANNEL: &str = "wharf_export_done";
+/// How often a waiter reads the record itself while the listener is down.
+pub const FALLBACK_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct Waiters {
+    /// Per export: its Notify and how many requests wait on it.
+    map: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
+    live: AtomicBool,
+}
+
+/// One request's registration; removed from the map with the last one.
+pub struct Watch {
+    waiters: Arc<Waiters>,
+    id: Uuid,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.waiters.map.lock()
+            && let Some((_, n)) = map.get_mut(&self.id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Waiters {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Waiters::default())
+    }
+
+    /// The listener is connected: notifications will arrive.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn watch(self: &Arc<Self>, id: Uuid) -> Watch {
+        let notify = match self.map.lock() {
+            Ok(mut map) => {
+                let entry = map
+                    .entry(id)
+                    .or_insert_with(|| (Arc::new(Notify::new()), 0));
+                entry.1 += 1;
+                entry.0.clone()
+            }
+            Err(_) => Arc::new(Notify::new()),
+        };
+        Watch {
+            waiters: self.clone(),
+            id,
+            notify,
+        }
+    }
+
+    fn wake(&self, id: Uuid) {
+        if let Ok(map) = self.map.lock()
+            && let Some((n, _)) = map.get(&id)
+        {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Ok(map) = self.map.lock() {
+            for (n, _) in map.values() {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Listens for finished exports for as long as the process runs, reconnecting after a loss
+    /// (waking every waiter then, so none waits on a notification that may have been missed).
+    pub async fn listen(self: Arc<Self>, pool: PgPool) {
+        loop {
+            let listener = match PgListener::connect_with(&pool).await {
+                Ok(mut l) => l.listen(CHANNEL).await.map(|()| l),
+                Err(e) => Err(e),
+            };
+            match listener {
+                Ok(mut l) => {
+                    self.live.store(true, Ordering::Release);
+                    while let Ok(n) = l.recv().await {
+                        if let Ok(id) = Uuid::parse_str(n.payload()) {
+                            self.wake(id);
+                        }
+                    }
+                    tracing::warn!("lost the finished-export notifications; reconnecting");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for finished exports yet; retrying")
+                }
+            }
+            self.live.store(false, Ordering::Release);
+            self.wake_all();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Status pollers: `?wait=N` long polls answered as the export finishes, `queuePosition` while
+//! queued and `etaSeconds` while running.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wharf_tests::db::TestDb;
+use wharf_tests::{S3Server, spawn_app, spawn_app_with};
+
+async fn status(app: &wharf_tests::TestApp, key: &str, path: &str) -> (u16, Value) {
+    let res = app.get(path, key).await;
+    let code = res.status().as_u16();
+    (code, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_when_the_export_finishes_and_many_waiters_cost_little() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let (p, wf) = app.one_row_workflow().await;
+    // No worker yet: three exports wait, in order.
+    let ids = [
+        app.create_export(&p.key, &wf, &json!({})).await,
+        app.create_export(&p.key, &wf, &json!({"format": "json"}))
+            .await,
+        app.create_export(&p.key, &wf, &json!({"format": "ndjson"}))
+            .await,
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
+        assert_eq!(s["status"], "QUEUED");
+        assert_eq!(s["queuePosition"], i, "{s}");
+        let dock = wharf_shared::repo::exports::get_any(&app.pool, wharf_tests::parse(id))
+            .await
+            .expect("query")
+            .expect("export")
+            .dock_status_id;
+        let (_, d) = status(&app, &p.key, &format!("/v1/dock-status/{dock}")).await;
+        assert_eq!(d["progress"]["queuePosition"], i, "{d}");
+    }
+    for bad in ["0", "61", "soon"] {
+        let (code, body) =
+            status(&app, &p.key, &format!("/v1/exports/{}?wait={bad}", ids[0])).await;
+        assert_eq!(code, 400, "wait={bad}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("wait")
+        );
+    }
+
+    // 300 requests wait on the last export; none gets an answer before it finishes, and all
+    // get it promptly after.
+    let waiters: Vec<_> = (0..300)
+        .map(|_| {
+            let (client, url, key) = (
+                app.client.clone(),
+                app.url(&format!("/v1/exports/{}?wait=30", ids[2])),
+                p.key.clone(),
+            );
+            tokio::spawn(async move {
+                let res = client
+                    .get(url)
+                    .header("x-api-key", key)
+                    .send()
+                    .await
+                    .expect("sent");
+                let body: Value = res.json().await.expect("json");
+                (Instant::now(), body)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "nobody answered early"
+    );
+    let _worker = app.start_worker().await;
+    let done = app.wait_done(&p.key, &ids[2]).await;
+    let seen_done = Instant::now();
+    assert_eq!(done["status"], "COMPLETED");
+    let mut latest = Duration::ZERO;
+    for w in waiters {
+        let (at, body) = w.await.expect("joined");
+        assert_eq!(body["status"], "COMPLETED", "{body}");
+        latest = latest.max(at.saturating_duration_since(seen_done));
+    }
+    println!(
+        "300 long polls answered at most {} ms after a poller saw COMPLETED",
+        latest.as_millis()
+    );
+    assert!(latest < Duration::from_secs(1), "{latest:?}");
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_within_100_ms_of_completion_or_unchanged_after_its_wait() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let (p, wf) = app.one_row_workflow().await;
+    let id = app.create_export(&p.key, &wf, &json!({})).await;
+    // Nothing happens for the whole wait: the unchanged status, after about that long.
+    let t = Instant::now();
+    let (code, s) = status(&app, &p.key, &format!("/v1/exports/{id}?wait=3")).await;
+    assert_eq!(code, 200);
+    assert_eq!(s["status"], "QUEUED");
+    assert!(
+        t.elapsed() >= Duration::from_secs(3) && t.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A poller waiting when the worker completes it hears within milliseconds of completedAt.
+    let poll = {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url(&format!("/v1/exports/{id}?wait=60")),
+            p.key.clone(),
+        );
+        tokio::spawn(async move {
+            let body: Value = client
+                .get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("json");
+            (chrono::Utc::now(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _worker = app.start_worker().await;
+    let (heard_at, body) = poll.await.expect("joined");
+    assert_eq!(body["status"], "COMPLETED", "{body}");
+    let completed: chrono::DateTime<chrono::Utc> = body["completedAt"]
+        .as_str()
+        .expect("completedAt")
+        .parse()
+        .expect("time");
+    let lag = (heard_at - completed).num_milliseconds();
+    println!("long poll answered {lag} ms after completedAt");
+    assert!(lag < 1000, "{lag} ms");
+    // A finished export answers at once, whatever the wait.
+    let t = Instant::now();
+    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}?wait=60")).await;
+    assert_eq!(s["status"], "COMPLETED");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(
+        s.get("queuePosition").is_none() && s.get("etaSeconds").is_none(),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn a_running_export_has_an_eta_from_the_recent_pace_of_its_format() {
+    let db = TestDb::new().await;
+    let s3 = S3Server::start().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_S3_ENDPOINT", &s3.endpoint)]).await;
+    let _worker = app.start_worker().await;
+    let (p, wf) = app.one_row_workflow().await;
+    let first = app.export_and_wait(&p.key, &wf, &json!({})).await;
+    assert_eq!(first["status"], "COMPLETED");
+    assert!(first.get("etaSeconds").is_none());
+    // The store stalls the next one: it runs with its row count known.
+    s3.pause();
+    let id = app.create_export(&p.key, &wf, &json!({})).await;
+    let running = app
+        .poll_export(&p.key, &id, "a running export with its total", |s| {
+            s["status"] == "IN_PROGRESS" && s["progress"]["rowsTotal"] == 1
+        })
+        .await;
+    let eta = running["etaSeconds"]
+        .as_f64()
+        .expect("etaSeconds while running");
+    assert!(eta >= 0.0, "{running}");
+    assert_eq!(running["progress"]["etaSeconds"], running["etaSeconds"]);
+    s3.resume();
+    assert_eq!(app.wait_done(&p.key, &id).await["status"], "COMPLETED");
+}
