@@ -5,7 +5,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
 use crate::routes::{
-    bundles, compat, downloads, exports, health, kadoa, keys, ops, projects, runs, workflows,
+    bundles, compat, downloads, exports, health, kadoa, keys, ops, projects, runs, webhooks,
+    workflows,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +31,7 @@ use crate::routes::{
         bundles::kore_export, bundles::kore_dock_status, bundles::kore_upload, bundles::kore_import,
         bundles::kore_import_into, bundles::create_import, bundles::get_import,
         bundles::zang_create, bundles::zang_list, bundles::zang_get,
+        webhooks::create, webhooks::list, webhooks::remove, webhooks::deliveries,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta, compat::ProjectErrorEnvelope)),
     modifiers(&Security, &CommonResponses),

@@ -71,6 +71,9 @@ pub struct Settings {
     /// How long an API process trusts a key it verified (revocation is announced at once).
     pub key_cache_ttl: Duration,
     pub worker_concurrency: usize,
+    /// `WHARF_WEBHOOK_ALLOW_PRIVATE`: webhook URLs may be on loopback and private addresses
+    /// (tests, closed networks); never link-local or metadata addresses.
+    pub webhook_allow_private: bool,
     /// `WHARF_METRICS_LISTEN`: where a worker serves `/metrics` and `/healthz` (unset: nowhere).
     pub metrics_listen: Option<String>,
     pub max_run_bytes: u64,
@@ -184,6 +187,19 @@ impl Settings {
                 _ => duration_var(&var, "WHARF_KEY_CACHE_TTL", "2s")?,
             },
             metrics_listen: var("WHARF_METRICS_LISTEN").filter(|v| !v.trim().is_empty()),
+            webhook_allow_private: match var("WHARF_WEBHOOK_ALLOW_PRIVATE")
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("" | "false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(_) => {
+                    return Err(invalid(
+                        "WHARF_WEBHOOK_ALLOW_PRIVATE",
+                        "expected true or false",
+                    ));
+                }
+            },
             worker_concurrency: match var("WHARF_WORKER_CONCURRENCY") {
                 None => 4,
                 Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {

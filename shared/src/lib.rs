@@ -16,5 +16,6 @@ pub mod repo;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use error::{Error, ErrorCode, Result};

@@ -6,3 +6,4 @@ pub mod ops;
 pub mod pull;
 pub mod reconciler;
 pub mod startup;
+pub mod webhooks;

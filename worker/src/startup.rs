@@ -31,6 +31,8 @@ pub struct Worker {
     /// `WHARF_METRICS_LISTEN`, and the address bound there once running.
     pub metrics_listen: Option<String>,
     pub metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// `WHARF_WEBHOOK_ALLOW_PRIVATE`.
+    pub webhook_allow_private: bool,
     inflight: Arc<AtomicUsize>,
     /// Set when the process was told to stop: new jobs are passed on, not started.
     draining: CancellationToken,
@@ -86,6 +88,7 @@ impl Worker {
             janitor_every: crate::janitor::INTERVAL,
             metrics_listen: settings.metrics_listen.clone(),
             metrics_addr: Arc::default(),
+            webhook_allow_private: settings.webhook_allow_private,
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: CancellationToken::new(),
         })
@@ -111,6 +114,7 @@ impl Worker {
             tracing::info!(%bound, "serving /metrics and /healthz");
         }
         tokio::spawn(crate::ops::register(self.clone(), loops.clone()));
+        tokio::spawn(crate::webhooks::run(self.clone(), loops.clone()));
         tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.queue.kind(), "wharf-worker started");
         // Drain first, then stop the queue worker: apalis's shutdown waits for its running
         // tasks, so it only begins once ours have finished or been released.

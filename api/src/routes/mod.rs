@@ -10,6 +10,7 @@ pub mod keys;
 pub mod ops;
 pub mod projects;
 pub mod runs;
+pub mod webhooks;
 pub mod workflows;
 
 use actix_web::web;
@@ -58,7 +59,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(bundles::get_import)
         .service(bundles::zang_create)
         .service(bundles::zang_list)
-        .service(bundles::zang_get);
+        .service(bundles::zang_get)
+        .service(webhooks::create)
+        .service(webhooks::list)
+        .service(webhooks::remove)
+        .service(webhooks::deliveries);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "export_events",
         include_str!("../../../migrations/20261128000001_export_events.sql"),
     ),
+    (
+        20261129000001,
+        "webhooks",
+        include_str!("../../../migrations/20261129000001_webhooks.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

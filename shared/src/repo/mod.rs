@@ -33,6 +33,7 @@ mod migrations;
 pub mod ops;
 pub mod projects;
 pub mod runs;
+pub mod webhooks;
 pub mod workflows;
 
 use std::time::Duration;

@@ -20,4 +20,5 @@ mod ops;
 mod queue_contract;
 mod startup;
 mod store_contract;
+mod webhooks;
 mod workflows;

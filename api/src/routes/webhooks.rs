@@ -1,0 +1,215 @@
+//! Webhook endpoints (admin scope): register (the URL checked against SSRF), list, remove, and
+//! the recent deliveries of one.
+
+use actix_web::{HttpResponse, delete, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wharf_shared::Error;
+use wharf_shared::domain::scopes::Scope;
+use wharf_shared::repo::webhooks::{self, Webhook};
+use wharf_shared::webhooks::{EVENTS, resolve};
+
+use super::{List, ListQuery};
+use crate::auth::{Auth, parse_id};
+use crate::error::ApiError;
+use crate::json::JsonBody;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// An http(s) URL; its host may not be or resolve to a loopback, private, link-local or
+    /// metadata address (`WHARF_WEBHOOK_ALLOW_PRIVATE` allows loopback and private ones).
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Any of export.completed, export.failed, export.expired, import.completed, import.failed.
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDto {
+    pub id: uuid::Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCreated {
+    pub id: uuid::Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    /// `whsec_…`: the HMAC key of `Wharf-Signature`, shown only here.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Webhook> for WebhookDto {
+    fn from(w: Webhook) -> Self {
+        WebhookDto {
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            created_at: w.created_at,
+        }
+    }
+}
+
+/// Registers an endpoint for the project's events (admin scope).
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    responses((status = 201, body = WebhookCreated), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "The project has its 20 endpoints already", body = crate::error::ErrorEnvelope),
+        (status = 413, body = crate::error::ErrorEnvelope), (status = 415, body = crate::error::ErrorEnvelope)))]
+#[post("/v1/webhooks")]
+pub async fn create(
+    auth: Auth,
+    state: web::Data<AppState>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let req: CreateWebhook = body.parse()?;
+    if req.events.is_empty() || req.events.len() > EVENTS.len() {
+        return Err(Error::invalid(format!(
+            "events: 1 to {} of {}",
+            EVENTS.len(),
+            EVENTS.join(", ")
+        ))
+        .into());
+    }
+    let mut events = Vec::with_capacity(req.events.len());
+    for e in &req.events {
+        if !EVENTS.contains(&e.as_str()) {
+            return Err(Error::invalid(format!(
+                "events: \"{}\" is not an event ({})",
+                wharf_shared::domain::schema::printable(e),
+                EVENTS.join(", ")
+            ))
+            .into());
+        }
+        if !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    resolve(&req.url, state.settings.webhook_allow_private).await?;
+    let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let hook = webhooks::create(
+        &state.pool,
+        principal.project_id,
+        &req.url,
+        &events,
+        &secret,
+    )
+    .await?
+    .ok_or_else(|| {
+        Error::Conflict(format!(
+            "the project has {} webhook endpoints already; remove one first",
+            webhooks::MAX_WEBHOOKS
+        ))
+    })?;
+    tracing::info!(webhook_id = %hook.id, "webhook registered");
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(WebhookCreated {
+            id: hook.id,
+            url: hook.url,
+            events: hook.events,
+            secret: hook.secret,
+            created_at: hook.created_at,
+        }))
+}
+
+/// The project's endpoints, newest first (admin scope; secrets are never shown again).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListQuery),
+    responses((status = 200, body = List<WebhookDto>), (status = 400, body = crate::error::ErrorEnvelope)))]
+#[get("/v1/webhooks")]
+pub async fn list(
+    auth: Auth,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let (rows, next) = webhooks::list(&state.pool, principal.project_id, query.page()?).await?;
+    Ok(HttpResponse::Ok().json(List::new(
+        rows.into_iter().map(WebhookDto::from).collect(),
+        next,
+    )))
+}
+
+/// Removes an endpoint: no more deliveries to it (admin scope).
+#[utoipa::path(delete, path = "/v1/webhooks/{webhookId}", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Removed"), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+#[delete("/v1/webhooks/{webhookId}")]
+pub async fn remove(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let id = parse_id("webhookId", &path)?;
+    if !webhooks::delete(&state.pool, principal.project_id, id).await? {
+        return Err(Error::NotFound("webhook").into());
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDto {
+    /// `evt_…`, as the receiver saw it.
+    pub event_id: String,
+    pub event: String,
+    pub job_id: uuid::Uuid,
+    /// PENDING, DELIVERED or DEAD (undelivered for 24 h).
+    pub state: String,
+    pub attempts: i32,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    /// When a PENDING delivery is tried next.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub data: Vec<DeliveryDto>,
+}
+
+/// The 100 most recent deliveries of an endpoint (admin scope).
+#[utoipa::path(get, path = "/v1/webhooks/{webhookId}/deliveries", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
+    responses((status = 200, body = DeliveryList), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+#[get("/v1/webhooks/{webhookId}/deliveries")]
+pub async fn deliveries(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let id = parse_id("webhookId", &path)?;
+    let hook = webhooks::get(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("webhook"))?;
+    let rows = webhooks::deliveries(&state.pool, hook.id, 100).await?;
+    Ok(HttpResponse::Ok().json(DeliveryList {
+        data: rows
+            .into_iter()
+            .map(|d| DeliveryDto {
+                event_id: format!("evt_{}", d.event_id.simple()),
+                event: d.event_type,
+                job_id: d.job_id,
+                next_attempt_at: (d.state == "PENDING").then_some(d.next_attempt_at),
+                state: d.state,
+                attempts: d.attempts,
+                last_status_code: d.last_status,
+                last_error: d.last_error,
+                created_at: d.created_at,
+                delivered_at: d.delivered_at,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,316 @@
+//! Webhooks with a real HTTP receiver in the test: signed, at least once (retried with backoff,
+//! surviving a killed worker), and never sent into private or metadata addresses unless allowed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wharf_tests::db::TestDb;
+use wharf_tests::{TestApp, spawn_app_with};
+
+/// One request the receiver got: its headers (lower-case names) and body.
+type Got = (HashMap<String, String>, Vec<u8>);
+
+/// What the receiver answers each request with, in order (`None`: hold the request open and
+/// never answer); after the script, 200.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<Option<u16>>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let seen = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, script) = (seen.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let headers: HashMap<String, String> = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    let len: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = buf[head_end..head_end + len].to_vec();
+                    let answer = script
+                        .lock()
+                        .ok()
+                        .and_then(|mut q| q.pop_front())
+                        .unwrap_or(Some(200));
+                    if let Ok(mut g) = seen.lock() {
+                        g.push((headers, body));
+                    }
+                    match answer {
+                        Some(code) => {
+                            let res = format!(
+                                "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                            s.write_all(res.as_bytes()).await.ok();
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    }
+                });
+            }
+        });
+        Receiver { url, got }
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().map(|g| g.len()).unwrap_or(0)
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the receiver got {} of {n} deliveries",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn get(&self, i: usize) -> Got {
+        self.got.lock().expect("lock")[i].clone()
+    }
+}
+
+fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
+    let Some((t, v1)) = header
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes()) == v1
+}
+
+async fn register(app: &TestApp, key: &str, url: &str, events: Value) -> (u16, Value) {
+    let res = app
+        .post_json("/v1/webhooks", key, &json!({"url": url, "events": events}))
+        .await;
+    let code = res.status().as_u16();
+    (code, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_and_retried_until_the_receiver_takes_them() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let rx = Receiver::start(vec![Some(500), Some(503), Some(200)]).await;
+    let (p, wf) = app.one_row_workflow().await;
+    let (code, hook) = register(
+        &app,
+        &p.key,
+        &rx.url,
+        json!(["export.completed", "export.failed"]),
+    )
+    .await;
+    assert_eq!(code, 201, "{hook}");
+    let secret = hook["secret"].as_str().expect("secret").to_string();
+    assert!(secret.starts_with("whsec_"));
+    let (_, listed) = json_get(&app, &p.key, "/v1/webhooks").await;
+    assert!(
+        listed["data"][0].get("secret").is_none(),
+        "the secret is shown once"
+    );
+
+    let _worker = app.start_worker().await;
+    let done = app.export_and_wait(&p.key, &wf, &json!({})).await;
+    rx.wait_for(3, Duration::from_secs(20)).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (headers, body) = rx.get(i);
+        assert!(
+            verify(&secret, &headers["wharf-signature"], &body),
+            "attempt {i}: the signature verifies"
+        );
+        assert!(!verify("whsec_other", &headers["wharf-signature"], &body));
+        let event: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(event["type"], "export.completed");
+        assert_eq!(event["data"]["exportId"], done["exportId"]);
+        assert_eq!(event["data"]["status"], "COMPLETED");
+        assert_eq!(event["data"]["sha256"], done["sha256"]);
+        assert_eq!(
+            headers["wharf-event-id"],
+            event["id"].as_str().unwrap_or_default()
+        );
+        ids.push(event["id"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        ids[0].starts_with("evt_") && ids.iter().all(|i| *i == ids[0]),
+        "one event, three attempts: {ids:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, d) = json_get(
+        &app,
+        &p.key,
+        &format!(
+            "/v1/webhooks/{}/deliveries",
+            hook["id"].as_str().unwrap_or_default()
+        ),
+    )
+    .await;
+    assert_eq!(d["data"][0]["state"], "DELIVERED", "{d}");
+    assert_eq!(d["data"][0]["attempts"], 3);
+    assert_eq!(d["data"][0]["lastStatusCode"], 200);
+    assert_eq!(rx.count(), 3, "delivered once it was taken");
+}
+
+async fn json_get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
+    let res = app.get(path, key).await;
+    let code = res.status().as_u16();
+    (code, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn urls_on_private_or_metadata_addresses_are_refused() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[]).await;
+    let p = app.create_project("acme").await;
+    let events = json!(["export.completed"]);
+    for url in [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.5/",
+        "http://[::1]/",
+        "http://localhost:8080/",
+    ] {
+        let (code, body) = register(&app, &p.key, url, events.clone()).await;
+        assert_eq!(code, 400, "{url}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("url"),
+            "{body}"
+        );
+    }
+    for (url, ev) in [
+        ("ftp://example.com/", json!(["export.completed"])),
+        ("http://u:p@example.com/", json!(["export.completed"])),
+        ("http://example.com/", json!(["export.started"])),
+        ("http://example.com/", json!([])),
+    ] {
+        let (code, _) = register(&app, &p.key, url, ev).await;
+        assert_eq!(code, 400, "{url}");
+    }
+    let (_, read) = app.create_key(&p.key, &["read", "write"]).await;
+    let (code, _) = register(&app, &read, "http://example.com/", events.clone()).await;
+    assert_eq!(code, 403);
+
+    // Even with private addresses allowed, metadata and link-local ones are not.
+    let open = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (code, _) = register(
+        &open,
+        &p.key,
+        "http://169.254.169.254/latest/meta-data",
+        events.clone(),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, hook) = register(&open, &p.key, "http://127.0.0.1:9/x", events).await;
+    assert_eq!(code, 201, "{hook}");
+    let id = hook["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        open.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            Some(&p.key),
+            wharf_tests::KeyHeader::ApiKey
+        )
+        .send()
+        .await
+        .expect("sent")
+        .status(),
+        204
+    );
+    let (code, _) = json_get(&open, &p.key, &format!("/v1/webhooks/{id}/deliveries")).await;
+    assert_eq!(code, 404, "removed");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_delivery_still_delivers() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    // The first attempt is held open, unanswered, until its worker dies.
+    let rx = Receiver::start(vec![None]).await;
+    let (p, wf) = app.one_row_workflow().await;
+    let (code, _) = register(&app, &p.key, &rx.url, json!(["export.completed"])).await;
+    assert_eq!(code, 201);
+    let env = [
+        ("WHARF_LEASE", "3s"),
+        ("WHARF_REQUEUE_AFTER", "2s"),
+        ("WHARF_WEBHOOK_ALLOW_PRIVATE", "true"),
+    ];
+    let mut first = app.spawn_worker_process_with(1, &env);
+    let id = app.create_export(&p.key, &wf, &json!({})).await;
+    assert_eq!(app.wait_done(&p.key, &id).await["status"], "COMPLETED");
+    rx.wait_for(1, Duration::from_secs(20)).await;
+    first.signal("-KILL");
+    assert!(first.wait_exit(5));
+    let _second = app.spawn_worker_process_with(1, &env);
+    rx.wait_for(2, Duration::from_secs(30)).await;
+    let (a, b) = (rx.get(0), rx.get(1));
+    assert_eq!(
+        a.0["wharf-event-id"], b.0["wharf-event-id"],
+        "the same event, again"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: String = sqlx::query_scalar("SELECT state FROM webhook_deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .expect("q");
+        if state == "DELIVERED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Webhook delivery: every worker claims due deliveries from the outbox (leased, so a killed
+//! worker's are retried), posts each signed event in a task of its own (a slow or dead receiver
+//! holds only its own slot, for at most `TIMEOUT`), and records the answer: delivered on 2xx,
+//! else retried with backoff until the event is a day old.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wharf_shared::repo::{exports, webhooks};
+
+use crate::startup::Worker;
+
+/// Per attempt: connect, send, and the receiver's answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries in flight per worker.
+const IN_FLIGHT: usize = 32;
+
+/// Backoff after `attempts` failed tries: 1 s, 2 s, 4 s … capped at an hour.
+pub fn backoff_secs(attempts: i32) -> f64 {
+    let exp = attempts.clamp(1, 13) - 1;
+    f64::from(1u32 << exp).min(3600.0)
+}
+
+pub async fn run(worker: Worker, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let free = slots.available_permits() as i64;
+        if free == 0 {
+            continue;
+        }
+        // A claimed delivery is retried after the lease if its worker vanished (`WHARF_LEASE`).
+        let lease = worker.ctx.lease.max(TIMEOUT + Duration::from_secs(1));
+        let due = match webhooks::claim_due(&worker.ctx.pool, free, lease.as_secs_f64()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "webhook deliveries not claimed; next tick");
+                continue;
+            }
+        };
+        for d in due {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let worker = worker.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                deliver(&worker, d).await;
+            });
+        }
+    }
+}
+
+async fn deliver(worker: &Worker, d: webhooks::Delivery) {
+    let pool = &worker.ctx.pool;
+    let span = tracing::info_span!("webhook", delivery_id = %d.id, event_id = %d.event_id, event = %d.event_type, attempt = d.attempts);
+    let outcome = tracing::Instrument::instrument(attempt(worker, &d), span.clone()).await;
+    let _g = span.enter();
+    let recorded = match outcome {
+        Ok(status) if (200..300).contains(&status) => {
+            tracing::info!(status, "webhook delivered");
+            webhooks::delivered(pool, d.id, i32::from(status)).await
+        }
+        Ok(status) => {
+            tracing::info!(status, "webhook refused by its receiver; will retry");
+            webhooks::failed(
+                pool,
+                d.id,
+                Some(i32::from(status)),
+                &format!("the receiver answered {status}"),
+                backoff_secs(d.attempts),
+            )
+            .await
+        }
+        Err(why) => {
+            tracing::info!(error = %why, "webhook not delivered; will retry");
+            webhooks::failed(pool, d.id, None, &why, backoff_secs(d.attempts)).await
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "webhook outcome not recorded; the lease retries it");
+    }
+}
+
+/// One attempt: the status code the receiver answered, or why there was none.
+async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, String> {
+    let pool = &worker.ctx.pool;
+    let hook = webhooks::get_any(pool, d.webhook_id)
+        .await
+        .map_err(|e| e.public_message())?
+        .ok_or("the endpoint was removed")?;
+    let job = exports::get_any(pool, d.job_id)
+        .await
+        .map_err(|e| e.public_message())?
+        .ok_or("the job no longer exists")?;
+    // Checked again at delivery: a name may resolve elsewhere now than at registration.
+    let (target, addrs) = wharf_shared::webhooks::resolve(&hook.url, worker.webhook_allow_private)
+        .await
+        .map_err(|e| e.public_message())?;
+    let body = serde_json::json!({
+        "id": format!("evt_{}", d.event_id.simple()),
+        "type": d.event_type,
+        "createdAt": d.created_at,
+        "data": wharf_shared::webhooks::event_data(&job),
+    });
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let t = chrono::Utc::now().timestamp();
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        // Connect where the check looked, not where a second lookup might point.
+        .resolve_to_addrs(&target.host, &addrs)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let res = client
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("user-agent", "wharf-webhooks/1")
+        .header("wharf-event-id", format!("evt_{}", d.event_id.simple()))
+        .header(
+            "wharf-signature",
+            wharf_shared::webhooks::signature(&hook.secret, t, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer within {} s", TIMEOUT.as_secs())
+            } else {
+                "could not connect or send".to_string()
+            }
+        })?;
+    Ok(res.status().as_u16())
+}
