@@ -2,6 +2,7 @@
 
 mod auth;
 mod bundles;
+mod cli;
 mod downloads;
 mod errors;
 mod export_jobs;
