@@ -281,15 +281,18 @@ fn finished_badly(status: &Value) -> Failure {
 /// Waits for the export with long polls, showing rows, percent and ETA; returns its final
 /// status, or the failure it ended in.
 async fn watch(c: &Client, id: &str) -> Outcome<Value> {
+    // Until the row count is known (queued, or counting), a spinner; then the bar.
+    let waiting = ProgressStyle::with_template("{spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let counting = ProgressStyle::with_template(
+        "{spinner} building  [{bar:32}] {pos}/{len} rows {percent:>3}%  {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     let bar = if c.tty {
         let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} building  [{bar:32}] {pos}/{len} rows {percent:>3}%  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        b.set_style(waiting.clone());
+        b.set_message("starting");
         b.enable_steady_tick(Duration::from_millis(120));
         b
     } else {
@@ -311,13 +314,19 @@ async fn watch(c: &Client, id: &str) -> Outcome<Value> {
             .as_i64()
             .map(|p| format!("queued, {p} ahead"))
             .unwrap_or_default();
-        bar.set_length(total.max(rows));
-        bar.set_position(rows);
-        bar.set_message(if queued.is_empty() {
-            eta.clone()
+        if total == 0 {
+            bar.set_style(waiting.clone());
+            bar.set_message(if queued.is_empty() {
+                "starting".to_string()
+            } else {
+                queued.clone()
+            });
         } else {
-            queued.clone()
-        });
+            bar.set_style(counting.clone());
+            bar.set_length(total.max(rows));
+            bar.set_position(rows);
+            bar.set_message(eta.clone());
+        }
         let line = format!(
             "{state} {rows}/{total} rows {:.0}% {queued}{eta}",
             s["progress"]["percent"].as_f64().unwrap_or(0.0)
