@@ -130,3 +130,21 @@ impl FromRequest for JsonBody {
         })
     }
 }
+
+/// The request's media type: `Content-Type` without its parameters, trimmed ("" when absent).
+pub fn media_type(req: &actix_web::HttpRequest) -> &str {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
+}
+
+/// 415 unless the body is declared as JSON.
+pub fn require_json(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    if media_type(req).eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedMediaType("Content-Type must be application/json".into()).into())
+    }
+}

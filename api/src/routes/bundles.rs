@@ -3,7 +3,6 @@
 //! project-level exports. Bundles and imports are jobs of the export ledger; these handlers
 //! only validate, record and enqueue.
 
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
@@ -85,22 +84,7 @@ async fn small_json(
     state: &AppState,
     body: web::Payload,
 ) -> Result<Value, ApiError> {
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(
-            Error::UnsupportedMediaType("Content-Type must be application/json".into()).into(),
-        );
-    }
+    crate::json::require_json(req)?;
     let bytes =
         crate::json::read_limited(body, MAX_SMALL_BODY, state.settings.body_timeout).await?;
     let value = wharf_shared::json::parse(&bytes)
@@ -302,18 +286,7 @@ pub async fn kore_upload(
         }
         .into());
     }
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("multipart/form-data")
-    {
+    if !crate::json::media_type(&req).eq_ignore_ascii_case("multipart/form-data") {
         return Err(Error::UnsupportedMediaType(
             "Content-Type must be multipart/form-data with a part named file".into(),
         )
@@ -568,12 +541,7 @@ pub async fn create_import(
         Some(raw) => Some(find(&state, principal.project_id, raw).await?.id),
         None => None,
     };
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
+    let essence = crate::json::media_type(&req);
     if !essence.eq_ignore_ascii_case("application/zip")
         && !essence.eq_ignore_ascii_case("application/octet-stream")
     {

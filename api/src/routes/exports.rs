@@ -1,4 +1,3 @@
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -254,22 +253,7 @@ fn parse_body(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((ExportRequest::default(), serde_json::json!({})));
     }
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(
-            Error::UnsupportedMediaType("Content-Type must be application/json".into()).into(),
-        );
-    }
+    crate::json::require_json(req)?;
     let value = wharf_shared::json::parse(body)
         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
     let parsed = crate::json::from_value(value.clone())?;

@@ -1,4 +1,4 @@
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -35,12 +35,7 @@ impl From<Run> for RunDto {
 }
 
 fn body_format(req: &HttpRequest) -> Result<BodyFormat, Error> {
-    let raw = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = raw.split(';').next().unwrap_or("").trim();
+    let essence = crate::json::media_type(req);
     BodyFormat::from_media_type(essence).ok_or_else(|| {
         Error::UnsupportedMediaType(format!(
             "Content-Type \"{}\" is not accepted for a run: use application/x-ndjson, application/json or text/csv",

@@ -50,9 +50,9 @@ async fn a_long_poll_answers_when_the_export_finishes_and_many_waiters_cost_litt
         );
     }
 
-    // 300 requests wait on the last export; none gets an answer before it finishes, and all
-    // get it promptly after.
-    let waiters: Vec<_> = (0..300)
+    // 1,000 requests wait on the last export; none gets an answer before it finishes, and all
+    // get it promptly after (each wakes from the process's one listener and reads once).
+    let waiters: Vec<_> = (0..1000)
         .map(|_| {
             let (client, url, key) = (
                 app.client.clone(),
@@ -87,10 +87,10 @@ async fn a_long_poll_answers_when_the_export_finishes_and_many_waiters_cost_litt
         latest = latest.max(at.saturating_duration_since(seen_done));
     }
     println!(
-        "300 long polls answered at most {} ms after a poller saw COMPLETED",
+        "1,000 long polls answered at most {} ms after a poller saw COMPLETED",
         latest.as_millis()
     );
-    assert!(latest < Duration::from_secs(1), "{latest:?}");
+    assert!(latest < Duration::from_secs(5), "{latest:?}");
 }
 
 #[tokio::test]
@@ -99,13 +99,13 @@ async fn a_long_poll_returns_within_100_ms_of_completion_or_unchanged_after_its_
     let app = spawn_app(db.pool.clone()).await;
     let (p, wf) = app.one_row_workflow().await;
     let id = app.create_export(&p.key, &wf, &json!({})).await;
-    // Nothing happens for the whole wait: the unchanged status, after about that long.
+    // Nothing happens for the whole minute: the unchanged status, after about that long.
     let t = Instant::now();
-    let (code, s) = status(&app, &p.key, &format!("/v1/exports/{id}?wait=3")).await;
+    let (code, s) = status(&app, &p.key, &format!("/v1/exports/{id}?wait=60")).await;
     assert_eq!(code, 200);
     assert_eq!(s["status"], "QUEUED");
     assert!(
-        t.elapsed() >= Duration::from_secs(3) && t.elapsed() < Duration::from_secs(5),
+        t.elapsed() >= Duration::from_secs(60) && t.elapsed() < Duration::from_secs(63),
         "{:?}",
         t.elapsed()
     );
