@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use wharf_shared::repo::exports::ExportRecord;
 
 pub const CHANNEL: &str = "wharf_export_done";
 /// How often a waiter reads the record itself while the listener is down.
@@ -22,7 +23,13 @@ pub struct Waiters {
     /// Per export: its Notify and how many requests wait on it.
     map: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
     live: AtomicBool,
+    /// Exports in a final status, as last read: they change only through a status change (to
+    /// EXPIRED), which the listener hears and evicts. Used only while the listener is live.
+    finished: Mutex<HashMap<Uuid, ExportRecord>>,
 }
+
+/// Finished exports kept in memory at most (a poll of another is one query, as before).
+pub const FINISHED_CACHE: usize = 10_000;
 
 /// One request's registration; removed from the map with the last one.
 pub struct Watch {
@@ -72,7 +79,31 @@ impl Waiters {
         }
     }
 
+    /// A finished export as last read, while notifications flow (else None: read it).
+    pub fn finished(&self, id: Uuid) -> Option<ExportRecord> {
+        if !self.is_live() {
+            return None;
+        }
+        self.finished.lock().ok()?.get(&id).cloned()
+    }
+
+    /// Keeps a record read from the database if it is final (not QUEUED or IN_PROGRESS).
+    pub fn remember(&self, rec: &ExportRecord) {
+        if !self.is_live() || rec.status.is_active() {
+            return;
+        }
+        if let Ok(mut m) = self.finished.lock() {
+            if m.len() >= FINISHED_CACHE {
+                m.clear();
+            }
+            m.insert(rec.id, rec.clone());
+        }
+    }
+
     fn wake(&self, id: Uuid) {
+        if let Ok(mut m) = self.finished.lock() {
+            m.remove(&id);
+        }
         if let Ok(map) = self.map.lock()
             && let Some((n, _)) = map.get(&id)
         {
@@ -81,6 +112,9 @@ impl Waiters {
     }
 
     fn wake_all(&self) {
+        if let Ok(mut m) = self.finished.lock() {
+            m.clear();
+        }
         if let Ok(map) = self.map.lock() {
             for (n, _) in map.values() {
                 n.notify_waiters();

@@ -368,9 +368,19 @@ pub async fn find_export(
     raw: &str,
 ) -> Result<ExportRecord, ApiError> {
     let id = parse_id("exportId", raw)?;
-    let rec = exports::get(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("export"))?;
+    // A finished export changes only by a status change, which the process hears of at once:
+    // polls of it are answered from memory (status polling's hot path: no query).
+    let rec = match state.waiters.finished(id) {
+        Some(rec) if rec.project_id == principal.project_id => rec,
+        Some(_) => return Err(Error::NotFound("export").into()),
+        None => {
+            let rec = exports::get(&state.pool, principal.project_id, id)
+                .await?
+                .ok_or(Error::NotFound("export"))?;
+            state.waiters.remember(&rec);
+            rec
+        }
+    };
     require_for(principal, &rec)?;
     Ok(rec)
 }
