@@ -179,3 +179,41 @@ async fn a_running_export_has_an_eta_from_the_recent_pace_of_its_format() {
     s3.resume();
     assert_eq!(app.wait_done(&p.key, &id).await["status"], "COMPLETED");
 }
+
+#[tokio::test]
+async fn a_finished_export_polled_from_memory_still_shows_every_change_and_no_other_tenant() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let _worker = app.start_worker().await;
+    let (p, wf) = app.one_row_workflow().await;
+    let done = app.export_and_wait(&p.key, &wf, &json!({})).await;
+    let id = done["exportId"].as_str().expect("id").to_string();
+    // Read (and so remembered) twice; another project's key still gets 404.
+    for _ in 0..2 {
+        let (code, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
+        assert_eq!((code, s["status"].as_str()), (200, Some("COMPLETED")));
+    }
+    let q = app.create_project("other").await;
+    let (code, _) = status(&app, &q.key, &format!("/v1/exports/{id}")).await;
+    assert_eq!(code, 404);
+    // Retention ends it behind the API's back: the status change is heard, the next poll shows
+    // it, and downloads answer 410.
+    sqlx::query("UPDATE exports SET status = 'EXPIRED', expires_at = now() WHERE id = $1")
+        .bind(wharf_tests::parse(&id))
+        .execute(&app.pool)
+        .await
+        .expect("updated");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
+        if s["status"] == "EXPIRED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = app
+        .get(&format!("/v1/exports/{id}/download?mode=stream"), &p.key)
+        .await;
+    assert_eq!(res.status(), 410);
+}
