@@ -23,6 +23,12 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
         tracing::warn!(error = %e, "expired uploads not all deleted; retried next pass");
         0
     });
+    let swept = tokio::task::spawn_blocking(wharf_shared::export::import::sweep_scratch)
+        .await
+        .unwrap_or(0);
+    if swept > 0 {
+        tracing::info!(swept, "scratch directories of dead imports removed");
+    }
     let mut skipped = 0i64;
     loop {
         // Items skipped in this pass are still due: look past them.

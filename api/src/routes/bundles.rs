@@ -292,6 +292,8 @@ pub async fn kore_upload(
         )
         .into());
     }
+    // An upload counts against WHARF_PROJECT_INGESTS like a run's: no tenant holds every slot.
+    let _slot = state.ingest_slots.acquire(principal.project_id)?;
     let mut form = actix_multipart::Multipart::new(req.headers(), payload.into_inner());
     let stall = state.settings.body_timeout;
     loop {
@@ -558,6 +560,7 @@ pub async fn create_import(
         }
         .into());
     }
+    let _slot = state.ingest_slots.acquire(principal.project_id)?;
     let file = files::upload(
         &state.pool,
         &state.store,

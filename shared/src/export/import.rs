@@ -43,6 +43,8 @@ pub const MAX_RATIO: u64 = 100;
 const RATIO_FLOOR: u64 = 1 << 20;
 /// All entries together, expanded.
 pub const MAX_EXPANDED: u64 = 64 << 30;
+/// Workflows one import may create (each is a table, all in one transaction).
+pub const MAX_WORKFLOWS: usize = 500;
 /// The manifest and each definition are read whole; they are small.
 const MAX_JSON_FILE: u64 = 16 << 20;
 /// Rows per tuple batch sent to the COPY, and bytes per COPY statement (see runs::copy_run).
@@ -198,6 +200,15 @@ pub fn verify(zip_path: &Path, dir: &Path) -> Result<Verified> {
             format!("manifest.json: {}", crate::json::describe(&e)),
         )
     })?;
+    if manifest.workflows.len() > MAX_WORKFLOWS {
+        return Err(refuse(
+            FailureCode::BundleTooLarge,
+            format!(
+                "the bundle holds {} workflows; an import takes at most {MAX_WORKFLOWS}",
+                manifest.workflows.len()
+            ),
+        ));
+    }
     let mut workflows = Vec::with_capacity(manifest.workflows.len());
     for mw in manifest.workflows {
         workflows.push(verify_workflow(&mut archive, mw, dir)?);
@@ -528,6 +539,28 @@ fn batch_tuples(
         }
     }
     Ok(buf)
+}
+
+/// Scratch directories older than this belong to attempts that died (a SIGKILLed worker runs
+/// no destructor); the janitor removes them.
+pub const SCRATCH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes import scratch directories left by dead attempts; returns how many.
+pub fn sweep_scratch() -> usize {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wharf-import-"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > SCRATCH_MAX_AGE)
+        })
+        .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+        .count()
 }
 
 /// A directory of the import's own, removed however the attempt ends.
