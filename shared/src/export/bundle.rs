@@ -25,7 +25,7 @@ use crate::domain::export::{self as dom, Compression, ExportSpec};
 use crate::domain::states::ExportScope;
 use crate::error::{Error, Result};
 use crate::repo::export_query::{OutColumn, Plan};
-use crate::repo::exports::{self, Claim, ExportRecord};
+use crate::repo::exports::{Claim, ExportRecord};
 use crate::repo::projects;
 use crate::repo::runs::{self, Run};
 use crate::repo::workflows::{self, Workflow};
@@ -112,7 +112,7 @@ pub(super) async fn produce(
         .iter()
         .flat_map(|i| i.runs.iter().map(|r| r.row_count))
         .sum();
-    exports::set_total(&ctx.pool, claim, total).await?;
+    progress.total.set(total).ok();
     Phases::mark(&progress.phases.counted, started);
 
     let date = rec.created_at.date_naive();

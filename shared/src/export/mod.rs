@@ -76,8 +76,15 @@ struct Progress {
     rows: AtomicU64,
     /// Bytes of the file so far, as the sink counts them.
     bytes: Arc<AtomicU64>,
+    /// The rows the export will hold, once counted; the heartbeat records it.
+    total: std::sync::OnceLock<i64>,
     phases: Phases,
 }
+
+/// The first heartbeat comes this soon after the claim, so a poll sees the row total (and the
+/// progress against it) within a quarter second, while an export done sooner than that never
+/// spends a statement on it; later beats follow the lease's interval.
+const FIRST_BEAT: Duration = Duration::from_millis(250);
 
 /// Where an attempt's time went: the moments (microseconds since its claim) it counted the rows,
 /// got its first rows, read its last, finished encoding and finished writing; and
@@ -111,15 +118,12 @@ pub type ReadConn = Option<PgConnection>;
 
 /// Runs one export job if it can be claimed.
 pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcome> {
-    let Some(claim) =
+    let Some((claim, rec)) =
         exports::claim_next(&ctx.pool, &ctx.worker_id, ctx.lease, ctx.project_cap).await?
     else {
         return Ok(Outcome::Skipped);
     };
     let export_id = claim.export_id;
-    let rec = exports::get_any(&ctx.pool, export_id)
-        .await?
-        .ok_or(Error::NotFound("export"))?;
     if claim.attempt == 1 {
         let waited = (chrono::Utc::now() - rec.created_at)
             .num_microseconds()
@@ -325,13 +329,18 @@ async fn heartbeat(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ctx.heartbeat);
-    tick.tick().await;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + FIRST_BEAT.min(ctx.heartbeat),
+        ctx.heartbeat,
+    );
     loop {
         tick.tick().await;
-        let rows = progress.rows.load(Ordering::Relaxed) as i64;
-        let bytes = progress.bytes.load(Ordering::Relaxed) as i64;
-        match exports::heartbeat(&ctx.pool, &claim, rows, bytes, ctx.lease).await {
+        let beat = exports::Beat {
+            rows: progress.rows.load(Ordering::Relaxed) as i64,
+            bytes: progress.bytes.load(Ordering::Relaxed) as i64,
+            total: progress.total.get().copied(),
+        };
+        match exports::heartbeat(&ctx.pool, &claim, &beat, ctx.lease).await {
             Ok(true) => {}
             Ok(false) => {
                 cancel.cancel();
@@ -388,10 +397,10 @@ async fn produce(
         Some(c) => c,
         None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
     };
-    let mut tx = conn.begin().await?;
-    plan.apply(&mut tx).await?;
-    let total = plan.count(&mut tx).await?;
-    exports::set_total(&ctx.pool, claim, total).await?;
+    let whole_run_rows = rec.run_row_count.filter(|_| plan.is_whole_run());
+    let open = plan.open_read(&mut conn, whole_run_rows).await?;
+    let total = open.total;
+    progress.total.set(total).ok();
     Phases::mark(&progress.phases.counted, started);
 
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(8);
@@ -406,7 +415,15 @@ async fn produce(
         started,
     );
     let reader = async {
-        let read = read_rows(&mut tx, &plan, chunk_tx, cancel, &progress.phases, started).await;
+        let read = read_rows(
+            &mut conn,
+            &plan,
+            chunk_tx,
+            cancel,
+            &progress.phases,
+            started,
+        )
+        .await;
         Phases::mark(&progress.phases.read_done, started);
         read
     };
@@ -416,12 +433,9 @@ async fn produce(
         written
     };
     let (read, uploaded) = futures::join!(reader, uploader);
-    let clean = if read.is_ok() {
-        tx.rollback().await.is_ok()
-    } else {
-        drop(tx);
-        false
-    };
+    // The slot keeps its connection only when the read ran to its end (and, in a
+    // transaction, ended it): an interrupted COPY is stopped by closing it.
+    let clean = read.is_ok() && open.close(&mut conn).await.is_ok();
     if clean {
         *read_conn = Some(conn);
     }

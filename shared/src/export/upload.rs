@@ -106,9 +106,7 @@ pub async fn discard(
     key: &str,
     token: Option<&str>,
 ) -> Result<()> {
-    if let Some(token) = token {
-        store.abandon(key, token).await?;
-    }
+    store.abandon(key, token).await?;
     store.delete(key).await?;
     exports::finish_write(pool, export_id, attempt, UploadState::Aborted).await
 }

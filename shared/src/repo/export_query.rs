@@ -111,15 +111,57 @@ impl Plan {
         })
     }
 
+    /// Opens a read of this plan on a slot's own connection and says how many rows it holds.
+    /// A whole run's count is known (`whole_run_rows`, from its record: a run never changes),
+    /// so its read is one COPY and needs no transaction: two round trips fewer for a small
+    /// export. Otherwise the count and the COPY share a transaction (one snapshot).
+    pub async fn open_read(
+        &self,
+        conn: &mut PgConnection,
+        whole_run_rows: Option<i64>,
+    ) -> Result<OpenRead> {
+        if let (true, Some(total)) = (self.whole_run, whole_run_rows) {
+            self.apply_to_session(conn).await?;
+            return Ok(OpenRead {
+                total,
+                in_transaction: false,
+            });
+        }
+        sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
+        self.apply(conn).await?;
+        let total = self.count(conn).await?;
+        Ok(OpenRead {
+            total,
+            in_transaction: true,
+        })
+    }
+
     /// Binds this plan's values for the current transaction.
     pub async fn apply(&self, conn: &mut PgConnection) -> Result<()> {
-        for (i, value) in self.settings.iter().enumerate() {
-            sqlx::query("SELECT set_config($1, $2, true)")
-                .bind(format!("wharf.p{i}"))
-                .bind(value)
-                .execute(&mut *conn)
-                .await?;
+        self.set(conn, true).await
+    }
+
+    /// Binds this plan's values for the connection's session, for a read outside a
+    /// transaction. Only for a connection of the caller's own (a worker slot's), never a
+    /// pool's; its next read sets its own values before it runs.
+    pub async fn apply_to_session(&self, conn: &mut PgConnection) -> Result<()> {
+        self.set(conn, false).await
+    }
+
+    async fn set(&self, conn: &mut PgConnection, local: bool) -> Result<()> {
+        if self.settings.is_empty() {
+            return Ok(());
         }
+        // One statement for all of them (one round trip); only generated numbers join the text.
+        let sql = (0..self.settings.len())
+            .map(|i| format!("set_config('wharf.p{i}', ${}, {local})", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {sql}")));
+        for value in &self.settings {
+            query = query.bind(value);
+        }
+        query.execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -229,5 +271,24 @@ fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// A read opened by `Plan::open_read`.
+#[must_use = "a read in a transaction must be closed"]
+pub struct OpenRead {
+    /// The rows the read will return.
+    pub total: i64,
+    in_transaction: bool,
+}
+
+impl OpenRead {
+    /// Ends a read that ran to its end (its transaction, if it had one), so the connection can
+    /// serve the next one.
+    pub async fn close(&self, conn: &mut PgConnection) -> Result<()> {
+        if self.in_transaction {
+            sqlx::Executor::execute(&mut *conn, "ROLLBACK").await?;
+        }
+        Ok(())
     }
 }

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../../../migrations/20261129000001_webhooks.sql"),
     ),
+    (
+        20261130000001,
+        "claim_by_project",
+        include_str!("../../../migrations/20261130000001_claim_by_project.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

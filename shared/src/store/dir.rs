@@ -1,6 +1,6 @@
 //! A local directory as the object store (`WHARF_STORE=dir:PATH`, the embedded default).
-//! Objects are files under the root; a write in progress is a file under `.uploads/` (its name
-//! is the write's token) and becomes visible with one rename, so no reader ever sees a partial
+//! Objects are files under the root; a write in progress is a file under `.uploads/` (named
+//! after its key) and becomes visible with one rename, so no reader ever sees a partial
 //! object. There is no download URL:
 //! the API streams the file or redirects to its own signed link.
 
@@ -37,7 +37,16 @@ impl DirStore {
         Ok(self.root.join(rel))
     }
 
-    /// The temporary file of a write; tokens are Wharf's own, but only plain names are taken.
+    /// The temporary file of a write of `key`: named after the key (its sha256), so what a
+    /// dead write left is found from the key alone and the write logs no token (for a small
+    /// export that is a statement and a commit fewer). Wharf writes each key once (an
+    /// attempt's own key, an upload's own id), so no two writes share the file.
+    fn upload_path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        use sha2::Digest;
+        self.upload_path(&hex::encode(sha2::Sha256::digest(key.as_bytes())))
+    }
+
+    /// A temporary file by name; names are Wharf's own, but only plain names are taken.
     fn upload_path(&self, token: &str) -> Result<PathBuf, StoreError> {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(StoreError::Other(format!("invalid write token {token:?}")));
@@ -92,18 +101,16 @@ impl ObjectStore for DirStore {
         key: &str,
         _meta: &ObjectMeta,
         body: ByteStream,
-        log: &dyn WriteLog,
+        _log: &dyn WriteLog,
     ) -> Result<Written, StoreError> {
         let target = self.path(key)?;
         let dir = target
             .parent()
             .ok_or_else(|| StoreError::Other("object key has no parent".into()))?;
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let tmp = self.upload_path(&token)?;
+        let tmp = self.upload_path_of(key)?;
         tokio::fs::create_dir_all(self.root.join(UPLOADS))
             .await
             .map_err(io)?;
-        log.begun(&token).await?;
         let written = match Self::fill(&tmp, body).await {
             Ok(w) => w,
             Err(e) => {
@@ -116,11 +123,19 @@ impl ObjectStore for DirStore {
         Ok(written)
     }
 
-    async fn abandon(&self, _key: &str, token: &str) -> Result<(), StoreError> {
-        match tokio::fs::remove_file(self.upload_path(token)?).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
-            _ => Ok(()),
+    async fn abandon(&self, key: &str, token: Option<&str>) -> Result<(), StoreError> {
+        // A token is what an earlier version of this store named its temporary files by.
+        let named = token.map(|t| self.upload_path(t)).transpose()?;
+        for tmp in [Some(self.upload_path_of(key)?), named]
+            .into_iter()
+            .flatten()
+        {
+            match tokio::fs::remove_file(tmp).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

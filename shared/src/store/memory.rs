@@ -47,7 +47,7 @@ impl ObjectStore for MemoryStore {
             .insert(key.into(), Bytes::from(whole));
         Ok(tally.done())
     }
-    async fn abandon(&self, _key: &str, _token: &str) -> Result<(), StoreError> {
+    async fn abandon(&self, _key: &str, _token: Option<&str>) -> Result<(), StoreError> {
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

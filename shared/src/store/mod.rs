@@ -53,9 +53,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: ByteStream,
         log: &dyn WriteLog,
     ) -> Result<Written, StoreError>;
-    /// Removes what an unfinished write of `key` left behind, named by the token it gave its
-    /// `WriteLog`. Idempotent; the object itself is `delete`d separately.
-    async fn abandon(&self, key: &str, token: &str) -> Result<(), StoreError>;
+    /// Removes what an unfinished write of `key` left behind: named by the token it gave its
+    /// `WriteLog`, or, with none, what the store finds from the key alone. Idempotent; the
+    /// object itself is `delete`d separately.
+    async fn abandon(&self, key: &str, token: Option<&str>) -> Result<(), StoreError>;
     /// Idempotent: an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// A time-limited GET URL whose response carries `meta` as its headers, when the store has

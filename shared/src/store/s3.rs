@@ -294,7 +294,7 @@ impl ObjectStore for S3Store {
             Ok(()) => Ok(tally.done()),
             Err(e) => {
                 // Best effort: what stays is abandoned later through the write log's token.
-                if let Err(abort) = self.abandon(key, &upload_id).await {
+                if let Err(abort) = self.abandon(key, Some(&upload_id)).await {
                     tracing::warn!(error = %abort, upload_id, "multipart upload not aborted");
                 }
                 Err(e)
@@ -302,7 +302,11 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn abandon(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+    async fn abandon(&self, key: &str, upload_id: Option<&str>) -> Result<(), StoreError> {
+        // Without a multipart upload there is nothing partial: a single PUT stores all or none.
+        let Some(upload_id) = upload_id else {
+            return Ok(());
+        };
         let res = self
             .client
             .abort_multipart_upload()

@@ -1,7 +1,7 @@
 //! wharf-pickup: how soon an idle worker starts an export after its create (created → claimed,
 //! from the status's createdAt and startedAt), over N exports one at a time, on each queue:
 //! PostgreSQL (LISTEN/NOTIFY, the embedded default) and Redis (apalis, woken by its push
-//! notifications). Prints p50/p99/max. Then throughput: 600 one-row exports of 4 projects
+//! notifications). Prints p50/p99/max. Then throughput: 2,000 one-row exports of 4 projects
 //! created while no worker runs, drained by 1 and by 2 worker processes (concurrency 4 each);
 //! exports/s from the first claim to the last completion.
 //!
@@ -44,22 +44,26 @@ async fn main() -> anyhow::Result<()> {
             ms.last().copied().unwrap_or_default()
         );
     }
-    println!("\nsmall exports (one row, CSV), 600 queued over 4 projects, then drained\n");
+    println!("\nsmall exports (one row, CSV), 2,000 queued over 4 projects, then drained\n");
     println!(
         "CPU seconds used while draining, per second of the drain (this machine has {} cores): \
-         PostgreSQL (every postgres process), the workers, this process (the API)\n",
+         PostgreSQL (every postgres process), the workers, this process (the API); and how busy \
+         the whole machine was (kernel included, from /proc/stat)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "| queue | worker processes | exports/s | PostgreSQL CPU/s | workers CPU/s | API CPU/s |"
+        "| queue | worker processes | exports/s | PostgreSQL CPU/s | workers CPU/s | API CPU/s | machine busy |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for queue in ["postgres", "redis"] {
         for workers in [1, 2] {
-            let (rate, cpu) = throughput(&server, queue, workers, 150).await?;
+            let (rate, cpu) = throughput(&server, queue, workers, 500).await?;
             println!(
-                "| {queue} | {workers} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
-                cpu.postgres, cpu.workers, cpu.api
+                "| {queue} | {workers} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.0} % |",
+                cpu.postgres,
+                cpu.workers,
+                cpu.api,
+                cpu.machine * 100.0
             );
         }
     }
@@ -116,7 +120,11 @@ impl Bench {
         let bin = std::env::current_exe()?.with_file_name("wharf-worker");
         Ok(
             wharf_tests::worker_command(&bin, &self.settings, &self.database_url)
-                .env("RUST_LOG", "warn")
+                // WHARF_PICKUP_LOG=info shows each export's phases (`export completed`).
+                .env(
+                    "RUST_LOG",
+                    std::env::var("WHARF_PICKUP_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .spawn()?,
         )
     }
@@ -184,11 +192,36 @@ fn postgres_cpu_secs() -> f64 {
         .sum()
 }
 
+/// The machine's CPU ticks so far from /proc/stat's first line: (busy, total). Busy is
+/// everything but idle and iowait.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+fn busy_share((b0, t0): (f64, f64), (b1, t1): (f64, f64)) -> f64 {
+    if t1 > t0 { (b1 - b0) / (t1 - t0) } else { 0.0 }
+}
+
 /// Where the CPU went during a drain, in CPU seconds per second of it.
 struct CpuShare {
     postgres: f64,
     workers: f64,
     api: f64,
+    /// Of the whole machine (every core), 0–1.
+    machine: f64,
 }
 
 /// Exports per second that `workers` processes drain from a queue of `per_project` × 4, and
@@ -235,8 +268,9 @@ async fn throughput(
         .count()
         .await;
     anyhow::ensure!(created == per_project * 4, "only {created} exports created");
-    let (pg0, api0, t0) = (
+    let (pg0, machine0, api0, t0) = (
         postgres_cpu_secs(),
+        machine_ticks(),
         cpu_secs(std::process::id()),
         std::time::Instant::now(),
     );
@@ -261,6 +295,7 @@ async fn throughput(
         postgres: (postgres_cpu_secs() - pg0) / wall,
         workers: procs.iter().map(|p| cpu_secs(p.id())).sum::<f64>() / wall,
         api: (cpu_secs(std::process::id()) - api0) / wall,
+        machine: busy_share(machine0, machine_ticks()),
     };
     let (completed, secs): (i64, f64) = sqlx::query_as(concat!(
         "SELECT count(*) FILTER (WHERE status = ",

@@ -33,7 +33,7 @@ impl ObjectStore for Refusing {
     ) -> Result<Written, StoreError> {
         self.inner.write(key, meta, body, log).await
     }
-    async fn abandon(&self, key: &str, token: &str) -> Result<(), StoreError> {
+    async fn abandon(&self, key: &str, token: Option<&str>) -> Result<(), StoreError> {
         self.inner.abandon(key, token).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bundles;
+mod claims;
 mod cli;
 mod downloads;
 mod errors;

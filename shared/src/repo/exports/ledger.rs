@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::ExportRecord;
 use crate::domain::states::FailureCode;
 use crate::error::Result;
 
@@ -22,29 +23,52 @@ pub struct Claim {
 /// running, among projects below their cap (`project_cap`). A queue message only says "there
 /// is work"; which export runs is decided here, so a burst of one project's exports cannot
 /// keep another project's export waiting behind it. Claims take turns on one advisory lock, so
-/// a cap is never overshot by a race; the claim is one call of the `wharf_claim_next` function
-/// (migration 20261125000001), so the lock is held for the server's work and the commit, not
-/// across round trips.
+/// a cap is never overshot by a race; the claim is one call of the `wharf_claim` function
+/// (migrations 20261125000001 and 20261130000001), so the lock is held for the server's work
+/// and the commit, not across round trips, and its cost grows with the projects waiting, not
+/// with the exports waiting.
 pub async fn claim_next(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
     project_cap: i64,
-) -> Result<Option<Claim>> {
+) -> Result<Option<(Claim, ExportRecord)>> {
     let token = Uuid::new_v4();
-    let claimed: Option<(Uuid, i32)> =
-        sqlx::query_as("SELECT export_id, attempt FROM wharf_claim_next($1, $2, $3, $4)")
-            .bind(worker_id)
-            .bind(lease.as_secs_f64())
-            .bind(project_cap)
-            .bind(token)
-            .fetch_optional(pool)
-            .await?;
-    Ok(claimed.map(|(export_id, attempt)| Claim {
-        export_id,
-        token,
-        attempt,
+    // One round trip: the claim and the claimed export's record, read after it.
+    let claimed: Option<ClaimedRow> = sqlx::query_as(
+        "SELECT c.attempt AS claimed_attempt, (c.export).*, c.dock_status_id, c.job_type,
+             c.run_executed_at, c.run_row_count
+         FROM wharf_claim($1, $2, $3, $4) c",
+    )
+    .bind(worker_id)
+    .bind(lease.as_secs_f64())
+    .bind(project_cap)
+    .bind(token)
+    .fetch_optional(pool)
+    .await?;
+    Ok(claimed.map(|ClaimedRow { attempt, rec }| {
+        let claim = Claim {
+            export_id: rec.id,
+            token,
+            attempt,
+        };
+        (claim, rec)
     }))
+}
+
+struct ClaimedRow {
+    attempt: i32,
+    rec: ExportRecord,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimedRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(ClaimedRow {
+            attempt: row.try_get("claimed_attempt")?,
+            rec: ExportRecord::from_row(row)?,
+        })
+    }
 }
 
 /// Gives a claimed export back (worker shutting down, or a transient failure): QUEUED again,
@@ -129,24 +153,27 @@ pub async fn mark_unqueued(pool: &PgPool, id: Uuid) -> Result<()> {
 }
 
 /// Renews the lease and records progress. False: the claim is lost (cancelled, taken over).
-pub async fn heartbeat(
-    pool: &PgPool,
-    claim: &Claim,
-    rows: i64,
-    bytes: i64,
-    lease: Duration,
-) -> Result<bool> {
+/// An attempt's progress: rows and bytes so far, and the rows it will hold once counted.
+pub struct Beat {
+    pub rows: i64,
+    pub bytes: i64,
+    pub total: Option<i64>,
+}
+
+pub async fn heartbeat(pool: &PgPool, claim: &Claim, beat: &Beat, lease: Duration) -> Result<bool> {
     let done = sqlx::query(concat!(
         "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3),
-             rows_written = $4, bytes_written = $5, updated_at = now()
+             rows_written = $4, bytes_written = $5, rows_total = coalesce($6, rows_total),
+             updated_at = now()
          WHERE id = $1 AND lease_token = $2 AND status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(claim.export_id)
     .bind(claim.token)
     .bind(lease.as_secs_f64())
-    .bind(rows)
-    .bind(bytes)
+    .bind(beat.rows)
+    .bind(beat.bytes)
+    .bind(beat.total)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -175,17 +202,29 @@ pub struct Completion<'a> {
 /// Marks the export COMPLETED, fenced on the claim, and its attempt's upload record with it.
 /// False: the claim was lost meanwhile, and the caller must delete the object it wrote.
 pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(concat!(
-        "UPDATE exports SET status = ",
+    // One statement (one round trip, one commit): the upload record is marked only when the
+    // export's fenced update took place.
+    let done: i64 = sqlx::query_scalar(concat!(
+        "WITH done AS (
+           UPDATE exports SET status = ",
         crate::sql_status!(Completed),
         ", completed_at = now(), updated_at = now(),
-             expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
-             rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
-             content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
-             error_code = NULL, error_message = NULL
-         WHERE id = $1 AND lease_token = $2 AND status = ",
-        crate::sql_status!(InProgress)
+               expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
+               rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
+               content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
+               error_code = NULL, error_message = NULL
+           WHERE id = $1 AND lease_token = $2 AND status = ",
+        crate::sql_status!(InProgress),
+        "
+           RETURNING id),
+         upload AS (
+           UPDATE export_uploads SET state = ",
+        crate::sql_upload_state!(Completed),
+        ", updated_at = now()
+           WHERE export_id IN (SELECT id FROM done) AND attempt = $10 AND state = ",
+        crate::sql_upload_state!(Open),
+        ")
+         SELECT count(*) FROM done"
     ))
     .bind(claim.export_id)
     .bind(claim.token)
@@ -196,24 +235,10 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
     .bind(c.content_type)
     .bind(c.file_name)
     .bind(c.ttl.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Ok(false);
-    }
-    sqlx::query(concat!(
-        "UPDATE export_uploads SET state = ",
-        crate::sql_upload_state!(Completed),
-        ", updated_at = now()
-         WHERE export_id = $1 AND attempt = $2 AND state = ",
-        crate::sql_upload_state!(Open)
-    ))
-    .bind(claim.export_id)
     .bind(claim.attempt)
-    .execute(&mut *tx)
+    .fetch_one(pool)
     .await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(done == 1)
 }
 
 /// Ends the export FAILED with a stable code and a message a user can act on.

@@ -64,6 +64,8 @@ pg_row! {
         pub dock_status_id: Uuid,
         pub job_type: String,
         pub run_executed_at: Option<DateTime<Utc>>,
+        /// The run's rows (a run never changes once stored).
+        pub run_row_count: Option<i64>,
     }
 }
 
@@ -102,5 +104,6 @@ impl ExportRecord {
 }
 
 const SELECT: &str =
-    "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at
+    "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at,
+        r.row_count AS run_row_count
     FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
