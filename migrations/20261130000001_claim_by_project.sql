@@ -74,13 +74,14 @@ $$;
 -- export). The record is read by a statement of its own inside the function, after the claim:
 -- a query joining the record to the claim from outside would read it with the snapshot its
 -- statement began with, taken before the claim waited for the lock, and miss an export created
--- meanwhile — claimed, but never run (its lease would lapse first). `export` is the table's own
--- row type, so the record follows the table's columns.
+-- meanwhile — claimed, but never run (its lease would lapse first). `export` and `workflow` are
+-- the tables' own row types, so the record follows the tables' columns; `workflow` is NULL for a
+-- project's bundle, an import, or a workflow deleted since the export was asked for.
 CREATE FUNCTION wharf_claim(
     p_worker text, p_lease_secs double precision, p_cap bigint, p_token uuid
 ) RETURNS TABLE (
     attempt integer, export exports, dock_status_id uuid, job_type text,
-    run_executed_at timestamptz, run_row_count bigint
+    run_executed_at timestamptz, run_row_count bigint, workflow workflows
 )
 LANGUAGE plpgsql VOLATILE ROWS 1 AS $$
 #variable_conflict use_column
@@ -92,8 +93,9 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
-    SELECT e.attempts, e, d.id, d.job_type, r.executed_at, r.row_count
+    SELECT e.attempts, e, d.id, d.job_type, r.executed_at, r.row_count, w
     FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id
+        LEFT JOIN workflows w ON w.id = e.workflow_id AND w.project_id = e.project_id
     WHERE e.id = picked;
 END
 $$;

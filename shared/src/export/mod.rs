@@ -28,7 +28,6 @@ use crate::domain::states::{FailureCode, JobKind};
 use crate::error::{Error, Result};
 use crate::repo::export_query::Plan;
 use crate::repo::exports::{self, Claim, Completion, ExportRecord};
-use crate::repo::workflows;
 use crate::store::{ObjectMeta, ObjectStore, Written};
 pub use parquet::arrow_schema;
 use sink::{ChunkSink, Output};
@@ -118,11 +117,12 @@ pub type ReadConn = Option<PgConnection>;
 
 /// Runs one export job if it can be claimed.
 pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcome> {
-    let Some((claim, rec)) =
+    let Some(claimed) =
         exports::claim_next(&ctx.pool, &ctx.worker_id, ctx.lease, ctx.project_cap).await?
     else {
         return Ok(Outcome::Skipped);
     };
+    let (claim, rec) = (claimed.claim, &claimed.rec);
     let export_id = claim.export_id;
     if claim.attempt == 1 {
         let waited = (chrono::Utc::now() - rec.created_at)
@@ -133,9 +133,9 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
     let outcome = if rec.kind == JobKind::Import {
         let span = tracing::info_span!("import", import_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
             attempt = claim.attempt);
-        tracing::Instrument::instrument(import::run(ctx, claim, &rec), span).await
+        tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await
     } else {
-        run_export(ctx, claim, &rec, read_conn).await
+        run_export(ctx, &claimed, read_conn).await
     };
     let label = if rec.kind == JobKind::Import {
         "import"
@@ -157,10 +157,10 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
 
 async fn run_export(
     ctx: &ExportContext,
-    claim: Claim,
-    rec: &ExportRecord,
+    claimed: &exports::Claimed,
     read_conn: &mut ReadConn,
 ) -> Result<Outcome> {
+    let (claim, rec) = (claimed.claim, &claimed.rec);
     let export_id = claim.export_id;
     let span = tracing::info_span!("export", export_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
         attempt = claim.attempt, format = %rec.format, scope = rec.scope.as_str());
@@ -175,7 +175,7 @@ async fn run_export(
         cancel.clone(),
     ));
     let produced = tracing::Instrument::instrument(
-        produce(ctx, &claim, rec, &progress, started, &cancel, read_conn),
+        produce(ctx, claimed, &progress, started, &cancel, read_conn),
         span.clone(),
     )
     .await;
@@ -364,19 +364,20 @@ type Chunk = Option<Bytes>;
 
 async fn produce(
     ctx: &ExportContext,
-    claim: &Claim,
-    rec: &ExportRecord,
+    claimed: &exports::Claimed,
     progress: &Arc<Progress>,
     started: Instant,
     cancel: &CancellationToken,
     read_conn: &mut ReadConn,
 ) -> Result<Produced> {
+    let (claim, rec) = (&claimed.claim, &claimed.rec);
     if rec.is_bundle() {
         return bundle::produce(ctx, claim, rec, progress, started, cancel, read_conn).await;
     }
-    let workflow_id = rec.workflow_id.ok_or(Error::NotFound("workflow"))?;
-    let wf = workflows::get(&ctx.pool, rec.project_id, workflow_id)
-        .await?
+    // Read with the claim; None: the workflow was deleted since the export was asked for.
+    let wf = claimed
+        .workflow
+        .as_ref()
         .ok_or(Error::NotFound("workflow"))?;
     let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
     let spec: &ExportSpec = &rec.params.0;

@@ -45,6 +45,23 @@ impl From<WorkflowRow> for Workflow {
 
 const COLUMNS: &str = "id, project_id, name, schema, table_name, created_at";
 
+/// The workflow a claim returned beside its export (`wf_`-prefixed columns; NULL when there is
+/// none). Only in this module does a row become a `Workflow`.
+pub(crate) fn from_claim_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Option<Workflow>> {
+    use sqlx::Row;
+    let Some(id) = row.try_get::<Option<Uuid>, _>("wf_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(Workflow {
+        id,
+        project_id: row.try_get("wf_project_id")?,
+        name: row.try_get("wf_name")?,
+        fields: row.try_get::<Json<Vec<Field>>, _>("wf_schema")?.0,
+        table_name: row.try_get("wf_table_name")?,
+        created_at: row.try_get("wf_created_at")?,
+    }))
+}
+
 /// Records the workflow and creates its typed rows table, in one transaction.
 pub async fn create(
     pool: &PgPool,

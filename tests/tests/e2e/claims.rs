@@ -17,9 +17,18 @@ const CAP: i64 = 2;
 
 /// Claims one export and names it by its label; checks the record against the database.
 async fn claim(pool: &PgPool, labels: &[(uuid::Uuid, &'static str)]) -> Option<&'static str> {
-    let (claim, rec) = exports::claim_next(pool, "test-worker", LEASE, CAP)
+    let exports::Claimed {
+        claim,
+        rec,
+        workflow,
+    } = exports::claim_next(pool, "test-worker", LEASE, CAP)
         .await
         .expect("claim")?;
+    let wf = workflow.expect("the export's workflow comes along");
+    assert_eq!(Some(wf.id), rec.workflow_id);
+    assert_eq!(wf.project_id, rec.project_id);
+    assert_eq!(wf.fields.len(), 1);
+    assert!(wf.table_name.starts_with("rows_"), "{}", wf.table_name);
     assert_eq!(rec.id, claim.export_id);
     assert_eq!(rec.status, ExportStatus::InProgress);
     assert_eq!(rec.attempts, claim.attempt);
@@ -174,7 +183,7 @@ async fn concurrent_claims_never_overshoot_a_cap_nor_take_one_export_twice() {
     .await;
     let got: Vec<_> = claims.into_iter().flatten().collect();
     assert_eq!(got.len(), 4, "{} claims", got.len());
-    let mut ids: Vec<_> = got.iter().map(|(c, _)| c.export_id).collect();
+    let mut ids: Vec<_> = got.iter().map(|c| c.claim.export_id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 4, "no export claimed twice");
@@ -228,7 +237,7 @@ async fn a_claim_waiting_its_turn_returns_an_export_created_meanwhile() {
     let id = parse(&app.create_export(&key, &wf, &json!({})).await);
     turn.commit().await.expect("end the turn");
 
-    let (claim, rec) = waiting
+    let exports::Claimed { claim, rec, .. } = waiting
         .await
         .expect("task")
         .expect("claim")

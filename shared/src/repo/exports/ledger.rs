@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::ExportRecord;
 use crate::domain::states::FailureCode;
 use crate::error::Result;
+use crate::repo::workflows::Workflow;
 
 /// A claim on an export: the attempt it is and the token that fences every later write.
 #[derive(Debug, Clone, Copy)]
@@ -32,12 +33,15 @@ pub async fn claim_next(
     worker_id: &str,
     lease: Duration,
     project_cap: i64,
-) -> Result<Option<(Claim, ExportRecord)>> {
+) -> Result<Option<Claimed>> {
     let token = Uuid::new_v4();
-    // One round trip: the claim and the claimed export's record, read after it.
+    // One round trip: the claim, and the claimed export's record and workflow, read after it.
     let claimed: Option<ClaimedRow> = sqlx::query_as(
         "SELECT c.attempt AS claimed_attempt, (c.export).*, c.dock_status_id, c.job_type,
-             c.run_executed_at, c.run_row_count
+             c.run_executed_at, c.run_row_count, (c.workflow).id AS wf_id,
+             (c.workflow).project_id AS wf_project_id, (c.workflow).name AS wf_name,
+             (c.workflow).schema AS wf_schema, (c.workflow).table_name AS wf_table_name,
+             (c.workflow).created_at AS wf_created_at
          FROM wharf_claim($1, $2, $3, $4) c",
     )
     .bind(worker_id)
@@ -46,28 +50,40 @@ pub async fn claim_next(
     .bind(token)
     .fetch_optional(pool)
     .await?;
-    Ok(claimed.map(|ClaimedRow { attempt, rec }| {
-        let claim = Claim {
-            export_id: rec.id,
+    Ok(claimed.map(|ClaimedRow(c)| Claimed {
+        claim: Claim {
+            export_id: c.rec.id,
             token,
-            attempt,
-        };
-        (claim, rec)
+            attempt: c.claim.attempt,
+        },
+        ..c
     }))
 }
 
-struct ClaimedRow {
-    attempt: i32,
-    rec: ExportRecord,
+/// What a claim returns: the claim, the export's record as claimed, and its workflow (None for
+/// a project's bundle, an import, or a workflow deleted since).
+#[derive(Debug)]
+pub struct Claimed {
+    pub claim: Claim,
+    pub rec: ExportRecord,
+    pub workflow: Option<Workflow>,
 }
+
+struct ClaimedRow(Claimed);
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimedRow {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
-        Ok(ClaimedRow {
-            attempt: row.try_get("claimed_attempt")?,
-            rec: ExportRecord::from_row(row)?,
-        })
+        let rec = ExportRecord::from_row(row)?;
+        Ok(ClaimedRow(Claimed {
+            claim: Claim {
+                export_id: rec.id,
+                token: Uuid::nil(),
+                attempt: row.try_get("claimed_attempt")?,
+            },
+            workflow: crate::repo::workflows::from_claim_row(row)?,
+            rec,
+        }))
     }
 }
 
