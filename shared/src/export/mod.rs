@@ -381,7 +381,7 @@ async fn produce(
         .ok_or(Error::NotFound("workflow"))?;
     let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
     let spec: &ExportSpec = &rec.params.0;
-    let plan = Plan::new(&wf, run_id, spec)?;
+    let plan = Plan::new(wf, run_id, spec)?;
     let date = rec.created_at.date_naive();
     let file_name = dom::file_name(&wf.name, date, spec.format, spec.compression);
     let meta = ObjectMeta {
