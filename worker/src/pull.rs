@@ -3,6 +3,7 @@
 //! QUEUED export (PostgreSQL is the record) and keeps going until nothing is claimable.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apalis::prelude::*;
@@ -21,7 +22,7 @@ pub const SAFETY_TICK: Duration = Duration::from_secs(1);
 /// the queue's push notifications that fills free slots at once: an idle worker starts a job
 /// within a millisecond or two of its push instead of at its next poll. Both share the slots.
 pub async fn redis(worker: &Worker, redis: &Redis, name: &str, shutdown: &CancellationToken) {
-    let slots = Slots(Arc::new(Semaphore::new(worker.concurrency)));
+    let slots = Slots::new(worker.concurrency);
     tokio::join!(
         apalis_loop(worker, redis, name, &slots, shutdown),
         wakeups(worker, redis, name, &slots, shutdown)
@@ -44,7 +45,7 @@ async fn wakeups(
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     m = messages.next() => match m {
-                        Some(()) => fill_slots(worker, &slots.0),
+                        Some(()) => wake(worker, slots),
                         None => break,
                     },
                 }
@@ -58,9 +59,24 @@ async fn wakeups(
     }
 }
 
-/// The worker's slots, shared by apalis's jobs and the push notifications.
+/// The worker's slots, shared by every way it hears of work. `pending` closes the gap between
+/// a slot that found nothing claimable and gives its place back, and a wake-up that found every
+/// slot busy meanwhile: the wake-up sets it before it looks for a free slot, the slot reads it
+/// after it freed its place, so one of the two claims again.
 #[derive(Clone)]
-struct Slots(Arc<Semaphore>);
+struct Slots {
+    free: Arc<Semaphore>,
+    pending: Arc<AtomicBool>,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Slots {
+            free: Arc::new(Semaphore::new(n)),
+            pending: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
 
 async fn apalis_loop(
     worker: &Worker,
@@ -104,38 +120,30 @@ async fn apalis_loop(
     }
 }
 
-/// One apalis job. Every outcome is recorded in PostgreSQL, so apalis never retries it:
-/// attempts and retries are Wharf's (see notes/apalis-1.0.md). The slot runs in a task of its
-/// own, so an export survives apalis dropping this future at shutdown and is released.
+/// One apalis job: "there is work". A slot that is free starts claiming; when none is, the
+/// busy slots claim it as they finish (each drains until nothing is claimable), so the message
+/// is done at once: it never holds a slot, nor a claim that finds nothing (on the Redis queue
+/// every export's message used to take a slot and spend a claim after the slots had drained
+/// the ledger). Every outcome is recorded in PostgreSQL, so apalis never retries it: attempts
+/// and retries are Wharf's (see notes/apalis-1.0.md).
 async fn handle(
     job: ExportJob,
     worker: Data<Worker>,
     slots: Data<Slots>,
 ) -> Result<(), AbortError> {
-    let worker = (*worker).clone();
     if worker.draining() {
         // Stopping: hand the job straight to another worker.
         worker.enqueue(job.export_id, job.request_id).await;
         return Ok(());
     }
-    // A slot may be busy with work a push notification started; wait for it.
-    let permit = Slots::clone(&slots)
-        .0
-        .acquire_owned()
-        .await
-        .map_err(AbortError::new)?;
-    let guard = worker.busy();
-    let task = tokio::spawn(async move {
-        let _slot = (permit, guard);
-        worker.drain_slot(&job).await;
-    });
-    task.await.map_err(AbortError::new)
+    wake(&worker, &slots);
+    Ok(())
 }
 
 /// `LISTEN` on the database: each notification (or the safety tick) fills the free slots;
 /// each slot claims until nothing is claimable, then frees itself.
 pub async fn postgres(worker: &Worker, shutdown: &CancellationToken) {
-    let slots = Arc::new(Semaphore::new(worker.concurrency));
+    let slots = Slots::new(worker.concurrency);
     let mut listener: Option<PgListener> = None;
     while !shutdown.is_cancelled() {
         if listener.is_none() {
@@ -158,6 +166,8 @@ pub async fn postgres(worker: &Worker, shutdown: &CancellationToken) {
                 if heard.is_err() {
                     tracing::warn!("lost the database's notifications; reconnecting");
                     listener = None;
+                } else {
+                    slots.pending.store(true, Ordering::SeqCst);
                 }
             }
             _ = tokio::time::sleep(SAFETY_TICK) => {}
@@ -182,20 +192,41 @@ async fn listen(worker: &Worker) -> Option<PgListener> {
     }
 }
 
-/// Starts a slot task for every free slot (none while draining).
-fn fill_slots(worker: &Worker, slots: &Arc<Semaphore>) {
+/// There is work: every free slot starts claiming, and a slot finishing now claims once more.
+fn wake(worker: &Worker, slots: &Slots) {
+    slots.pending.store(true, Ordering::SeqCst);
+    fill_slots(worker, slots);
+}
+
+/// Starts a slot task for every free slot (none while draining). Each claims until nothing is
+/// claimable, then gives its place back, and takes it again if a wake-up came meanwhile.
+fn fill_slots(worker: &Worker, slots: &Slots) {
     while !worker.draining() {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = slots.free.clone().try_acquire_owned() else {
             return;
         };
-        let (worker, guard) = (worker.clone(), worker.busy());
+        // This slot claims after now: it sees every export a wake-up announced so far.
+        slots.pending.store(false, Ordering::SeqCst);
+        let (worker, slots, guard) = (worker.clone(), slots.clone(), worker.busy());
         tokio::spawn(async move {
-            let _slot = (permit, guard);
+            let _busy = guard;
             let wake = ExportJob {
                 export_id: uuid::Uuid::nil(),
                 request_id: None,
             };
-            worker.drain_slot(&wake).await;
+            let mut permit = permit;
+            loop {
+                worker.drain_slot(&wake).await;
+                drop(permit);
+                if worker.draining() || !slots.pending.swap(false, Ordering::SeqCst) {
+                    return;
+                }
+                match slots.free.clone().try_acquire_owned() {
+                    Ok(p) => permit = p,
+                    // Another slot took the place, and claims after the wake-up.
+                    Err(_) => return,
+                }
+            }
         });
     }
 }
