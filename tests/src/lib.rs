@@ -528,7 +528,12 @@ impl TestApp {
 
     /// Project "acme" with a workflow of one integer field `n` and a run of one row.
     pub async fn one_row_workflow(&self) -> (TestProject, String) {
-        let p = self.create_project("acme").await;
+        self.one_row_workflow_in("acme").await
+    }
+
+    /// A new project `slug` with a workflow of one integer field `n` and a one-row run.
+    pub async fn one_row_workflow_in(&self, slug: &str) -> (TestProject, String) {
+        let p = self.create_project(slug).await;
         let wf = self
             .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
             .await;

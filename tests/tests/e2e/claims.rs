@@ -53,16 +53,7 @@ async fn claim(pool: &PgPool, labels: &[(uuid::Uuid, &'static str)]) -> Option<&
 }
 
 async fn project_workflow(app: &TestApp, slug: &str) -> (String, String) {
-    let p = app.create_project(slug).await;
-    let wf = app
-        .create_workflow(&p.key, "W", json!([{"name": "n", "type": "integer"}]))
-        .await;
-    assert_eq!(
-        app.post_run(&p.key, &wf, "text/csv", "n\n1\n")
-            .await
-            .status(),
-        201
-    );
+    let (p, wf) = app.one_row_workflow_in(slug).await;
     (p.key, wf)
 }
 
