@@ -45,12 +45,20 @@ impl FromRequest for Auth {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let key = presented_key(req);
+        let client = req.peer_addr().map(|a| a.ip());
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
             let key = key.filter(|k| !k.is_empty()).ok_or(Error::Unauthorized)?;
             let state =
                 state.ok_or_else(|| Error::Unexpected(anyhow::anyhow!("app state missing")))?;
-            let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
+            state.auth_failures.admit(client)?;
+            let principal = match auth::authenticate(&state.pool, &state.keys, &key).await {
+                Err(Error::Unauthorized) => {
+                    state.auth_failures.failed(client);
+                    return Err(Error::Unauthorized.into());
+                }
+                other => other?,
+            };
             state.limiter.check(principal.key_id)?;
             tracing::Span::current()
                 .record("project_id", tracing::field::display(principal.project_id));

@@ -3,6 +3,7 @@
 //! deployment with N API processes allows N times as much); see README, Limits.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +51,110 @@ impl KeyLimiter {
             l.shrink_to_fit();
         }
     }
+}
+
+/// `WHARF_AUTH_FAILURES`: failed authentications per client address, a token bucket of N
+/// refilled over a minute. A wrong credential takes a token; an address with less than one
+/// left is answered 429 before its next credential is looked at (no database lookup, no hash
+/// compared) until one has grown back. IPv6 clients count by their /64, the block one host is
+/// given.
+#[derive(Clone, Default)]
+pub struct AuthFailures {
+    inner: Option<Arc<FailureBuckets>>,
+}
+
+struct FailureBuckets {
+    per_minute: f64,
+    /// Tokens left per address, as of when they were last counted.
+    buckets: Mutex<HashMap<IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl FailureBuckets {
+    /// The address's tokens now (refilled since they were counted), at most `per_minute`.
+    fn tokens(&self, at: (f64, std::time::Instant), now: std::time::Instant) -> f64 {
+        let grown = now.duration_since(at.1).as_secs_f64() * self.per_minute / 60.0;
+        (at.0 + grown).min(self.per_minute)
+    }
+}
+
+impl AuthFailures {
+    pub fn new(per_minute: Option<u32>) -> Self {
+        let inner = per_minute.filter(|n| *n > 0).map(|n| {
+            Arc::new(FailureBuckets {
+                per_minute: f64::from(n),
+                buckets: Mutex::default(),
+            })
+        });
+        AuthFailures { inner }
+    }
+
+    /// Before a credential from `client` is looked at: 429 while the address has no token.
+    pub fn admit(&self, client: Option<IpAddr>) -> Result<(), Error> {
+        let (Some(inner), Some(ip)) = (&self.inner, client) else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let buckets = inner.buckets.lock().map_err(|_| poisoned())?;
+        let Some(at) = buckets.get(&host(ip)) else {
+            return Ok(());
+        };
+        let tokens = inner.tokens(*at, now);
+        if tokens >= 1.0 {
+            return Ok(());
+        }
+        let wait = (1.0 - tokens) * 60.0 / inner.per_minute;
+        Err(Error::RateLimited {
+            message: "too many failed authentications from this address (WHARF_AUTH_FAILURES); \
+                      retry after the time in Retry-After"
+                .into(),
+            retry_after: wait.ceil().max(1.0) as u64,
+        })
+    }
+
+    /// A credential presented from `client` was wrong: it takes a token.
+    pub fn failed(&self, client: Option<IpAddr>) {
+        let (Some(inner), Some(ip)) = (&self.inner, client) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if let Ok(mut buckets) = inner.buckets.lock() {
+            let at = buckets
+                .get(&host(ip))
+                .copied()
+                .unwrap_or((inner.per_minute, now));
+            let left = (inner.tokens(at, now) - 1.0).max(0.0);
+            buckets.insert(host(ip), (left, now));
+        }
+    }
+
+    /// Forgets addresses whose buckets are full again (memory bounded by those failing now).
+    pub fn shrink(&self) {
+        if let Some(inner) = &self.inner {
+            let now = std::time::Instant::now();
+            if let Ok(mut buckets) = inner.buckets.lock() {
+                buckets.retain(|_, at| inner.tokens(*at, now) < inner.per_minute);
+            }
+        }
+    }
+}
+
+/// The address a client is counted by: IPv4 as it is (an IPv4-mapped IPv6 address as its IPv4),
+/// IPv6 by its /64.
+fn host(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Unexpected(anyhow::anyhow!("auth failure buckets poisoned"))
 }
 
 /// `WHARF_PROJECT_INGESTS`: run uploads of one project at once.
@@ -133,6 +238,34 @@ mod tests {
         assert!(slots.acquire(b).is_ok());
         drop(one);
         assert!(slots.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn failed_authentications_block_an_address_past_its_budget() {
+        let failures = AuthFailures::new(Some(3));
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(failures.admit(Some(a)).is_ok());
+            failures.failed(Some(a));
+        }
+        // The budget is spent: the address is blocked before a fourth credential is looked at.
+        match failures.admit(Some(a)) {
+            Err(Error::RateLimited { retry_after, .. }) => assert!((1..=20).contains(&retry_after)),
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert!(
+            failures.admit(Some(b)).is_ok(),
+            "another address is not blocked"
+        );
+        // One /64 is one client.
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        let same: IpAddr = "2001:db8::ffff:2".parse().expect("ip");
+        for _ in 0..3 {
+            failures.failed(Some(v6));
+        }
+        assert!(failures.admit(Some(same)).is_err());
+        assert!(AuthFailures::new(None).admit(Some(a)).is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use wharf_shared::config::Settings;
 use wharf_shared::{Error, repo};
 
 use crate::error::ApiError;
-use crate::limits::{IngestSlots, KeyLimiter};
+use crate::limits::{AuthFailures, IngestSlots, KeyLimiter};
 use crate::routes;
 use crate::state::AppState;
 
@@ -49,7 +49,8 @@ impl Application {
             tracing::warn!(store = %settings.store, error = %e, "the object store is not ready yet");
         }
         let limiter = KeyLimiter::new(settings.rate_limit);
-        tokio::spawn(shrink_now_and_then(limiter.clone()));
+        let auth_failures = AuthFailures::new(settings.auth_failures_per_minute);
+        tokio::spawn(shrink_now_and_then(limiter.clone(), auth_failures.clone()));
         let waiters = crate::waiters::Waiters::new();
         tokio::spawn(waiters.clone().listen(pool.clone()));
         let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
@@ -63,6 +64,8 @@ impl Application {
                 "data reads",
                 "WHARF_PROJECT_READS",
             ),
+            long_polls: IngestSlots::named(MAX_LONG_POLLS, "long polls", "at most 500 per project"),
+            auth_failures,
             page_keys: crate::routes::kadoa::PageKeys::default(),
             metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
             waiters: waiters.clone(),
@@ -123,14 +126,20 @@ async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
     unreachable!("the retry loop returns")
 }
 
-/// Drops the rate limiter's full buckets every minute (memory bounded by active keys).
-async fn shrink_now_and_then(limiter: KeyLimiter) {
+/// Drops the limiters' full buckets every minute (memory bounded by active keys and by the
+/// addresses failing now).
+async fn shrink_now_and_then(limiter: KeyLimiter, failures: AuthFailures) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
         limiter.shrink();
+        failures.shrink();
     }
 }
+
+/// Long polls (`?wait=`) one project may hold open at once in an API process: each holds a
+/// socket and a waiter, so one key cannot take the process's descriptors.
+pub const MAX_LONG_POLLS: usize = 500;
 
 /// Counts every request by its route pattern (never the raw path) and status, and its latency.
 async fn http_metrics(

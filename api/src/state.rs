@@ -5,7 +5,7 @@ use wharf_shared::config::Settings;
 use wharf_shared::queue::JobQueue;
 use wharf_shared::store::ObjectStore;
 
-use crate::limits::{IngestSlots, KeyLimiter};
+use crate::limits::{AuthFailures, IngestSlots, KeyLimiter};
 
 /// What every handler may reach. Cheap to clone.
 #[derive(Clone)]
@@ -23,6 +23,10 @@ pub struct AppState {
     pub ingest_slots: IngestSlots,
     /// `WHARF_PROJECT_READS`: data reads of one project at once.
     pub read_slots: IngestSlots,
+    /// Long polls (`?wait=`) of one project open at once.
+    pub long_polls: IngestSlots,
+    /// `WHARF_AUTH_FAILURES`: wrong credentials per client address.
+    pub auth_failures: AuthFailures,
     /// Keyset paging: where recent pages of filtered reads ended.
     pub page_keys: crate::routes::kadoa::PageKeys,
     pub metrics: Arc<wharf_shared::metrics::Metrics>,

@@ -103,6 +103,25 @@ pub struct Settings {
     pub rate_limit: Option<RateLimit>,
     /// Exports QUEUED per project before creates are refused.
     pub project_queue_max: i64,
+    /// `WHARF_AUTH_FAILURES`: failed authentications a client address may make a minute
+    /// before it is answered 429 without a look at its credential; `None` turns it off.
+    pub auth_failures_per_minute: Option<u32>,
+    /// `WHARF_IMPORT_SCRATCH`: bytes of extracted bundles one worker may hold on disk at once.
+    pub import_scratch: u64,
+}
+
+/// The shortest `WHARF_ADMIN_TOKEN` accepted: a token that guards project creation and the
+/// operators' page must not be guessable.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// `20/min`, or `0` (off).
+pub fn parse_per_minute(raw: &str) -> Option<Option<u32>> {
+    let raw = raw.trim();
+    if raw == "0" {
+        return Some(None);
+    }
+    let n: u32 = raw.strip_suffix("/min")?.trim().parse().ok()?;
+    (n > 0).then_some(Some(n))
 }
 
 /// `WHARF_RATE_LIMIT` = `RATE/s,BURST`.
@@ -175,7 +194,15 @@ impl Settings {
             },
             listen,
             public_url,
-            admin_token: var("WHARF_ADMIN_TOKEN").map(SecretString::from),
+            admin_token: match var("WHARF_ADMIN_TOKEN") {
+                Some(t) if t.chars().count() < MIN_ADMIN_TOKEN => {
+                    return Err(invalid(
+                        "WHARF_ADMIN_TOKEN",
+                        "must be at least 32 characters (e.g. openssl rand -hex 32)",
+                    ));
+                }
+                t => t.map(SecretString::from),
+            },
             signing_keys: parse_signing_keys(
                 &var("WHARF_SIGNING_KEYS").ok_or(ConfigError::Missing("WHARF_SIGNING_KEYS"))?,
             )?,
@@ -280,6 +307,18 @@ impl Settings {
                 Some(v) => parse_bytes(&v).ok_or_else(|| {
                     invalid("WHARF_MAX_RUN_BYTES", "expected e.g. 1GiB, 500MB, 1048576")
                 })?,
+            },
+            auth_failures_per_minute: match var("WHARF_AUTH_FAILURES") {
+                None => Some(20),
+                Some(v) => parse_per_minute(&v).ok_or_else(|| {
+                    invalid("WHARF_AUTH_FAILURES", "expected N/min such as 20/min, or 0")
+                })?,
+            },
+            import_scratch: match var("WHARF_IMPORT_SCRATCH") {
+                None => 64 << 30,
+                Some(v) => parse_bytes(&v)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid("WHARF_IMPORT_SCRATCH", "expected e.g. 64GiB, 500MB"))?,
             },
         })
     }
@@ -481,7 +520,32 @@ mod tests {
             ["a", "b"]
         );
         assert!(s.admin_token.is_none());
+        assert_eq!(s.auth_failures_per_minute, Some(20));
+        assert_eq!(s.import_scratch, 64 << 30);
         Ok(())
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_by_name() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("WHARF_SIGNING_KEYS", "a:1"),
+        ];
+        let with = |token: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("WHARF_ADMIN_TOKEN", token));
+            settings(&pairs).map(|s| s.admin_token.is_some())
+        };
+        let err = with("dev-admin-token").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("WHARF_ADMIN_TOKEN") && e.contains("32")),
+            "{err:?}"
+        );
+        assert_eq!(with(&"t".repeat(32)).ok(), Some(true));
+        assert_eq!(parse_per_minute("20/min"), Some(Some(20)));
+        assert_eq!(parse_per_minute("0"), Some(None));
+        assert_eq!(parse_per_minute("20"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use wharf_api::startup::Application;
 use wharf_shared::config::Settings;
 use wharf_shared::store::s3::S3Store;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// Settings for a test: local services, a bucket of its own, the given overrides.
 pub fn test_settings(bucket: &str, overrides: &[(&str, &str)]) -> Settings {
@@ -116,6 +116,8 @@ pub async fn spawn_app_on(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
     // No rate limit unless a test asks for one: tests poll hard on purpose.
     let mut all: Vec<(&str, &str)> = vec![
         ("WHARF_RATE_LIMIT", "0"),
+        // Nor a budget for wrong credentials: tests send them on purpose (auth tests set one).
+        ("WHARF_AUTH_FAILURES", "0"),
         ("WHARF_LISTEN", "127.0.0.1:0"),
         ("WHARF_QUEUE", &queue),
         ("WHARF_PUBLIC_URL", &public),

@@ -58,6 +58,7 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         project_cap: settings.project_concurrency,
         stop: CancellationToken::new(),
         metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
+        scratch: wharf_shared::export::scratch::ScratchBudget::new(settings.import_scratch),
     }
 }
 

@@ -16,6 +16,10 @@ use crate::startup::Worker;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries in flight per worker.
 const IN_FLIGHT: usize = 32;
+/// Endpoints of one project in flight at once: a quarter of a worker's slots, so one
+/// project's hanging receivers leave the rest to everyone else (each endpoint has at most
+/// one delivery in flight, and one that keeps failing is paused as a whole).
+const PER_PROJECT: usize = IN_FLIGHT / 4;
 
 /// Backoff after `attempts` failed tries: 1 s, 2 s, 4 s … capped at an hour.
 pub fn backoff_secs(attempts: i32) -> f64 {
@@ -38,7 +42,13 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
         }
         // A claimed delivery is retried after the lease if its worker vanished (`WHARF_LEASE`).
         let lease = worker.ctx.lease.max(TIMEOUT + Duration::from_secs(1));
-        let due = match webhooks::claim_due(&worker.ctx.pool, free, lease.as_secs_f64()).await {
+        let claimed = webhooks::claim_due(
+            &worker.ctx.pool,
+            free,
+            PER_PROJECT as i64,
+            lease.as_secs_f64(),
+        );
+        let due = match claimed.await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "webhook deliveries not claimed; next tick");
@@ -66,13 +76,13 @@ async fn deliver(worker: &Worker, d: webhooks::Delivery) {
     let recorded = match outcome {
         Ok(status) if (200..300).contains(&status) => {
             tracing::info!(status, "webhook delivered");
-            webhooks::delivered(pool, d.id, i32::from(status)).await
+            webhooks::delivered(pool, &d, i32::from(status)).await
         }
         Ok(status) => {
             tracing::info!(status, "webhook refused by its receiver; will retry");
             webhooks::failed(
                 pool,
-                d.id,
+                &d,
                 Some(i32::from(status)),
                 &format!("the receiver answered {status}"),
                 backoff_secs(d.attempts),
@@ -81,7 +91,7 @@ async fn deliver(worker: &Worker, d: webhooks::Delivery) {
         }
         Err(why) => {
             tracing::info!(error = %why, "webhook not delivered; will retry");
-            webhooks::failed(pool, d.id, None, &why, backoff_secs(d.attempts)).await
+            webhooks::failed(pool, &d, None, &why, backoff_secs(d.attempts)).await
         }
     };
     if let Err(e) = recorded {
@@ -119,8 +129,9 @@ async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, String>
         .resolve_to_addrs(&target.host, &addrs)
         .build()
         .map_err(|e| e.to_string())?;
+    // The URL as checked (normalized), to the addresses checked.
     let res = client
-        .post(&hook.url)
+        .post(target.url.clone())
         .header("content-type", "application/json")
         .header("user-agent", "wharf-webhooks/1")
         .header("wharf-event-id", format!("evt_{}", d.event_id.simple()))

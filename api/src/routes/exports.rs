@@ -181,6 +181,8 @@ pub(crate) async fn wait_final(
     rec: ExportRecord,
     within: std::time::Duration,
 ) -> Result<ExportRecord, ApiError> {
+    // A project's open long polls are capped (each holds a socket and a waiter).
+    let _slot = state.long_polls.acquire(rec.project_id)?;
     let deadline = tokio::time::Instant::now() + within;
     let watch = state.waiters.watch(rec.id);
     loop {

@@ -78,15 +78,29 @@ pub struct KadoaWorkflowList {
 }
 
 /// A non-negative integer parameter within `max`.
-fn int_param(name: &str, raw: Option<&str>, default: u64, max: u64) -> Result<u64, ApiError> {
+/// An integer parameter from `range` (`default` when absent); anything else is a 400 naming it
+/// and the range.
+fn int_param(
+    name: &str,
+    raw: Option<&str>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ApiError> {
     let Some(raw) = raw else { return Ok(default) };
     raw.trim()
         .parse::<u64>()
         .ok()
-        .filter(|n| *n <= max)
+        .filter(|n| range.contains(n))
         .ok_or_else(|| {
             Error::invalid(format!(
-                "{name}: expected an integer from 0 to {max}, got \"{}\"",
+                "{name}: expected an integer from {} to {}{}, got \"{}\"",
+                range.start(),
+                range.end(),
+                if name == "page" {
+                    " (pages start at 1)"
+                } else {
+                    ""
+                },
                 wharf_shared::domain::schema::printable(raw)
             ))
             .into()
@@ -116,12 +130,12 @@ pub async fn list(
         "limit",
         query.limit.as_deref(),
         DEFAULT_WORKFLOWS as u64,
-        MAX_WORKFLOWS as u64,
+        0..=MAX_WORKFLOWS as u64,
     )? {
         0 => DEFAULT_WORKFLOWS,
         n => n as i64,
     };
-    let skip = int_param("skip", query.skip.as_deref(), 0, 1_000_000_000)? as i64;
+    let skip = int_param("skip", query.skip.as_deref(), 0, 0..=1_000_000_000)? as i64;
     if query.search.as_deref().is_some_and(|s| s.contains('\0')) {
         return Err(
             Error::invalid("search: text may not contain the NUL character (U+0000)").into(),
@@ -218,8 +232,8 @@ pub async fn data(
         Some("csv") => PageFormat::Csv,
         Some(_) => return Err(Error::invalid("format: expected json or csv").into()),
     };
-    let page = int_param("page", query.page.as_deref(), 1, 1_000_000_000)?.max(1);
-    let limit = int_param("limit", query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let page = int_param("page", query.page.as_deref(), 1, 1..=1_000_000_000)?;
+    let limit = int_param("limit", query.limit.as_deref(), DEFAULT_PAGE, 0..=MAX_PAGE)?;
     let gzip = bool_param("gzip", query.gzip.as_deref())?;
     let run_id = match &query.run_id {
         Some(raw) => Some(parse_id("runId", raw)?),

@@ -33,6 +33,7 @@ pub struct KeyCreated {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = KeyCreated), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "The project holds 1,000 live keys already", body = crate::error::ErrorEnvelope),
         (status = 413, body = crate::error::ErrorEnvelope), (status = 415, body = crate::error::ErrorEnvelope),
         (status = 429, body = crate::error::ErrorEnvelope)))]
 #[post("/v1/api-keys")]
@@ -60,9 +61,8 @@ pub async fn create_key(
     }
     scopes.sort();
     let new_key = mint_key();
-    let mut conn = state.pool.acquire().await.map_err(Error::from)?;
-    let key = keys::create(
-        &mut conn,
+    let key = keys::create_capped(
+        &state.pool,
         principal.project_id,
         &new_key.hash,
         &new_key.prefix,

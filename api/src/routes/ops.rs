@@ -36,6 +36,24 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// What the request's HTTP Basic credentials are: none (a browser's first visit), or checked.
+enum Credentials {
+    Missing,
+    Wrong,
+    Right,
+}
+
+fn credentials(req: &HttpRequest, state: &AppState) -> Credentials {
+    if req.headers().get(AUTHORIZATION).is_none() {
+        return Credentials::Missing;
+    }
+    if authorized(req, state) {
+        Credentials::Right
+    } else {
+        Credentials::Wrong
+    }
+}
+
 fn authorized(req: &HttpRequest, state: &AppState) -> bool {
     let Some(configured) = state.settings.admin_token.as_ref() else {
         return false;
@@ -75,10 +93,21 @@ fn age(secs: f64) -> String {
 /// The operators' page (HTTP Basic: `admin` and the admin token).
 #[utoipa::path(get, path = "/ops", tag = "operations", security(()),
     responses((status = 200, description = "The page", content_type = "text/html"),
-        (status = 401, description = "HTTP Basic credentials missing or wrong", body = crate::error::ErrorEnvelope)))]
+        (status = 401, description = "HTTP Basic credentials missing or wrong", body = crate::error::ErrorEnvelope),
+        (status = 429, description = "Too many failed authentications from this address (WHARF_AUTH_FAILURES)", body = crate::error::ErrorEnvelope)))]
 #[get("/ops")]
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !authorized(&req, &state) {
+    let client = req.peer_addr().map(|a| a.ip());
+    state.auth_failures.admit(client)?;
+    let refused = match credentials(&req, &state) {
+        Credentials::Right => false,
+        Credentials::Missing => true,
+        Credentials::Wrong => {
+            state.auth_failures.failed(client);
+            true
+        }
+    };
+    if refused {
         let mut res = actix_web::ResponseError::error_response(&ApiError(Error::Unauthorized));
         res.headers_mut().insert(
             WWW_AUTHENTICATE,

@@ -55,7 +55,8 @@ fn validate_slug(slug: &str) -> Result<(), Error> {
         (status = 201, body = ProjectCreated),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 404, description = "WHARF_ADMIN_TOKEN is not set: the route is disabled", body = crate::error::ErrorEnvelope),
-        (status = 409, description = "The slug is taken", body = crate::error::ErrorEnvelope)))]
+        (status = 409, description = "The slug is taken", body = crate::error::ErrorEnvelope),
+        (status = 429, description = "Too many failed authentications from this address (WHARF_AUTH_FAILURES)", body = crate::error::ErrorEnvelope)))]
 #[post("/v1/projects")]
 pub async fn create_project(
     req: HttpRequest,
@@ -66,7 +67,10 @@ pub async fn create_project(
         "route (project creation is disabled: WHARF_ADMIN_TOKEN is not set)",
     ))?;
     let presented = bearer(&req).ok_or(Error::Unauthorized)?;
+    let client = req.peer_addr().map(|a| a.ip());
+    state.auth_failures.admit(client)?;
     if !admin_token_matches(configured, &presented) {
+        state.auth_failures.failed(client);
         return Err(Error::Unauthorized.into());
     }
     let body: CreateProject = body.parse()?;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::bundle::{BUNDLE_VERSION, MANIFEST};
+use super::scratch::{Room, ScratchBudget};
 use super::{ExportContext, Outcome, Progress};
 use crate::domain::schema::{Field, FieldType, parse_schema, printable, validate_workflow_name};
 use crate::domain::states::FailureCode;
@@ -45,6 +46,11 @@ const RATIO_FLOOR: u64 = 1 << 20;
 pub const MAX_EXPANDED: u64 = 64 << 30;
 /// Workflows one import may create (each is a table, all in one transaction).
 pub const MAX_WORKFLOWS: usize = 500;
+/// Entries of a bundle, counted from its end record before any is read (each costs memory).
+pub const MAX_ENTRIES: usize = 10_000;
+/// Runs one import may write, and rows over all of them.
+pub const MAX_RUNS: usize = 10_000;
+pub const MAX_ROWS: i64 = 1_000_000_000;
 /// The manifest and each definition are read whole; they are small.
 const MAX_JSON_FILE: u64 = 16 << 20;
 /// Rows per tuple batch sent to the COPY, and bytes per COPY statement (see runs::copy_run).
@@ -89,6 +95,8 @@ struct ManifestRun {
 #[derive(Debug)]
 pub struct Verified {
     pub workflows: Vec<VerifiedWorkflow>,
+    /// The scratch room its extracted files hold.
+    _room: Option<Room>,
 }
 
 #[derive(Debug)]
@@ -119,15 +127,85 @@ fn safe_path(name: &str) -> bool {
         && name.split('/').all(|part| part != ".." && part != ".")
 }
 
-/// Checks the bundle at `zip_path` and extracts its run files into `dir`.
-pub fn verify(zip_path: &Path, dir: &Path) -> Result<Verified> {
+fn not_a_zip() -> Error {
+    refuse(
+        FailureCode::BundleInvalid,
+        "the file is not a ZIP archive (a Wharf bundle is one)",
+    )
+}
+
+/// Opens the archive and holds it to the zip crate's consistency checks: entries counted from
+/// the end record before the directory is loaded (`MAX_ENTRIES`), no duplicate names, local
+/// headers that agree with the central directory, entries that lie inside the archive and do
+/// not overlap (so every compressed size is bytes really there, and ratios are real).
+fn open_archive(zip_path: &Path) -> Result<zip::ZipArchive<File>> {
     let file = File::open(zip_path).map_err(|e| Error::Unexpected(e.into()))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|_| {
+    let entries = zip::unstable::read::ZipIterable::try_new(&file, zip::read::Config::default())
+        .map_err(|_| not_a_zip())?
+        .len();
+    if entries > MAX_ENTRIES {
+        return Err(refuse(
+            FailureCode::BundleTooLarge,
+            format!("the bundle holds {entries} entries; an import takes at most {MAX_ENTRIES}"),
+        ));
+    }
+    let mut archive = zip::ZipArchive::new(file).map_err(|_| not_a_zip())?;
+    archive.validate_header_consistency().map_err(|e| {
         refuse(
             FailureCode::BundleInvalid,
-            "the file is not a ZIP archive (a Wharf bundle is one)",
+            format!("the archive is inconsistent: {e}"),
         )
     })?;
+    Ok(archive)
+}
+
+/// The manifest's runs against the import's limits: at most `MAX_RUNS` runs and `MAX_ROWS`
+/// rows, each run file backing one run; returns the bytes its run files will take on disk.
+fn check_runs(manifest: &Manifest) -> Result<u64> {
+    let runs: Vec<&ManifestRun> = manifest.workflows.iter().flat_map(|w| &w.runs).collect();
+    if runs.len() > MAX_RUNS {
+        return Err(refuse(
+            FailureCode::BundleTooLarge,
+            format!(
+                "the bundle holds {} runs; an import takes at most {MAX_RUNS}",
+                runs.len()
+            ),
+        ));
+    }
+    let mut files = std::collections::HashSet::with_capacity(runs.len());
+    let (mut rows, mut bytes) = (0i64, 0u64);
+    for run in &runs {
+        if !files.insert(run.file.as_str()) {
+            return Err(refuse(
+                FailureCode::BundleInvalid,
+                format!(
+                    "manifest.json names \"{}\" for two runs; each run file backs one run",
+                    printable(&run.file)
+                ),
+            ));
+        }
+        if run.row_count < 0 {
+            return Err(refuse(
+                FailureCode::BundleInvalid,
+                format!("{}: a negative rowCount", printable(&run.file)),
+            ));
+        }
+        rows = rows.saturating_add(run.row_count);
+        bytes = bytes.saturating_add(run.bytes);
+    }
+    if rows > MAX_ROWS {
+        return Err(refuse(
+            FailureCode::BundleTooLarge,
+            format!("the bundle holds {rows} rows; an import takes at most {MAX_ROWS}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Checks the bundle at `zip_path` and extracts its run files into `dir`, within room reserved
+/// on `scratch` first.
+pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Verified> {
+    let mut archive = open_archive(zip_path)?;
     let mut expanded = 0u64;
     for i in 0..archive.len() {
         let entry = archive
@@ -209,11 +287,15 @@ pub fn verify(zip_path: &Path, dir: &Path) -> Result<Verified> {
             ),
         ));
     }
+    let room = scratch.reserve_blocking(check_runs(&manifest)?)?;
     let mut workflows = Vec::with_capacity(manifest.workflows.len());
     for mw in manifest.workflows {
         workflows.push(verify_workflow(&mut archive, mw, dir)?);
     }
-    Ok(Verified { workflows })
+    Ok(Verified {
+        workflows,
+        _room: Some(room),
+    })
 }
 
 fn verify_workflow(
@@ -632,6 +714,10 @@ async fn import(
     tokio::fs::create_dir_all(&scratch.0)
         .await
         .map_err(|e| Error::Unexpected(e.into()))?;
+    let _bundle_room = ctx
+        .scratch
+        .reserve(u64::try_from(file.size_bytes).unwrap_or(u64::MAX))
+        .await?;
     let zip_path = scratch.0.join("bundle.zip");
     let mut out = tokio::fs::File::create(&zip_path)
         .await
@@ -646,7 +732,8 @@ async fn import(
     drop(out);
 
     let dir = scratch.0.clone();
-    let verified = tokio::task::spawn_blocking(move || verify(&zip_path, &dir))
+    let budget = ctx.scratch.clone();
+    let verified = tokio::task::spawn_blocking(move || verify(&zip_path, &dir, &budget))
         .await
         .map_err(|e| Error::Unexpected(e.into()))??;
     let total: i64 = verified

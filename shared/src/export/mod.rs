@@ -8,6 +8,7 @@ mod csv;
 pub mod import;
 pub mod page;
 mod parquet;
+pub mod scratch;
 mod sink;
 mod text;
 pub mod upload;
@@ -49,6 +50,8 @@ pub struct ExportContext {
     pub stop: CancellationToken,
     /// This process's metrics: finished exports, durations, rows, bytes, pickup latency.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `WHARF_IMPORT_SCRATCH`: the disk this process's imports may fill at once.
+    pub scratch: scratch::ScratchBudget,
 }
 
 #[derive(Debug)]

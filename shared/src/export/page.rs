@@ -20,6 +20,7 @@ use super::text::JsonWriter;
 use super::upload::Piece;
 use crate::error::{Error, Result};
 use crate::repo::export_query::{Plan, Seek};
+use crate::repo::lent::CopyConnection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageFormat {
@@ -45,7 +46,7 @@ pub struct Streamed {
 /// Starts streaming the rows `plan` selects, from `seek`, at most `limit` (None: all). The
 /// plan's bindings are applied (errors come back here, before any byte is sent); the rest runs
 /// in tasks of its own. A reader that sends nothing for `stall` (a client that stopped
-/// reading) is stopped, so its connection goes back to the pool.
+/// reading) is stopped and its connection closed, never given back mid-COPY.
 #[allow(clippy::too_many_arguments)]
 pub async fn stream_rows(
     pool: &PgPool,
@@ -57,8 +58,10 @@ pub async fn stream_rows(
     framing: Framing,
     stall: Duration,
 ) -> Result<Streamed> {
-    let mut tx = pool.begin().await?;
-    plan.apply(&mut tx).await?;
+    // A connection of its own for the read: it goes back to the pool only after the COPY ran
+    // to its end; a read cut short (client gone, stalled, an error, a panic) closes it.
+    let mut lent = CopyConnection::begin(pool).await?;
+    plan.apply(&mut lent).await?;
     let sql = match limit {
         Some(n) => plan.page_copy_sql(seek, n),
         None => plan.copy_sql(),
@@ -79,18 +82,21 @@ pub async fn stream_rows(
     });
     tokio::spawn(async move {
         let read = async {
-            let mut stream = tx.copy_out_raw(&sql).await?;
             let mut batch = BytesMut::with_capacity(256 * 1024);
-            while let Some(chunk) = stream.next().await {
-                batch.extend_from_slice(&chunk?);
-                if batch.len() >= 128 * 1024 {
-                    send(&chunk_tx, Some(batch.split().freeze()), stall).await?;
+            {
+                let mut stream = lent.copy_out_raw(&sql).await?;
+                while let Some(chunk) = stream.next().await {
+                    batch.extend_from_slice(&chunk?);
+                    if batch.len() >= 128 * 1024 {
+                        send(&chunk_tx, Some(batch.split().freeze()), stall).await?;
+                    }
                 }
             }
-            drop(stream);
+            // The COPY is over: the connection is given back before the last bytes go out,
+            // so a client that stops reading now holds no connection.
+            lent.rollback().await?;
             send(&chunk_tx, Some(batch.freeze()), stall).await?;
             send(&chunk_tx, None, stall).await?;
-            tx.rollback().await?;
             Ok::<(), Error>(())
         };
         if let Err(e) = read.await {

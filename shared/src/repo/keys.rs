@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use crate::domain::ids::new_id;
 use crate::domain::scopes::Scope;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::{Page, paginate};
 
 /// A key as stored: its hash, never its secret.
@@ -67,6 +67,40 @@ pub async fn create(
     .fetch_one(conn)
     .await?;
     Ok(row.into())
+}
+
+/// Live (unrevoked) keys one project may hold.
+pub const MAX_LIVE_KEYS: i64 = 1_000;
+
+/// A new key for a project that holds fewer than `MAX_LIVE_KEYS` live keys (else 409). The
+/// project's row is locked first, so concurrent creates count each other.
+pub async fn create_capped(
+    pool: &PgPool,
+    project_id: Uuid,
+    key_hash: &[u8],
+    prefix: &str,
+    scopes: &[Scope],
+) -> Result<ApiKey> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE")
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys WHERE project_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(project_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if live >= MAX_LIVE_KEYS {
+        return Err(Error::Conflict(format!(
+            "this project already has {MAX_LIVE_KEYS} live API keys, the most it may hold; \
+             revoke one first"
+        )));
+    }
+    let key = create(&mut tx, project_id, key_hash, prefix, scopes).await?;
+    tx.commit().await?;
+    Ok(key)
 }
 
 /// The live (not revoked) key with this hash.

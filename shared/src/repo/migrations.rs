@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim_by_project",
         include_str!("../../../migrations/20261130000001_claim_by_project.sql"),
     ),
+    (
+        20261203000001,
+        "webhook_fairness",
+        include_str!("../../../migrations/20261203000001_webhook_fairness.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

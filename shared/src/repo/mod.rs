@@ -29,6 +29,7 @@ pub mod export_query;
 pub mod exports;
 pub mod imports;
 pub mod keys;
+pub mod lent;
 mod migrations;
 pub mod ops;
 pub mod projects;

@@ -138,55 +138,127 @@ pub async fn deliveries(pool: &PgPool, webhook_id: Uuid, limit: i64) -> Result<V
     .await?)
 }
 
-/// Claims due deliveries: each is leased for `lease_secs` (its next attempt moved that far), so
-/// a worker that dies mid-delivery leaves it to be tried again then.
-pub async fn claim_due(pool: &PgPool, limit: i64, lease_secs: f64) -> Result<Vec<Delivery>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1,
-             next_attempt_at = now() + make_interval(secs => $2)
-         WHERE id IN (SELECT id FROM webhook_deliveries
-                      WHERE state = 'PENDING' AND next_attempt_at <= now()
-                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+/// Endpoints failing in a row before the endpoint as a whole is paused.
+pub const PAUSE_AFTER_FAILURES: i32 = 3;
+
+/// Claims due deliveries, fairly: at most one per endpoint, and only for endpoints with none in
+/// flight anywhere (one receiver at a time per endpoint) and not paused after repeated failures;
+/// at most `per_project` endpoints of one project in flight at once; the endpoints of every
+/// project taken in turn (each project's first, then each one's second …). A claimed delivery
+/// and its endpoint are leased for `lease_secs`, so a worker that dies mid-delivery leaves both
+/// to be tried again then. Claims take turns (a transaction-level advisory lock), so the counts
+/// they read are exact across workers.
+pub async fn claim_due(
+    pool: &PgPool,
+    limit: i64,
+    per_project: i64,
+    lease_secs: f64,
+) -> Result<Vec<Delivery>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wharf_webhook_claim'))")
+        .execute(&mut *tx)
+        .await?;
+    let claimed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH busy AS (
+             SELECT project_id, count(*) AS n FROM webhooks
+             WHERE deleted_at IS NULL AND busy_until > now() GROUP BY project_id
+         ),
+         ready AS (
+             SELECT w.id, w.project_id, due.at,
+                    row_number() OVER (PARTITION BY w.project_id ORDER BY due.at) AS turn
+             FROM webhooks w
+             CROSS JOIN LATERAL (
+                 SELECT min(d.next_attempt_at) AS at FROM webhook_deliveries d
+                 WHERE d.webhook_id = w.id AND d.state = 'PENDING' AND d.next_attempt_at <= now()
+             ) due
+             WHERE w.deleted_at IS NULL AND due.at IS NOT NULL
+               AND (w.busy_until IS NULL OR w.busy_until <= now())
+               AND (w.paused_until IS NULL OR w.paused_until <= now())
+         ),
+         chosen AS (
+             SELECT r.id FROM ready r LEFT JOIN busy b USING (project_id)
+             WHERE r.turn + coalesce(b.n, 0) <= $2
+             ORDER BY r.turn, r.at LIMIT $1
+         ),
+         leased AS (
+             UPDATE webhooks SET busy_until = now() + make_interval(secs => $3)
+             WHERE id IN (SELECT id FROM chosen) RETURNING id
+         ),
+         picked AS (
+             SELECT DISTINCT ON (d.webhook_id) d.id FROM webhook_deliveries d
+             WHERE d.webhook_id IN (SELECT id FROM leased)
+               AND d.state = 'PENDING' AND d.next_attempt_at <= now()
+             ORDER BY d.webhook_id, d.next_attempt_at
+         )
+         UPDATE webhook_deliveries SET attempts = attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $3)
+         WHERE id IN (SELECT id FROM picked)
          RETURNING {DELIVERY}"
     )))
     .bind(limit)
+    .bind(per_project)
     .bind(lease_secs)
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
 }
 
-pub async fn delivered(pool: &PgPool, id: Uuid, status: i32) -> Result<()> {
+pub async fn delivered(pool: &PgPool, d: &Delivery, status: i32) -> Result<()> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE webhook_deliveries SET state = 'DELIVERED', delivered_at = now(), last_status = $2,
              last_error = NULL WHERE id = $1",
     )
-    .bind(id)
+    .bind(d.id)
     .bind(status)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "UPDATE webhooks SET busy_until = NULL, failures = 0, paused_until = NULL WHERE id = $1",
+    )
+    .bind(d.webhook_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
-/// A failed attempt: tried again after `retry_secs`, or DEAD once the event is a day old.
+/// A failed attempt: tried again after `retry_secs`, or DEAD once the event is a day old. The
+/// endpoint is free again; after `PAUSE_AFTER_FAILURES` failures in a row it is paused as a
+/// whole, for 2^(failures - 3) s up to 10 min (its other queued events wait with it).
 pub async fn failed(
     pool: &PgPool,
-    id: Uuid,
+    d: &Delivery,
     status: Option<i32>,
     error: &str,
     retry_secs: f64,
 ) -> Result<()> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE webhook_deliveries SET last_status = $2, last_error = $3,
              next_attempt_at = now() + make_interval(secs => $4),
              state = CASE WHEN created_at < now() - interval '24 hours' THEN 'DEAD' ELSE 'PENDING' END
          WHERE id = $1",
     )
-    .bind(id)
+    .bind(d.id)
     .bind(status)
     .bind(error)
     .bind(retry_secs)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "UPDATE webhooks SET busy_until = NULL, failures = failures + 1,
+             paused_until = CASE WHEN failures + 1 >= $2
+                 THEN now() + make_interval(secs => least(power(2, failures + 1 - $2), 600))
+                 END
+         WHERE id = $1",
+    )
+    .bind(d.webhook_id)
+    .bind(PAUSE_AFTER_FAILURES)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -251,6 +251,7 @@ async fn parameters_limits_streams_and_workflow_reads() {
     for (query, what) in [
         ("limit=10001", "limit"),
         ("page=x", "page"),
+        ("page=0", "pages start at 1"),
         ("format=parquet", "format"),
         ("gzip=maybe", "gzip"),
         ("order=sideways", "order"),

@@ -50,14 +50,22 @@ async fn a_long_poll_answers_when_the_export_finishes_and_many_waiters_cost_litt
         );
     }
 
-    // 1,000 requests wait on the last export; none gets an answer before it finishes, and all
-    // get it promptly after (each wakes from the process's one listener and reads once).
+    // 1,000 requests wait, 500 (a project's most) on the last export and 500 on another
+    // project's; none gets an answer before it finishes, and all get it promptly after (each
+    // wakes from the process's one listener and reads once).
+    let (q, wf_q) = app.one_row_workflow_in("second").await;
+    let other = app.create_export(&q.key, &wf_q, &json!({})).await;
     let waiters: Vec<_> = (0..1000)
-        .map(|_| {
+        .map(|i| {
+            let (id, key) = if i % 2 == 0 {
+                (&ids[2], &p.key)
+            } else {
+                (&other, &q.key)
+            };
             let (client, url, key) = (
                 app.client.clone(),
-                app.url(&format!("/v1/exports/{}?wait=30", ids[2])),
-                p.key.clone(),
+                app.url(&format!("/v1/exports/{id}?wait=30")),
+                key.clone(),
             );
             tokio::spawn(async move {
                 let res = client
@@ -78,6 +86,7 @@ async fn a_long_poll_answers_when_the_export_finishes_and_many_waiters_cost_litt
     );
     let _worker = app.start_worker().await;
     let done = app.wait_done(&p.key, &ids[2]).await;
+    assert_eq!(app.wait_done(&q.key, &other).await["status"], "COMPLETED");
     let seen_done = Instant::now();
     assert_eq!(done["status"], "COMPLETED");
     let mut latest = Duration::ZERO;

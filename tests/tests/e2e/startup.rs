@@ -50,3 +50,24 @@ fn a_missing_database_is_named_at_once() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
 }
+
+#[test]
+fn a_short_admin_token_stops_the_api_at_start_naming_it() {
+    let out = Command::new(binary("wharf-api"))
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .env("WHARF_SIGNING_KEYS", "k:s")
+        .env("WHARF_LISTEN", "127.0.0.1:0")
+        .env("WHARF_ADMIN_TOKEN", "change-me")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WHARF_ADMIN_TOKEN") && err.contains("32"),
+        "{err}"
+    );
+}

@@ -314,3 +314,133 @@ async fn a_worker_killed_mid_delivery_still_delivers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 21: one tenant's 13 dead receivers with 40 events each (520 deliveries that each hang
+/// for the 10 s timeout) once held every delivery slot and delayed another project's webhook by
+/// 170 s. Now each endpoint has one delivery in flight and a project at most a quarter of the
+/// slots: the other project's event arrives within 2 s of its export completing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_receivers_of_one_project_delay_no_other_project() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let dead = Receiver::start(vec![None; 10_000]).await;
+    let (a, wf_a) = app.one_row_workflow_in("noisy").await;
+    for i in 0..13 {
+        let url = format!("{}?endpoint={i}", dead.url);
+        let (code, _) = register(&app, &a.key, &url, json!(["export.completed"])).await;
+        assert_eq!(code, 201);
+    }
+    let _worker = app.start_worker().await;
+    let body = json!({});
+    let ids: Vec<String> =
+        futures::future::join_all((0..40).map(|_| app.create_export(&a.key, &wf_a, &body))).await;
+    for id in &ids {
+        assert_eq!(app.wait_done(&a.key, id).await["status"], "COMPLETED");
+    }
+    // The dead receivers are holding their deliveries open now.
+    dead.wait_for(8, Duration::from_secs(10)).await;
+    let in_flight: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE busy_until > now()")
+            .fetch_one(&app.pool)
+            .await
+            .expect("q");
+    assert!(
+        in_flight <= 8,
+        "{in_flight} endpoints of one project in flight"
+    );
+
+    let rx = Receiver::start(vec![]).await;
+    let (b, wf_b) = app.one_row_workflow_in("quiet").await;
+    let (code, _) = register(&app, &b.key, &rx.url, json!(["export.completed"])).await;
+    assert_eq!(code, 201);
+    let done = app.export_and_wait(&b.key, &wf_b, &json!({})).await;
+    let completed = std::time::Instant::now();
+    rx.wait_for(1, Duration::from_secs(2)).await;
+    let (_, body) = rx.get(0);
+    let event: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(event["data"]["exportId"], done["exportId"]);
+    eprintln!(
+        "the other project's webhook arrived {} ms after its export completed",
+        completed.elapsed().as_millis()
+    );
+    // One receiver at a time per endpoint: no endpoint of A got a second request.
+    let per_endpoint = dead.got.lock().map(|g| g.len()).unwrap_or(usize::MAX);
+    assert!(
+        per_endpoint <= 13,
+        "{per_endpoint} requests to 13 endpoints"
+    );
+}
+
+/// An endpoint that fails three times in a row is paused as a whole: its other queued events
+/// are not tried one after another, each costing a slot.
+#[tokio::test]
+async fn an_endpoint_failing_repeatedly_is_backed_off_as_a_whole() {
+    use wharf_shared::repo::webhooks;
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let rx = Receiver::start(vec![]).await;
+    let (p, _) = app.one_row_workflow().await;
+    let (code, hook) = register(&app, &p.key, &rx.url, json!(["export.completed"])).await;
+    assert_eq!(code, 201);
+    let hook_id = wharf_tests::parse(hook["id"].as_str().expect("id"));
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, event_id, webhook_id, project_id, event_type, job_id)
+         SELECT gen_random_uuid(), gen_random_uuid(), $1, $2, 'export.completed', gen_random_uuid()
+         FROM generate_series(1, 5)",
+    )
+    .bind(hook_id)
+    .bind(wharf_tests::parse(&p.id))
+    .execute(&app.pool)
+    .await
+    .expect("deliveries");
+    for failure in 1..=3 {
+        let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "one delivery per endpoint at a time");
+        let again = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+            .await
+            .expect("claim");
+        assert!(again.is_empty(), "the endpoint is busy");
+        webhooks::failed(
+            &app.pool,
+            &claimed[0],
+            Some(500),
+            "the receiver answered 500",
+            0.0,
+        )
+        .await
+        .expect("failed");
+        let paused: bool = sqlx::query_scalar(
+            "SELECT paused_until IS NOT NULL AND paused_until > now() FROM webhooks WHERE id = $1",
+        )
+        .bind(hook_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("q");
+        assert_eq!(paused, failure >= 3, "after failure {failure}");
+    }
+    let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+        .await
+        .expect("claim");
+    assert!(claimed.is_empty(), "paused: no delivery of it is tried");
+    // A success ends the pause and the count.
+    sqlx::query("UPDATE webhooks SET paused_until = now() WHERE id = $1")
+        .bind(hook_id)
+        .execute(&app.pool)
+        .await
+        .expect("q");
+    let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    webhooks::delivered(&app.pool, &claimed[0], 200)
+        .await
+        .expect("delivered");
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM webhooks WHERE id = $1")
+        .bind(hook_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("q");
+    assert_eq!(failures, 0);
+}
