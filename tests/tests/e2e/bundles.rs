@@ -38,7 +38,7 @@ fn rows(salt: i64, run: i64) -> String {
 }
 
 /// A project with 3 workflows of every field type, 2 runs each.
-async fn project_with_data(app: &TestApp, slug: &str) -> (TestProject, Vec<String>) {
+pub(crate) async fn project_with_data(app: &TestApp, slug: &str) -> (TestProject, Vec<String>) {
     let p = app.create_project(slug).await;
     let mut wfs = Vec::new();
     for (i, name) in ["Products", "Prices ünïcode", "Third/one \"quoted\""]
@@ -64,7 +64,7 @@ async fn json_of(res: reqwest::Response) -> (u16, Value) {
 }
 
 /// Posts a bundle to /v1/imports and waits for the import to end; returns its status.
-async fn import(app: &TestApp, key: &str, bundle: Vec<u8>, query: &str) -> Value {
+pub(crate) async fn import(app: &TestApp, key: &str, bundle: Vec<u8>, query: &str) -> Value {
     let res = app
         .client
         .post(app.url(&format!("/v1/imports{query}")))
@@ -95,7 +95,7 @@ async fn wait_import(app: &TestApp, key: &str, id: &str) -> Value {
 }
 
 /// A database bundle of the project of `admin_key` (slug `slug`), by Zangtable's route.
-async fn database_bundle(app: &TestApp, slug: &str, admin_key: &str) -> Vec<u8> {
+pub(crate) async fn database_bundle(app: &TestApp, slug: &str, admin_key: &str) -> Vec<u8> {
     let (status, body) = json_of(
         app.post_json(
             &format!("/projects/{slug}/export"),
@@ -115,11 +115,14 @@ async fn database_bundle(app: &TestApp, slug: &str, admin_key: &str) -> Vec<u8> 
     app.export_file(&done).await
 }
 
-fn open(bundle: &[u8]) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
+pub(crate) fn open(bundle: &[u8]) -> zip::ZipArchive<std::io::Cursor<Vec<u8>>> {
     zip::ZipArchive::new(std::io::Cursor::new(bundle.to_vec())).expect("a ZIP any reader opens")
 }
 
-fn entry(archive: &mut zip::ZipArchive<std::io::Cursor<Vec<u8>>>, name: &str) -> Vec<u8> {
+pub(crate) fn entry(
+    archive: &mut zip::ZipArchive<std::io::Cursor<Vec<u8>>>,
+    name: &str,
+) -> Vec<u8> {
     let mut out = Vec::new();
     archive
         .by_name(name)
@@ -584,7 +587,7 @@ async fn zangtable_project_exports_hold_schema_and_database_scopes_to_admin_keys
 
 /// Rewrites a bundle: `edit` sees each entry (name, bytes) and returns what to write instead
 /// (None drops it); `extra` entries are appended (deflated when `deflate`).
-fn rewrite(
+pub(crate) fn rewrite(
     bundle: &[u8],
     edit: impl Fn(&str, Vec<u8>) -> Option<(String, Vec<u8>)>,
     extra: &[(&str, Vec<u8>, bool)],
@@ -616,7 +619,7 @@ fn rewrite(
     out.finish().expect("finish").into_inner()
 }
 
-fn edit_manifest(bundle: &[u8], change: impl Fn(&mut Value)) -> Vec<u8> {
+pub(crate) fn edit_manifest(bundle: &[u8], change: impl Fn(&mut Value)) -> Vec<u8> {
     rewrite(
         bundle,
         |name, bytes| {

@@ -12,6 +12,7 @@ mod exports;
 mod faults;
 mod guessing;
 mod hardening;
+mod import_bombs;
 mod ingest;
 mod isolation;
 mod janitor;
