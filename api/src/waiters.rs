@@ -26,7 +26,24 @@ pub struct Waiters {
     /// Exports in a final status, as last read: they change only through a status change (to
     /// EXPIRED), which the listener hears and evicts. Used only while the listener is live.
     finished: Mutex<HashMap<Uuid, ExportRecord>>,
+    /// Exports still QUEUED or IN_PROGRESS, as last read with their queue position and ETA:
+    /// a poll within `RUNNING_TTL` of the read is answered from memory (a poller sees progress
+    /// at most that late); a final status change evicts the entry at once, as for `finished`.
+    running: Mutex<HashMap<Uuid, Running>>,
 }
+
+/// A running export's status as last read: the record, its queue position and ETA.
+#[derive(Clone)]
+pub struct Running {
+    pub rec: ExportRecord,
+    pub position: Option<i64>,
+    pub eta: Option<f64>,
+    read_at: std::time::Instant,
+}
+
+/// How long a running export's status is answered from memory: pollers of 64 running exports
+/// made 2,600 requests/s at 2-3 queries each; this makes it at most 4 reads a second an export.
+pub const RUNNING_TTL: Duration = Duration::from_millis(250);
 
 /// Finished exports kept in memory at most (a poll of another is one query, as before).
 pub const FINISHED_CACHE: usize = 10_000;
@@ -100,10 +117,53 @@ impl Waiters {
         }
     }
 
-    fn wake(&self, id: Uuid) {
+    /// A running export's status read within `RUNNING_TTL`, while notifications flow.
+    pub fn running(&self, id: Uuid) -> Option<Running> {
+        if !self.is_live() {
+            return None;
+        }
+        let m = self.running.lock().ok()?;
+        m.get(&id)
+            .filter(|r| r.read_at.elapsed() < RUNNING_TTL)
+            .cloned()
+    }
+
+    /// Keeps a running export's status as just read (`remember` keeps finished ones).
+    pub fn remember_running(&self, rec: &ExportRecord, position: Option<i64>, eta: Option<f64>) {
+        if !self.is_live() || !rec.status.is_active() {
+            return;
+        }
+        if let Ok(mut m) = self.running.lock() {
+            if m.len() >= FINISHED_CACHE {
+                m.retain(|_, r| r.read_at.elapsed() < RUNNING_TTL);
+                if m.len() >= FINISHED_CACHE {
+                    m.clear();
+                }
+            }
+            m.insert(
+                rec.id,
+                Running {
+                    rec: rec.clone(),
+                    position,
+                    eta,
+                    read_at: std::time::Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Forgets what this process read of an export (it changed here: a cancel).
+    pub fn forget(&self, id: Uuid) {
+        if let Ok(mut m) = self.running.lock() {
+            m.remove(&id);
+        }
         if let Ok(mut m) = self.finished.lock() {
             m.remove(&id);
         }
+    }
+
+    fn wake(&self, id: Uuid) {
+        self.forget(id);
         if let Ok(map) = self.map.lock()
             && let Some((n, _)) = map.get(&id)
         {
@@ -113,6 +173,9 @@ impl Waiters {
 
     fn wake_all(&self) {
         if let Ok(mut m) = self.finished.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.running.lock() {
             m.clear();
         }
         if let Ok(map) = self.map.lock() {

@@ -407,6 +407,16 @@ pub async fn get_export(
     query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
+    // A running export polled again within RUNNING_TTL: its status as just read, from memory.
+    if query.wait.is_none()
+        && let Some(hit) = state.waiters.running(parse_id("exportId", &path)?)
+    {
+        if hit.rec.project_id != principal.project_id {
+            return Err(Error::NotFound("export").into());
+        }
+        require_for(principal, &hit.rec)?;
+        return Ok(HttpResponse::Ok().json(status_dto(&state, &hit.rec, hit.position, hit.eta)));
+    }
     let mut rec = find_export(&state, principal, &path).await?;
     if let Some(raw) = &query.wait {
         let secs = raw
@@ -419,11 +429,22 @@ pub async fn get_export(
             rec = wait_final(&state, rec, std::time::Duration::from_secs(secs)).await?;
         }
     }
-    let mut dto = export_dto(&state, &rec);
     let (position, eta) = standing(&state, &rec).await?;
+    state.waiters.remember_running(&rec, position, eta);
+    Ok(HttpResponse::Ok().json(status_dto(&state, &rec, position, eta)))
+}
+
+/// The status body: the export with its queue position and ETA.
+fn status_dto(
+    state: &AppState,
+    rec: &ExportRecord,
+    position: Option<i64>,
+    eta: Option<f64>,
+) -> ExportDto {
+    let mut dto = export_dto(state, rec);
     (dto.queue_position, dto.eta_seconds) = (position, eta);
     (dto.progress.queue_position, dto.progress.eta_seconds) = (position, eta);
-    Ok(HttpResponse::Ok().json(dto))
+    dto
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -490,7 +511,10 @@ pub async fn cancel_export(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let id = find_export(&state, principal, &path).await?.id;
-    match exports::cancel(&state.pool, principal.project_id, id).await? {
+    let cancelled = exports::cancel(&state.pool, principal.project_id, id).await;
+    // Whatever came of it, this process's memory of the export is stale now.
+    state.waiters.forget(id);
+    match cancelled? {
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
             tracing::info!(export_id = %id, "export cancelled");

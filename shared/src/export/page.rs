@@ -77,6 +77,8 @@ pub async fn stream_rows(
             Ok(last) => {
                 last_tx.send(last).ok();
             }
+            // The read ended first (a client gone): nothing to warn about.
+            Err(e) if super::is_stopped(&e) => tracing::debug!("a data read stopped midway"),
             Err(e) => tracing::warn!(error = %e, "a data read stopped midway"),
         }
     });

@@ -3,7 +3,8 @@
 //! PostgreSQL (LISTEN/NOTIFY, the embedded default) and Redis (apalis, woken by its push
 //! notifications). Prints p50/p99/max. Then throughput: 2,000 one-row exports of 4 projects
 //! created while no worker runs, drained by 1 and by 2 worker processes (concurrency 4 each);
-//! exports/s from the first claim to the last completion.
+//! exports/s from the first claim to the last completion. Last, as clients see it: 8 clients
+//! create 600 exports over HTTP while 2 workers run, and long-poll each until COMPLETED.
 //!
 //! Run (services up, see scripts/services.sh):
 //!   cargo build --release --bin wharf-worker --bin wharf-pickup
@@ -67,7 +68,107 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "\nsmall exports as clients see them: 8 clients create 600 one-row CSV exports over HTTP \
+         (75 each, one after another) while 2 worker processes run, then long-poll each until \
+         COMPLETED; exports/s from the first create to the last COMPLETED a client saw\n"
+    );
+    println!(
+        "| queue | exports/s | first create → last COMPLETED s | create p50 ms | create p99 ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for queue in ["postgres", "redis"] {
+        let e = end_to_end(&server, queue, 8, 75).await?;
+        println!(
+            "| {queue} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            e.exports as f64 / e.secs,
+            e.secs,
+            percentile(&e.create_ms, 0.5),
+            percentile(&e.create_ms, 0.99)
+        );
+    }
     Ok(())
+}
+
+struct EndToEnd {
+    exports: usize,
+    secs: f64,
+    /// Create requests' latencies, sorted.
+    create_ms: Vec<f64>,
+}
+
+/// `clients` clients, each creating `each` exports of its own project's one-row workflow as
+/// fast as the API answers, then long-polling every one of them until it is COMPLETED.
+async fn end_to_end(
+    server: &str,
+    queue: &str,
+    clients: usize,
+    each: usize,
+) -> anyhow::Result<EndToEnd> {
+    let bench = Bench::start(server, queue, &format!("wharf_e2e_{queue}")).await?;
+    let client = reqwest::Client::new();
+    let mut projects = Vec::new();
+    for c in 0..clients {
+        projects.push(bench.one_row(&client, &format!("c{c}")).await?);
+    }
+    let procs = [bench.worker()?, bench.worker()?];
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started = std::time::Instant::now();
+    let runs = projects.into_iter().map(|(key, wf)| {
+        let (client, base) = (client.clone(), bench.base.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(each);
+            let mut create_ms = Vec::with_capacity(each);
+            for _ in 0..each {
+                let t = std::time::Instant::now();
+                let created: Value = client
+                    .post(format!("{base}/v1/workflows/{wf}/exports"))
+                    .header("x-api-key", &key)
+                    .json(&json!({}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                create_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                let id = created["exportId"].as_str().unwrap_or_default().to_string();
+                anyhow::ensure!(!id.is_empty(), "create refused: {created}");
+                ids.push(id);
+            }
+            for id in ids {
+                loop {
+                    let s: Value = client
+                        .get(format!("{base}/v1/exports/{id}?wait=30"))
+                        .header("x-api-key", &key)
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    match s["status"].as_str() {
+                        Some("COMPLETED") => break,
+                        Some("QUEUED" | "IN_PROGRESS") => continue,
+                        _ => anyhow::bail!("export ended {s}"),
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(create_ms)
+        })
+    });
+    let mut create_ms = Vec::new();
+    for run in futures::future::join_all(runs).await {
+        create_ms.extend(run??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for mut p in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    bench.finish().await;
+    create_ms.sort_by(f64::total_cmp);
+    Ok(EndToEnd {
+        exports: clients * each,
+        secs,
+        create_ms,
+    })
 }
 
 /// A fresh installation on `queue`: its API in process, a database, a directory store.

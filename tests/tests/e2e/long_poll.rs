@@ -226,3 +226,57 @@ async fn a_finished_export_polled_from_memory_still_shows_every_change_and_no_ot
         .await;
     assert_eq!(res.status(), 410);
 }
+
+/// Polls of running exports are answered from memory for a moment (RUNNING_TTL), and still:
+/// another tenant gets 404, a cancel here shows at once, and a final status reached elsewhere
+/// (another process, a worker) shows as soon as its notification arrives, not a TTL later.
+#[tokio::test]
+async fn a_running_export_polled_from_memory_still_shows_its_end_at_once_and_no_other_tenant() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let (p, wf) = app.one_row_workflow().await;
+    let (q, _) = app.one_row_workflow_in("other").await;
+    let id = app.create_export(&p.key, &wf, &json!({})).await;
+    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
+    assert_eq!(s["status"], "QUEUED");
+    assert_eq!(s["queuePosition"], 0);
+    let (code, _) = status(&app, &q.key, &format!("/v1/exports/{id}")).await;
+    assert_eq!(code, 404, "another tenant, answered from memory or not");
+    let res = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/exports/{id}/cancel"),
+            Some(&p.key),
+            wharf_tests::KeyHeader::ApiKey,
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 202);
+    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
+    assert_eq!(s["status"], "CANCELLED", "a cancel here is seen at once");
+
+    // Cancelled behind this process's back: its notification evicts the memory.
+    let other = app.create_export(&p.key, &wf, &json!({})).await;
+    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
+    assert_eq!(s["status"], "QUEUED");
+    let t = Instant::now();
+    wharf_shared::repo::exports::cancel(
+        &app.pool,
+        wharf_tests::parse(&p.id),
+        wharf_tests::parse(&other),
+    )
+    .await
+    .expect("cancel");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(240),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        s["status"], "CANCELLED",
+        "seen before the memory's 250 ms ran out"
+    );
+}
