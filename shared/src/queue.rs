@@ -140,6 +140,26 @@ pub trait JobQueue: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// Wakes a worker for a job already recorded (an export, bundle or import). If the queue cannot
+/// take it, the job is marked unqueued and the reconciler pushes it later: the record is the
+/// truth, the push only a wake-up. The one place a job is enqueued (API creates, a worker's
+/// release, the reconciler).
+pub async fn wake_for(
+    queue: &dyn JobQueue,
+    pool: &sqlx::PgPool,
+    job_id: uuid::Uuid,
+    request_id: Option<String>,
+) {
+    let job = ExportJob {
+        export_id: job_id,
+        request_id,
+    };
+    if let Err(e) = queue.push(job).await {
+        tracing::warn!(%job_id, error = %e, "enqueue failed; left for the reconciler");
+        crate::repo::exports::mark_unqueued(pool, job_id).await.ok();
+    }
+}
+
 /// Redis via apalis (the scaled profile).
 #[derive(Clone)]
 pub struct RedisQueue {

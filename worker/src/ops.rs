@@ -1,12 +1,12 @@
-//! What a worker tells operators: `/metrics` and `/healthz` on `WHARF_METRICS_LISTEN` (a small
-//! HTTP/1.1 responder: one request per connection, GET only), and its row in the live-workers
-//! register every few seconds (deleted when it stops).
+//! What a worker tells operators: `/metrics` and `/healthz` on `WHARF_METRICS_LISTEN` (served
+//! by actix-web, as the API is), and its row in the live-workers register every few seconds
+//! (deleted when it stops).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use wharf_shared::repo::ops;
 
@@ -15,92 +15,56 @@ use crate::startup::Worker;
 /// How often a worker says it is alive.
 pub const SEEN_EVERY: Duration = Duration::from_secs(2);
 
-/// Largest request head read.
-const MAX_HEAD: usize = 8 * 1024;
-
 /// Binds `addr` and serves until `stop`; returns the bound address.
 pub async fn serve_metrics(
     worker: Worker,
     addr: &str,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+    let data = web::Data::new(worker);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+            .service(web::resource("/metrics").get(metrics))
+            .service(web::resource("/healthz").get(healthz))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("the metrics listener bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            let worker = worker.clone();
-            tokio::spawn(async move {
-                if let Err(e) = respond(&worker, stream).await {
-                    tracing::debug!(error = %e, "metrics request ended early");
-                }
-            });
-        }
+        stop.cancelled().await;
+        handle.stop(true).await;
     });
     Ok(bound)
 }
 
-async fn respond(worker: &Worker, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<(), std::io::Error>(())
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .map_err(|_| std::io::Error::other("request head timed out"))??;
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => match worker.ctx.metrics.render(&worker.ctx.pool).await {
-            Ok(text) => ("200 OK", wharf_shared::metrics::CONTENT_TYPE, text),
-            Err(e) => (
-                "503 Service Unavailable",
-                "text/plain; charset=utf-8",
-                format!("metrics unavailable: {}\n", e.public_message()),
-            ),
-        },
-        ("GET", "/healthz") => (
-            "200 OK",
-            "application/json",
-            format!(
-                "{{\"status\":\"ok\",\"worker\":{},\"running\":{}}}\n",
-                serde_json::Value::String(worker.ctx.worker_id.clone()),
-                worker.running()
-            ),
-        ),
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET only\n".into(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+async fn metrics(worker: web::Data<Worker>) -> HttpResponse {
+    match worker.ctx.metrics.render(&worker.ctx.pool).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(wharf_shared::metrics::CONTENT_TYPE)
+            .body(text),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("metrics unavailable: {}\n", e.public_message())),
+    }
+}
+
+async fn healthz(worker: web::Data<Worker>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "worker": worker.ctx.worker_id,
+        "running": worker.running(),
+    }))
 }
 
 /// The worker's row in the live-workers register, refreshed every `SEEN_EVERY`, removed at stop.

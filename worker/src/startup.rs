@@ -169,16 +169,8 @@ impl Worker {
 
     /// Pushes an export to the queue again (after a release, or for the reconciler).
     pub async fn enqueue(&self, export_id: uuid::Uuid, request_id: Option<String>) {
-        let job = ExportJob {
-            export_id,
-            request_id,
-        };
-        if let Err(e) = self.queue.push(job).await {
-            tracing::warn!(export_id = %export_id, error = %e, "enqueue failed; the reconciler retries");
-            repo::exports::mark_unqueued(&self.ctx.pool, export_id)
-                .await
-                .ok();
-        }
+        wharf_shared::queue::wake_for(self.queue.as_ref(), &self.ctx.pool, export_id, request_id)
+            .await;
     }
 }
 

@@ -16,7 +16,6 @@ use wharf_shared::domain::schema::{printable, validate_workflow_name};
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{DockStatus, ExportScope, ExportStatus, JobKind};
 use wharf_shared::files::{self, UploadLimits};
-use wharf_shared::queue::ExportJob;
 use wharf_shared::repo::exports::{self, Created, ExportRecord, NewJob};
 use wharf_shared::repo::imports::StoredFile;
 use wharf_shared::repo::{imports, projects, workflows};
@@ -37,14 +36,8 @@ const MAX_SMALL_BODY: usize = 64 << 10;
 
 /// Pushes a recorded job to the queue; if the queue is down the reconciler pushes it later.
 pub async fn enqueue(state: &AppState, id: uuid::Uuid) {
-    let job = ExportJob {
-        export_id: id,
-        request_id: Some(request_id::current()),
-    };
-    if let Err(e) = state.queue.push(job).await {
-        tracing::warn!(job_id = %id, error = %e, "enqueue failed; left for the reconciler");
-        exports::mark_unqueued(&state.pool, id).await.ok();
-    }
+    let request_id = Some(request_id::current());
+    wharf_shared::queue::wake_for(state.queue.as_ref(), &state.pool, id, request_id).await;
 }
 
 /// Records a bundle (or import) job and enqueues it.

@@ -8,7 +8,6 @@ use wharf_shared::auth::Principal;
 use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{DockStatus, ExportScope, ExportStatus, JobKind};
-use wharf_shared::queue::ExportJob;
 use wharf_shared::repo::exports::{self, Cancelled, Created, ExportRecord, NewExport};
 use wharf_shared::signing::{self, LinkClaims};
 
@@ -295,15 +294,13 @@ pub async fn create_export(
     };
     let created = exports::create(&state.pool, new).await?;
     if let Created::New(rec) = &created {
-        let job = ExportJob {
-            export_id: rec.id,
-            request_id: Some(request_id.clone()),
-        };
-        // The export is recorded: if Redis is down, the reconciler enqueues it later.
-        if let Err(e) = state.queue.push(job).await {
-            tracing::warn!(export_id = %rec.id, error = %e, "enqueue failed; left for the reconciler");
-            exports::mark_unqueued(&state.pool, rec.id).await.ok();
-        }
+        wharf_shared::queue::wake_for(
+            state.queue.as_ref(),
+            &state.pool,
+            rec.id,
+            Some(request_id.clone()),
+        )
+        .await;
         tracing::info!(export_id = %rec.id, workflow_id = %wf.id, run_id = %run_id, format = spec.format.as_str(), "export created");
     }
     Ok(created)

@@ -19,21 +19,28 @@ fn io(e: std::io::Error) -> Error {
     Error::Unexpected(e.into())
 }
 
-/// Appends `s` as one CSV field.
+/// Appends `s` as one CSV field: quoted when it holds a comma, a quote, CR or LF (each quote
+/// doubled), `""` when empty, verbatim otherwise. Scanned with memchr (SIMD) and copied in runs
+/// between quotes, not byte by byte: wide text fields are most of an export's bytes.
 fn push_field(out: &mut Vec<u8>, s: &str) {
-    if s.is_empty() {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
         out.extend_from_slice(b"\"\"");
-    } else if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+    } else if memchr::memchr3(b',', b'"', b'\n', bytes).is_some()
+        || memchr::memchr(b'\r', bytes).is_some()
+    {
+        out.reserve(bytes.len() + 2);
         out.push(b'"');
-        for b in s.bytes() {
-            if b == b'"' {
-                out.push(b'"');
-            }
-            out.push(b);
+        let mut from = 0;
+        for quote in memchr::memchr_iter(b'"', bytes) {
+            out.extend_from_slice(&bytes[from..=quote]);
+            out.push(b'"');
+            from = quote + 1;
         }
+        out.extend_from_slice(&bytes[from..]);
         out.push(b'"');
     } else {
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(bytes);
     }
 }
 
@@ -109,5 +116,39 @@ mod tests {
             String::from_utf8_lossy(&out),
             "plain|\"\"|\"a,b\"|\"say \"\"hi\"\"\"|\"line\nbreak\"|=SUM(A1)|tab\there|"
         );
+    }
+
+    #[test]
+    fn every_field_reads_back_as_it_was_through_a_csv_reader() {
+        let fields = [
+            "\"",
+            "\"\"",
+            "\"a\"b\"",
+            "ends with a quote\"",
+            "cr\ronly",
+            "crlf\r\n",
+            ",",
+            "ünï, \"cödé\"",
+            "plain",
+            " spaced ",
+        ];
+        let mut line = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            push_field(&mut line, f);
+        }
+        line.push(b'\n');
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(line.as_slice());
+        let record = reader
+            .records()
+            .next()
+            .and_then(|r| r.ok())
+            .expect("one record");
+        let read: Vec<&str> = record.iter().collect();
+        assert_eq!(read, fields);
     }
 }

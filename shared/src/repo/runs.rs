@@ -142,7 +142,11 @@ pub async fn copy_run(
     let rows = match verdict.await {
         Ok(Ok(rows)) => rows,
         _ => {
-            copy.abort("input rejected").await.ok();
+            // A bad row (a 400, not rare): the abort reads the COPY's end, so the connection
+            // is in step and goes back once its transaction is ended (proven by `rollback`).
+            if copy.abort("input rejected").await.is_ok() {
+                lent.rollback().await.ok();
+            }
             return Ok(None);
         }
     };

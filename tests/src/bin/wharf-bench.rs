@@ -289,9 +289,18 @@ async fn main() -> anyhow::Result<()> {
         rows as f64 / binary_floor
     );
     println!(
-        "beside it: Wharf's ordered query (… WHERE run_id = … ORDER BY _id) as CSV by psql: {ordered_floor:.2} s, {:.2} × the floor\n",
+        "beside it: Wharf's ordered query (… WHERE run_id = … ORDER BY _id) as CSV by psql: {ordered_floor:.2} s, {:.2} × the floor",
         ordered_floor / floor
     );
+    match adbc_peer(&database_url, &format!("SELECT * FROM {plain}")) {
+        Some(secs) => println!(
+            "peer: ADBC (binary COPY → Arrow) streamed into pyarrow's ParquetWriter, zstd, from the plain table: {secs:.2} s, {:.2} × the binary floor\n",
+            secs / binary_floor
+        ),
+        None => println!(
+            "peer: ADBC skipped (pip install adbc-driver-postgresql pyarrow to compare with it)\n"
+        ),
+    }
     println!(
         "Each export: a fresh run ingested, then timed from the create request to COMPLETED as a \
          polling client sees it, started right after the ingest (no ANALYZE, no VACUUM).\n"
@@ -302,6 +311,15 @@ async fn main() -> anyhow::Result<()> {
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     let mut phase_rows = Vec::new();
     let worker_bin = std::env::current_exe()?.with_file_name("wharf-worker");
+    // The fresh runs live in a project of their own (their rows are dropped after each
+    // export; the bench project's database bundle below must not see them).
+    let (fresh_key, _) = wharf_tests::bench::project_and_workflow(
+        &client,
+        &base,
+        "fresh",
+        serde_json::from_str::<Value>(SCHEMA)?,
+    )
+    .await?;
     for (format, compression) in [
         ("csv", "none"),
         ("csv", "gzip"),
@@ -312,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         let fresh: Value = client
             .post(format!("{base}/v1/workflows"))
-            .header("x-api-key", &key)
+            .header("x-api-key", &fresh_key)
             .json(&json!({"name": format!("bench-{format}-{compression}"), "schema": serde_json::from_str::<Value>(SCHEMA)?}))
             .send()
             .await?
@@ -320,20 +338,25 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let fresh = fresh["id"].as_str().unwrap_or_default().to_string();
         let mut worker = spawn_worker(&worker_bin, &settings, &database_url)?;
-        ingest(&client, &base, &key, &fresh, rows, NDJSON).await?;
+        ingest(&client, &base, &fresh_key, &fresh, rows, NDJSON).await?;
         let t = Instant::now();
         let created: Value = client
             .post(format!("{base}/v1/workflows/{fresh}/exports"))
-            .header("x-api-key", &key)
+            .header("x-api-key", &fresh_key)
             .json(&json!({"format": format, "compression": compression}))
             .send()
             .await?
             .json()
             .await?;
         let id = created["exportId"].as_str().unwrap_or_default().to_string();
-        let status =
-            wharf_tests::bench::wait_done(&client, &base, &key, &id, Duration::from_millis(20))
-                .await?;
+        let status = wharf_tests::bench::wait_done(
+            &client,
+            &base,
+            &fresh_key,
+            &id,
+            Duration::from_millis(20),
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         let rss = peak_rss_kb(worker.id()).unwrap_or(0) as f64 / 1024.0;
         let _ = worker.kill();
@@ -469,6 +492,28 @@ fn plain_table(database_url: &str, table: &str, run_id: &str) -> anyhow::Result<
         anyhow::ensure!(status.success(), "psql failed: {sql}");
     }
     Ok(plain)
+}
+
+/// The ADBC peer (scripts/adbc-peer.py), best of two; None when Python lacks its packages.
+fn adbc_peer(database_url: &str, query: &str) -> Option<f64> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/adbc-peer.py");
+    let out = std::env::temp_dir().join("wharf-bench-adbc.parquet");
+    let mut best: Option<f64> = None;
+    for _ in 0..2 {
+        let run = std::process::Command::new("python3")
+            .arg(&script)
+            .args([database_url, query])
+            .arg(&out)
+            .output()
+            .ok()?;
+        if !run.status.success() {
+            return None;
+        }
+        let secs: f64 = String::from_utf8_lossy(&run.stdout).trim().parse().ok()?;
+        best = Some(best.map_or(secs, |b: f64| b.min(secs)));
+    }
+    let _ = std::fs::remove_file(&out);
+    best
 }
 
 /// PostgreSQL's own floor, measured the honest way: `psql -c "COPY (query) TO STDOUT …"` into

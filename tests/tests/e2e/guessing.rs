@@ -6,7 +6,33 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use wharf_tests::db::TestDb;
-use wharf_tests::{ADMIN_TOKEN, assert_envelope, spawn_app, spawn_app_with};
+use wharf_tests::{ADMIN_TOKEN, TestApp, assert_envelope, spawn_app, spawn_app_with};
+
+/// `GET /ops` with HTTP Basic `admin:password`; its status.
+async fn ops_with(app: &TestApp, password: &str) -> u16 {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
+    let res = app
+        .client
+        .get(app.url("/ops"))
+        .header("authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .expect("sent");
+    res.status().as_u16()
+}
+
+/// `POST /v1/projects` with `token` as the admin token; its status.
+async fn create_project_with(app: &TestApp, token: &str) -> u16 {
+    let res = app
+        .client
+        .post(app.url("/v1/projects"))
+        .bearer_auth(token)
+        .json(&json!({"slug": "x", "name": "X"}))
+        .send()
+        .await
+        .expect("sent");
+    res.status().as_u16()
+}
 
 #[tokio::test]
 async fn wrong_credentials_from_one_address_are_throttled_before_any_lookup() {
@@ -39,62 +65,29 @@ async fn wrong_credentials_from_one_address_are_throttled_before_any_lookup() {
     let (code, message) = assert_envelope(res, 429).await;
     assert_eq!(code, "RATE_LIMITED");
     assert!(message.contains("WHARF_AUTH_FAILURES"), "{message}");
-    let res = app
-        .client
-        .post(app.url("/v1/projects"))
-        .bearer_auth("not-the-admin-token-not-the-admin-token")
-        .json(&json!({"slug": "x", "name": "X"}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 429);
-    let basic = base64::engine::general_purpose::STANDARD.encode("admin:wrong");
-    let res = app
-        .client
-        .get(app.url("/ops"))
-        .header("authorization", format!("Basic {basic}"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 429);
+    assert_eq!(
+        create_project_with(&app, "not-the-admin-token-not-the-admin-token").await,
+        429
+    );
+    assert_eq!(ops_with(&app, "wrong").await, 429);
 }
 
 #[tokio::test]
 async fn wrong_admin_tokens_and_ops_passwords_count_as_failures() {
     let db = TestDb::new().await;
     let app = spawn_app_with(db.pool.clone(), &[("WHARF_AUTH_FAILURES", "3/min")]).await;
-    let basic = base64::engine::general_purpose::STANDARD.encode("admin:wrong");
     for _ in 0..2 {
-        let res = app
-            .client
-            .get(app.url("/ops"))
-            .header("authorization", format!("Basic {basic}"))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(res.status(), 401);
+        assert_eq!(ops_with(&app, "wrong").await, 401);
     }
     // A browser's first visit (no credentials) is no failure.
     let res = app.client.get(app.url("/ops")).send().await.expect("sent");
     assert_eq!(res.status(), 401);
-    let res = app
-        .client
-        .post(app.url("/v1/projects"))
-        .bearer_auth("wrong-admin-token")
-        .json(&json!({"slug": "x", "name": "X"}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 401);
-    let res = app
-        .client
-        .post(app.url("/v1/projects"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"slug": "x", "name": "X"}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 429, "three failures spent the budget");
+    assert_eq!(create_project_with(&app, "wrong-admin-token").await, 401);
+    assert_eq!(
+        create_project_with(&app, ADMIN_TOKEN).await,
+        429,
+        "three failures spent the budget"
+    );
 }
 
 #[tokio::test]
