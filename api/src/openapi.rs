@@ -111,7 +111,8 @@ impl Modify for CommonResponses {
                         ("403", "The key lacks the scope this route needs"),
                         (
                             "429",
-                            "Over the key's rate limit (WHARF_RATE_LIMIT); see Retry-After",
+                            "Over the key's rate limit (WHARF_RATE_LIMIT), or too many failed \
+                             authentications from this address (WHARF_AUTH_FAILURES); see Retry-After",
                         ),
                     ]);
                 }

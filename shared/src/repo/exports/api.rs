@@ -36,6 +36,9 @@ pub const IDEMPOTENCY_WINDOW_HOURS: i32 = 24;
 
 /// Writes the export and its dock status in one transaction (status QUEUED).
 pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
+    if new.idempotency_key.is_none() {
+        return create_unkeyed(pool, new).await;
+    }
     let mut tx = pool.begin().await?;
     if let Some(key) = new.idempotency_key {
         // Serialize creators of the same key; a key older than the window is free again.
@@ -111,6 +114,60 @@ pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     Ok(Created::New(Box::new(rec)))
 }
 
+/// An export without an idempotency key: the queue cap, the export and its dock status in one
+/// statement (one implicit transaction), four round trips fewer than BEGIN, count, insert,
+/// insert, COMMIT; small exports are mostly round trips on a 2-core machine.
+async fn create_unkeyed(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
+    let id = new_id();
+    let queued: i64 = sqlx::query_scalar(concat!(
+        "WITH cap AS (
+             SELECT count(*) AS queued FROM exports WHERE project_id = $2 AND status = ",
+        crate::sql_status!(Queued),
+        "
+         ), export AS (
+             INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
+                 request_hash, request_id, max_attempts, enqueued_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() FROM cap WHERE queued < $11
+             RETURNING id
+         ), dock AS (
+             INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
+             SELECT $12, $2, 'EXPORT', 'EXPORT', $3, id FROM export
+         )
+         SELECT queued FROM cap"
+    ))
+    .bind(id)
+    .bind(new.project_id)
+    .bind(new.workflow_id)
+    .bind(new.run_id)
+    .bind(new.spec.format.as_str())
+    .bind(new.spec.compression.as_str())
+    .bind(Json(new.spec))
+    .bind(new.request_hash)
+    .bind(new.request_id)
+    .bind(new.max_attempts)
+    .bind(new.queue_max)
+    .bind(new_id())
+    .fetch_one(pool)
+    .await?;
+    if queued >= new.queue_max {
+        return Err(queue_full(queued));
+    }
+    let rec = get(pool, new.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("export"))?;
+    Ok(Created::New(Box::new(rec)))
+}
+
+fn queue_full(queued: i64) -> Error {
+    Error::RateLimited {
+        message: format!(
+            "this project already has {queued} jobs waiting in the queue \
+             (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
+        ),
+        retry_after: 10,
+    }
+}
+
 async fn check_queue_cap(
     tx: &mut sqlx::PgConnection,
     project_id: Uuid,
@@ -124,13 +181,7 @@ async fn check_queue_cap(
     .fetch_one(&mut *tx)
     .await?;
     if queued >= queue_max {
-        return Err(Error::RateLimited {
-            message: format!(
-                "this project already has {queued} jobs waiting in the queue \
-                 (WHARF_PROJECT_QUEUE_MAX); retry once some have started"
-            ),
-            retry_after: 10,
-        });
+        return Err(queue_full(queued));
     }
     Ok(())
 }
