@@ -42,8 +42,10 @@ pub struct Running {
 }
 
 /// How long a running export's status is answered from memory: pollers of 64 running exports
-/// made 2,600 requests/s at 2-3 queries each; this makes it at most 4 reads a second an export.
-pub const RUNNING_TTL: Duration = Duration::from_millis(250);
+/// made 2,600 requests/s at 2-3 queries each; this makes it at most 10 reads a second an
+/// export, while a poller still sees a change within a tenth of a second (a worker writes its
+/// progress once a second; a test's, every 100 ms).
+pub const RUNNING_TTL: Duration = Duration::from_millis(100);
 
 /// Finished exports kept in memory at most (a poll of another is one query, as before).
 pub const FINISHED_CACHE: usize = 10_000;

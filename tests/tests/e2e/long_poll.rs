@@ -256,27 +256,31 @@ async fn a_running_export_polled_from_memory_still_shows_its_end_at_once_and_no_
     let (_, s) = status(&app, &p.key, &format!("/v1/exports/{id}")).await;
     assert_eq!(s["status"], "CANCELLED", "a cancel here is seen at once");
 
-    // Cancelled behind this process's back: its notification evicts the memory.
-    let other = app.create_export(&p.key, &wf, &json!({})).await;
-    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
-    assert_eq!(s["status"], "QUEUED");
-    let t = Instant::now();
-    wharf_shared::repo::exports::cancel(
-        &app.pool,
-        wharf_tests::parse(&p.id),
-        wharf_tests::parse(&other),
-    )
-    .await
-    .expect("cancel");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
-    assert!(
-        t.elapsed() < Duration::from_millis(240),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(
-        s["status"], "CANCELLED",
-        "seen before the memory's 250 ms ran out"
-    );
+    // Cancelled behind this process's back: its notification evicts the memory. The proof is
+    // a look within RUNNING_TTL of the read that filled it (retried if the machine was slower).
+    let mut proven = false;
+    for _ in 0..5 {
+        let other = app.create_export(&p.key, &wf, &json!({})).await;
+        let filled = Instant::now();
+        let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
+        assert_eq!(s["status"], "QUEUED");
+        wharf_shared::repo::exports::cancel(
+            &app.pool,
+            wharf_tests::parse(&p.id),
+            wharf_tests::parse(&other),
+        )
+        .await
+        .expect("cancel");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let (_, s) = status(&app, &p.key, &format!("/v1/exports/{other}")).await;
+        if filled.elapsed() < Duration::from_millis(95) {
+            assert_eq!(
+                s["status"], "CANCELLED",
+                "seen before the memory's 100 ms ran out"
+            );
+            proven = true;
+            break;
+        }
+    }
+    assert!(proven, "never looked within 100 ms of filling the memory");
 }
