@@ -287,7 +287,7 @@ pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Ve
             ),
         ));
     }
-    let room = scratch.reserve_blocking(check_runs(&manifest)?)?;
+    let room = scratch.try_reserve(check_runs(&manifest)?)?;
     let mut workflows = Vec::with_capacity(manifest.workflows.len());
     for mw in manifest.workflows {
         workflows.push(verify_workflow(&mut archive, mw, dir)?);

@@ -1,8 +1,9 @@
 //! `WHARF_IMPORT_SCRATCH`: the disk one worker's imports may fill at once (each bundle as
 //! downloaded, and the run files extracted from it). An import reserves what it will write
-//! before writing it — the bundle's size, then the sum of its run files' declared sizes, which
-//! extraction is held to byte for byte — and waits while other imports of the worker hold the
-//! room; an import that could never fit is FAILED `BUNDLE_TOO_LARGE` before a byte is written.
+//! before writing it — the bundle's size (waiting while other imports hold the room), then the
+//! sum of its run files' declared sizes, which extraction is held to byte for byte (taken at
+//! once or the attempt is retried later, so no import waits while holding room); an import that
+//! could never fit is FAILED `BUNDLE_TOO_LARGE` before a byte is written.
 
 use std::sync::Arc;
 
@@ -62,16 +63,17 @@ impl ScratchBudget {
         Ok(Room(permit))
     }
 
-    /// `reserve` from blocking code (an import's checks run on a blocking thread).
-    pub fn reserve_blocking(&self, bytes: u64) -> Result<Room> {
+    /// Room for `bytes` now, or not at all: for an import that already holds room (its bundle),
+    /// so that two imports never wait on each other while each holds a part. No room now is a
+    /// transient failure (the job gives its claim back and is retried later, holding nothing).
+    pub fn try_reserve(&self, bytes: u64) -> Result<Room> {
         let units = self.units_for(bytes)?;
-        let room = self.room.clone();
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|e| Error::Unexpected(e.into()))?;
-        let permit = handle
-            .block_on(room.acquire_many_owned(units))
-            .map_err(|e| Error::Unexpected(e.into()))?;
-        Ok(Room(permit))
+        match self.room.clone().try_acquire_many_owned(units) {
+            Ok(permit) => Ok(Room(permit)),
+            Err(_) => Err(Error::Unavailable(
+                "room on this worker's import scratch space (WHARF_IMPORT_SCRATCH)",
+            )),
+        }
     }
 }
 
@@ -90,8 +92,12 @@ mod tests {
         )
         .await;
         assert!(waiting.is_err(), "the second import waits for room");
+        assert!(matches!(
+            budget.try_reserve(6 * UNIT),
+            Err(Error::Unavailable(_))
+        ));
         drop(a);
-        assert!(budget.reserve(6 * UNIT).await.is_ok());
+        assert!(budget.try_reserve(6 * UNIT).is_ok());
         assert!(matches!(
             budget.reserve(11 * UNIT).await,
             Err(Error::Refused {
