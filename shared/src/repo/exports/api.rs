@@ -34,90 +34,67 @@ pub enum Created {
 
 pub const IDEMPOTENCY_WINDOW_HOURS: i32 = 24;
 
-/// Writes the export and its dock status in one transaction (status QUEUED).
+/// Writes the export and its dock status (status QUEUED): one statement without an idempotency
+/// key; with one, that statement inside a transaction that first serializes creators of the
+/// key and answers a repeat with the export made the first time.
 pub async fn create(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
-    if new.idempotency_key.is_none() {
-        return create_unkeyed(pool, new).await;
-    }
+    let Some(key) = new.idempotency_key else {
+        let id = insert_export(pool, &new).await?;
+        return created(pool, &new, id).await;
+    };
     let mut tx = pool.begin().await?;
-    if let Some(key) = new.idempotency_key {
-        // Serialize creators of the same key; a key older than the window is free again.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
-            .bind(key)
-            .bind(new.project_id)
-            .execute(&mut *tx)
-            .await?;
-        let existing: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
-            "SELECT id, request_hash, created_at > now() - make_interval(hours => $3)
-             FROM exports WHERE project_id = $1 AND idempotency_key = $2",
-        )
-        .bind(new.project_id)
+    // Serialize creators of the same key; a key older than the window is free again.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
         .bind(key)
-        .bind(IDEMPOTENCY_WINDOW_HOURS)
-        .fetch_optional(&mut *tx)
+        .bind(new.project_id)
+        .execute(&mut *tx)
         .await?;
-        match existing {
-            Some((id, hash, true)) => {
-                tx.commit().await?;
-                if hash.as_deref() != Some(new.request_hash) {
-                    return Err(Error::Conflict(
-                        "Idempotency-Key was already used with different parameters".into(),
-                    ));
-                }
-                let rec = get(pool, new.project_id, id)
-                    .await?
-                    .ok_or(Error::NotFound("export"))?;
-                return Ok(Created::Existing(Box::new(rec)));
-            }
-            Some((id, _, false)) => {
-                sqlx::query("UPDATE exports SET idempotency_key = NULL WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            None => {}
-        }
-    }
-    check_queue_cap(&mut tx, new.project_id, new.queue_max).await?;
-    let id = new_id();
-    sqlx::query(
-        "INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
-             idempotency_key, request_hash, request_id, max_attempts, enqueued_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())",
+    let existing: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, request_hash, created_at > now() - make_interval(hours => $3)
+         FROM exports WHERE project_id = $1 AND idempotency_key = $2",
     )
-    .bind(id)
     .bind(new.project_id)
-    .bind(new.workflow_id)
-    .bind(new.run_id)
-    .bind(new.spec.format.as_str())
-    .bind(new.spec.compression.as_str())
-    .bind(Json(new.spec))
-    .bind(new.idempotency_key)
-    .bind(new.request_hash)
-    .bind(new.request_id)
-    .bind(new.max_attempts)
-    .execute(&mut *tx)
+    .bind(key)
+    .bind(IDEMPOTENCY_WINDOW_HOURS)
+    .fetch_optional(&mut *tx)
     .await?;
-    insert_dock_status(
-        &mut tx,
-        new.project_id,
-        "EXPORT",
-        "EXPORT",
-        Some(new.workflow_id),
-        id,
-    )
-    .await?;
+    match existing {
+        Some((id, hash, true)) => {
+            tx.commit().await?;
+            if hash.as_deref() != Some(new.request_hash) {
+                return Err(Error::Conflict(
+                    "Idempotency-Key was already used with different parameters".into(),
+                ));
+            }
+            let rec = get(pool, new.project_id, id)
+                .await?
+                .ok_or(Error::NotFound("export"))?;
+            return Ok(Created::Existing(Box::new(rec)));
+        }
+        Some((id, _, false)) => {
+            sqlx::query("UPDATE exports SET idempotency_key = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        None => {}
+    }
+    let id = insert_export(&mut *tx, &new).await?;
     tx.commit().await?;
+    created(pool, &new, id).await
+}
+
+async fn created(pool: &PgPool, new: &NewExport<'_>, id: Uuid) -> Result<Created> {
     let rec = get(pool, new.project_id, id)
         .await?
         .ok_or(Error::NotFound("export"))?;
     Ok(Created::New(Box::new(rec)))
 }
 
-/// An export without an idempotency key: the queue cap, the export and its dock status in one
-/// statement (one implicit transaction), four round trips fewer than BEGIN, count, insert,
-/// insert, COMMIT; small exports are mostly round trips on a 2-core machine.
-async fn create_unkeyed(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
+/// The queue cap, the export and its dock status in one statement (four round trips fewer
+/// than BEGIN, count, insert, insert, COMMIT: small exports are mostly round trips on a 2-core
+/// machine). Over the cap nothing is written and the 429 says how many wait.
+async fn insert_export(conn: impl sqlx::PgExecutor<'_>, new: &NewExport<'_>) -> Result<Uuid> {
     let id = new_id();
     let queued: i64 = sqlx::query_scalar(concat!(
         "WITH cap AS (
@@ -126,8 +103,8 @@ async fn create_unkeyed(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
         "
          ), export AS (
              INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
-                 request_hash, request_id, max_attempts, enqueued_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() FROM cap WHERE queued < $11
+                 idempotency_key, request_hash, request_id, max_attempts, enqueued_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $13, $8, $9, $10, now() FROM cap WHERE queued < $11
              RETURNING id
          ), dock AS (
              INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
@@ -147,15 +124,13 @@ async fn create_unkeyed(pool: &PgPool, new: NewExport<'_>) -> Result<Created> {
     .bind(new.max_attempts)
     .bind(new.queue_max)
     .bind(new_id())
-    .fetch_one(pool)
+    .bind(new.idempotency_key)
+    .fetch_one(conn)
     .await?;
     if queued >= new.queue_max {
         return Err(queue_full(queued));
     }
-    let rec = get(pool, new.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("export"))?;
-    Ok(Created::New(Box::new(rec)))
+    Ok(id)
 }
 
 fn queue_full(queued: i64) -> Error {
