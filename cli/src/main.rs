@@ -36,7 +36,7 @@ enum Cmd {
     /// Creates an export, waits for it with a progress bar, downloads and verifies it.
     Export {
         workflow: String,
-        /// csv, json, ndjson or parquet.
+        /// csv, tsv, json, ndjson or parquet.
         #[arg(long, default_value = "csv")]
         format: String,
         /// FIELD:OP:VALUE (VALUE as JSON when it parses, else text), repeatable.

@@ -12,39 +12,7 @@ pub const MAX_FILTERS: usize = 50;
 pub const MAX_IN_VALUES: usize = 1_000;
 pub const MAX_ROW_IDS: usize = 100_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Csv,
-    Json,
-    Ndjson,
-    Parquet,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Csv => "csv",
-            Format::Json => "json",
-            Format::Ndjson => "ndjson",
-            Format::Parquet => "parquet",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        [Format::Csv, Format::Json, Format::Ndjson, Format::Parquet]
-            .into_iter()
-            .find(|f| f.as_str() == s)
-    }
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Csv => "text/csv; charset=utf-8",
-            Format::Json => "application/json",
-            Format::Ndjson => "application/x-ndjson",
-            Format::Parquet => "application/vnd.apache.parquet",
-        }
-    }
-}
+pub use crate::export::formats::Format;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -113,7 +81,7 @@ pub struct Filter {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportRequest {
-    /// `csv` (default), `json`, `ndjson` or `parquet`.
+    /// `csv` (default), `tsv`, `json`, `ndjson` or `parquet`.
     pub format: Option<Format>,
     /// Default: the workflow's latest run.
     pub run_id: Option<Uuid>,
@@ -125,7 +93,7 @@ pub struct ExportRequest {
     pub row_ids: Option<Vec<i64>>,
     /// Schema order by default; `_id` only when named.
     pub columns: Option<Vec<String>>,
-    /// `none`/`gzip` for text formats (default none); `zstd` (default)/`snappy`/`none` for parquet.
+    /// `none` (default)/`gzip` for text formats; `zstd` (default)/`snappy`/`none` for parquet.
     pub compression: Option<Compression>,
 }
 
@@ -188,23 +156,7 @@ impl ExportRequest {
     /// Checks every part against the schema; the error names the part at fault.
     pub fn validate(&self, fields: &[Field]) -> Result<ExportSpec> {
         let format = self.format.unwrap_or_default();
-        let compression = match (format, self.compression) {
-            (Format::Parquet, None) => Compression::Zstd,
-            (_, None) => Compression::None,
-            (Format::Parquet, Some(Compression::Gzip)) => {
-                return Err(Error::invalid(
-                    "compression: parquet takes zstd, snappy or none",
-                ));
-            }
-            (Format::Parquet, Some(c)) => c,
-            (_, Some(c @ (Compression::Snappy | Compression::Zstd))) => {
-                return Err(Error::invalid(format!(
-                    "compression: {} is for parquet; text formats take gzip or none",
-                    c.as_str()
-                )));
-            }
-            (_, Some(c)) => c,
-        };
+        let compression = compression_of(format, self.compression)?;
         if self.filters.len() > MAX_FILTERS {
             return Err(Error::invalid(format!(
                 "filters: at most {MAX_FILTERS} filters"
@@ -248,6 +200,24 @@ impl ExportRequest {
             row_ids: self.row_ids.clone(),
             columns,
         })
+    }
+}
+
+/// The compression asked for, if the format takes it, or the format's default.
+fn compression_of(format: Format, asked: Option<Compression>) -> Result<Compression> {
+    let allowed = format.info().compressions;
+    match asked {
+        None => Ok(allowed.first().copied().unwrap_or(Compression::None)),
+        Some(c) if allowed.contains(&c) => Ok(c),
+        Some(c) => {
+            let names: Vec<&str> = allowed.iter().map(|c| c.as_str()).collect();
+            Err(Error::invalid(format!(
+                "compression: {} takes {}, not {}",
+                format.as_str(),
+                names.join(", "),
+                c.as_str()
+            )))
+        }
     }
 }
 

@@ -5,27 +5,22 @@
 //! to the object store as it is written. Memory: one Parquet row group and the upload's chunks.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
 use serde_json::json;
-use sqlx::{Connection, PgConnection};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use sqlx::PgConnection;
 
-use super::binary::TupleReader;
-use super::parquet::ParquetWriter;
+use super::formats::ParquetWriter;
+use super::pipeline::{self, Attempt, Encode, Feed, Feeder, Produced, Source, Target};
 use super::sink::ChunkSink;
 use super::zipstream::{EntryDone, ZipStream};
-use super::{ExportContext, Phases, Produced, Progress, ReadConn, stopped, upload};
+use super::{ExportContext, Progress, ReadConn, stopped};
 use crate::domain::export::{self as dom, Compression, ExportSpec};
 use crate::domain::states::ExportScope;
 use crate::error::{Error, Result};
 use crate::repo::export_query::{OutColumn, Plan};
-use crate::repo::exports::{Claim, ExportRecord};
+use crate::repo::exports::ExportRecord;
 use crate::repo::projects;
 use crate::repo::runs::{self, Run};
 use crate::repo::workflows::{self, Workflow};
@@ -55,25 +50,83 @@ struct Item {
     runs: Vec<Run>,
 }
 
-enum Msg {
-    Begin(usize, usize),
-    Rows(Bytes),
-    End,
-    Done,
+/// Every run of every item, one COPY a run, in one read transaction (so the bundle is one
+/// snapshot of the project).
+struct BundleSource {
+    items: Arc<Vec<Item>>,
+    total: i64,
+}
+
+#[async_trait]
+impl Source for BundleSource {
+    async fn open(&mut self, conn: &mut PgConnection) -> Result<i64> {
+        sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
+        Ok(self.total)
+    }
+
+    async fn read(&self, conn: &mut PgConnection, feed: &Feeder<'_>) -> Result<()> {
+        let mut part = 0;
+        for item in self.items.iter() {
+            for plan in &item.plans {
+                plan.apply(&mut *conn).await?;
+                feed.copy_part(conn, &plan.copy_sql(), part).await?;
+                part += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::Executor::execute(&mut *conn, "ROLLBACK").await?;
+        Ok(())
+    }
 }
 
 pub(super) async fn produce(
-    ctx: &ExportContext,
-    claim: &Claim,
+    at: &Attempt<'_>,
     rec: &ExportRecord,
-    progress: &Arc<Progress>,
-    started: Instant,
-    cancel: &CancellationToken,
     read_conn: &mut ReadConn,
 ) -> Result<Produced> {
+    let ctx = at.ctx;
     let project = projects::get(&ctx.pool, rec.project_id)
         .await?
         .ok_or(Error::NotFound("project"))?;
+    let items = items(ctx, rec).await?;
+    let total: i64 = items
+        .iter()
+        .flat_map(|i| i.runs.iter().map(|r| r.row_count))
+        .sum();
+    let date = rec.created_at.date_naive();
+    let stem = match (rec.scope, items.first()) {
+        (ExportScope::Workflow, Some(item)) => item.wf.name.clone(),
+        _ => project.slug.clone(),
+    };
+    let file_name = dom::bundle_file_name(&stem, date);
+    let target = Target {
+        key: format!("exports/{}/attempt-{}.wharf.zip", rec.id, at.claim.attempt),
+        meta: ObjectMeta {
+            content_type: dom::BUNDLE_CONTENT_TYPE.to_string(),
+            content_disposition: dom::content_disposition(&file_name),
+        },
+        file_name,
+    };
+    let items = Arc::new(items);
+    let header = Header {
+        scope: rec.scope,
+        created_at: rec.created_at,
+        project: project.slug.clone(),
+    };
+    let mut source = BundleSource {
+        items: items.clone(),
+        total,
+    };
+    let encode: Encode =
+        Box::new(move |sink, rx, progress| encode(&header, &items, sink, rx, progress));
+    pipeline::run(at, read_conn, &mut source, target, encode).await
+}
+
+/// The workflows the bundle holds, each with its runs and their plans.
+async fn items(ctx: &ExportContext, rec: &ExportRecord) -> Result<Vec<Item>> {
     let wfs = match (rec.scope, rec.workflow_id) {
         (ExportScope::Workflow, Some(id)) => vec![
             workflows::get(&ctx.pool, rec.project_id, id)
@@ -108,120 +161,8 @@ pub(super) async fn produce(
             runs,
         });
     }
-    let total: i64 = items
-        .iter()
-        .flat_map(|i| i.runs.iter().map(|r| r.row_count))
-        .sum();
-    progress.total.set(total).ok();
-    Phases::mark(&progress.phases.counted, started);
-
-    let date = rec.created_at.date_naive();
-    let stem = match (rec.scope, items.first()) {
-        (ExportScope::Workflow, Some(item)) => item.wf.name.clone(),
-        _ => project.slug.clone(),
-    };
-    let file_name = dom::bundle_file_name(&stem, date);
-    let meta = ObjectMeta {
-        content_type: dom::BUNDLE_CONTENT_TYPE.to_string(),
-        content_disposition: dom::content_disposition(&file_name),
-    };
-    let key = format!("exports/{}/attempt-{}.wharf.zip", rec.id, claim.attempt);
-
-    let mut conn = match read_conn.take() {
-        Some(c) => c,
-        None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
-    };
-    let mut tx = conn.begin().await?;
-    let (msg_tx, msg_rx) = mpsc::channel::<Msg>(8);
-    let (piece_tx, piece_rx) = mpsc::channel::<upload::Piece>(4);
-    let sink = ChunkSink::new(piece_tx, progress.bytes.clone());
-    let items = Arc::new(items);
-    let header = Header {
-        scope: rec.scope,
-        created_at: rec.created_at,
-        project: project.slug.clone(),
-    };
-    let encoder = {
-        let (items, progress, span) = (items.clone(), progress.clone(), tracing::Span::current());
-        tokio::task::spawn_blocking(move || {
-            let _enter = span.enter();
-            let encoded = encode(&header, &items, sink, msg_rx, &progress);
-            Phases::mark(&progress.phases.encode_done, started);
-            encoded
-        })
-    };
-    let reader = async {
-        let read = read_all(&mut tx, &items, msg_tx, cancel).await;
-        Phases::mark(&progress.phases.read_done, started);
-        read
-    };
-    let uploader = async {
-        let written = upload::upload(ctx, claim, &key, &meta, piece_rx, cancel).await;
-        Phases::mark(&progress.phases.written, started);
-        written
-    };
-    let (read, uploaded) = futures::join!(reader, uploader);
-    let clean = if read.is_ok() {
-        tx.rollback().await.is_ok()
-    } else {
-        drop(tx);
-        false
-    };
-    if clean {
-        *read_conn = Some(conn);
-    }
-    let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
-    super::settle_pipeline(
-        ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel,
-    )
-    .await
+    Ok(items)
 }
-
-/// Every run's rows, in order, each run framed by `Begin` and `End`.
-async fn read_all(
-    conn: &mut PgConnection,
-    items: &[Item],
-    tx: mpsc::Sender<Msg>,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let send = |m: Msg| {
-        let tx = tx.clone();
-        async move { tx.send(m).await.map_err(|_| stopped()) }
-    };
-    for (w, item) in items.iter().enumerate() {
-        for (r, plan) in item.plans.iter().enumerate() {
-            plan.apply(&mut *conn).await?;
-            send(Msg::Begin(w, r)).await?;
-            let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
-            let mut batch = BytesMut::with_capacity(512 * 1024);
-            loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => return Err(stopped()),
-                    next = stream.next() => next,
-                };
-                let Some(chunk) = next else { break };
-                batch.extend_from_slice(&chunk?);
-                if batch.len() >= 256 * 1024 {
-                    send(Msg::Rows(batch.split().freeze())).await?;
-                }
-            }
-            drop(stream);
-            send(Msg::Rows(batch.freeze())).await?;
-            send(Msg::End).await?;
-        }
-    }
-    send(Msg::Done).await
-}
-
-/// The run being written: its workflow and run index, its Parquet writer (which owns the ZIP
-/// stream until the run ends), its COPY decoder and its rows so far.
-type Open = (
-    usize,
-    usize,
-    ParquetWriter<ZipStream<ChunkSink>>,
-    TupleReader,
-    u64,
-);
 
 struct Header {
     scope: ExportScope,
@@ -237,7 +178,7 @@ fn encode(
     header: &Header,
     items: &[Item],
     sink: ChunkSink,
-    mut rx: mpsc::Receiver<Msg>,
+    rx: &mut Feed,
     progress: &Progress,
 ) -> Result<(u64, u64)> {
     let mut zip = Some(ZipStream::new(sink, header.created_at));
@@ -256,46 +197,31 @@ fn encode(
         definitions.push(z.put(&definition_path(wf.id), &bytes).map_err(io)?);
     }
     let mut files: Vec<Vec<(EntryDone, u64)>> = items.iter().map(|_| Vec::new()).collect();
-    let mut writer: Option<Open> = None;
-    let mut fields = Vec::new();
+    // Parts arrive in the order of `items` and their runs.
+    let order: Vec<(usize, usize)> = items
+        .iter()
+        .enumerate()
+        .flat_map(|(w, item)| (0..item.runs.len()).map(move |r| (w, r)))
+        .collect();
     let mut rows = 0u64;
-    loop {
-        match rx.blocking_recv() {
-            Some(Msg::Begin(w, r)) => {
-                let mut z = zip.take().ok_or_else(stopped)?;
-                let item = &items[w];
-                z.begin(&run_path(item.wf.id, item.runs[r].id))
-                    .map_err(io)?;
-                let pw = ParquetWriter::new(z, &item.plan_columns, Compression::Zstd)?;
-                writer = Some((w, r, pw, TupleReader::new(), 0));
-            }
-            Some(Msg::Rows(bytes)) => {
-                let (_, _, pw, reader, n) = writer.as_mut().ok_or_else(stopped)?;
-                reader.push(&bytes);
-                let got = reader.drain(&mut fields, |buf, f| pw.row(buf, f))?;
-                *n += got;
-                rows += got;
-                progress.rows.store(rows, Ordering::Relaxed);
-            }
-            Some(Msg::End) => {
-                let (w, r, pw, reader, n) = writer.take().ok_or_else(stopped)?;
-                if !reader.finished {
-                    return Err(stopped());
-                }
-                if i64::try_from(n).ok() != Some(items[w].runs[r].row_count) {
-                    return Err(Error::Unexpected(anyhow::anyhow!(
-                        "run {} holds {n} rows, its record says {}",
-                        items[w].runs[r].id,
-                        items[w].runs[r].row_count
-                    )));
-                }
-                let mut z = pw.close()?;
-                files[w].push((z.end().map_err(io)?, n));
-                zip = Some(z);
-            }
-            Some(Msg::Done) => break,
-            None => return Err(stopped()),
+    while let Some(part) = pipeline::next_part(rx)? {
+        let &(w, r) = order.get(part).ok_or_else(stopped)?;
+        let (item, run) = (&items[w], &items[w].runs[r]);
+        let mut z = zip.take().ok_or_else(stopped)?;
+        z.begin(&run_path(item.wf.id, run.id)).map_err(io)?;
+        let mut pw = ParquetWriter::new(z, &item.plan_columns, Compression::Zstd)?;
+        let n = pipeline::decode_part(rx, progress, rows, |buf, f| pw.row(buf, f))?;
+        rows += n;
+        if i64::try_from(n).ok() != Some(run.row_count) {
+            return Err(Error::Unexpected(anyhow::anyhow!(
+                "run {} holds {n} rows, its record says {}",
+                run.id,
+                run.row_count
+            )));
         }
+        let mut z = pw.close()?;
+        files[w].push((z.end().map_err(io)?, n));
+        zip = Some(z);
     }
     let workflows: Vec<serde_json::Value> = items
         .iter()

@@ -660,7 +660,7 @@ pub(super) async fn run(ctx: &ExportContext, claim: Claim, rec: &ExportRecord) -
     let started = Instant::now();
     let cancel = ctx.stop.child_token();
     let progress = Arc::new(Progress::default());
-    let beat = tokio::spawn(super::heartbeat(
+    let beat = tokio::spawn(super::attempt::heartbeat(
         ctx.clone(),
         claim,
         progress.clone(),
@@ -685,7 +685,7 @@ pub(super) async fn run(ctx: &ExportContext, claim: Claim, rec: &ExportRecord) -
             tracing::info!("import stopped: cancelled or claim lost; nothing written");
             Ok(Outcome::Cancelled)
         }
-        Err(e) => super::settle_error(ctx, &claim, rec, e, &cancel).await,
+        Err(e) => super::attempt::settle_error(ctx, &claim, rec, e, &cancel).await,
     }
 }
 

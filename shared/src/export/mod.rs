@@ -2,15 +2,16 @@
 //! the file to the object store as a stream → complete, fenced on the claim. A lost claim or a
 //! cancel discards the write, so no one can ever download a partial object.
 
+mod attempt;
 mod binary;
 pub mod bundle;
-mod csv;
+mod file;
+pub mod formats;
 pub mod import;
 pub mod page;
-mod parquet;
+mod pipeline;
 pub mod scratch;
 mod sink;
-mod text;
 pub mod upload;
 pub mod zipstream;
 
@@ -18,20 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::mpsc;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::export::{self as dom, ExportSpec, Format};
 use crate::domain::states::{FailureCode, JobKind};
 use crate::error::{Error, Result};
-use crate::repo::export_query::Plan;
 use crate::repo::exports::{self, Claim, Completion, ExportRecord};
-use crate::store::{ObjectMeta, ObjectStore, Written};
-pub use parquet::arrow_schema;
-use sink::{ChunkSink, Output};
+use crate::store::ObjectStore;
+pub use formats::arrow_schema;
+use pipeline::{Attempt, Produced};
 
 /// What a worker needs to run exports.
 #[derive(Clone)]
@@ -171,17 +167,27 @@ async fn run_export(
     let started = Instant::now();
     let cancel = ctx.stop.child_token();
     let progress = Arc::new(Progress::default());
-    let beat = tokio::spawn(heartbeat(
+    let beat = tokio::spawn(attempt::heartbeat(
         ctx.clone(),
         claim,
         progress.clone(),
         cancel.clone(),
     ));
-    let produced = tracing::Instrument::instrument(
-        produce(ctx, claimed, &progress, started, &cancel, read_conn),
-        span.clone(),
-    )
-    .await;
+    let at = Attempt {
+        ctx,
+        claim: &claim,
+        progress: &progress,
+        started,
+        cancel: &cancel,
+    };
+    let produce = async {
+        if rec.is_bundle() {
+            bundle::produce(&at, rec, read_conn).await
+        } else {
+            file::produce(&at, claimed, read_conn).await
+        }
+    };
+    let produced = tracing::Instrument::instrument(produce, span.clone()).await;
     beat.abort();
     tracing::Instrument::instrument(
         settle(ctx, &claim, rec, produced, started, &progress, &cancel),
@@ -207,16 +213,16 @@ async fn settle(
                 row_count: done.rows as i64,
                 size_bytes: done.written.size as i64,
                 sha256: &done.written.sha256,
-                object_key: &done.key,
-                content_type: &done.meta.content_type,
-                file_name: &done.file_name,
+                object_key: &done.target.key,
+                content_type: &done.target.meta.content_type,
+                file_name: &done.target.file_name,
                 ttl: ctx.export_ttl,
             };
             let completed = match exports::complete(&ctx.pool, &claim, &completion).await {
                 Ok(done) => done,
                 Err(e) => {
                     // Unrecorded, the object must not stay; the lease lapses and it is retried.
-                    ctx.store.delete(&done.key).await.ok();
+                    ctx.store.delete(&done.target.key).await.ok();
                     return Err(e);
                 }
             };
@@ -242,262 +248,12 @@ async fn settle(
                 })
             } else {
                 // Cancelled or taken over while finishing: the object must not outlive the claim.
-                ctx.store.delete(&done.key).await?;
+                ctx.store.delete(&done.target.key).await?;
                 tracing::info!("claim lost at completion; object deleted");
                 Ok(Outcome::Cancelled)
             }
         }
-        Err(e) => settle_error(ctx, &claim, rec, e, cancel).await,
-    }
-}
-
-/// How a failed attempt ends: released (the worker is stopping, or a transient failure with
-/// attempts left), cancelled (the claim was lost), or FAILED with its code.
-async fn settle_error(
-    ctx: &ExportContext,
-    claim: &Claim,
-    rec: &ExportRecord,
-    e: Error,
-    cancel: &CancellationToken,
-) -> Result<Outcome> {
-    match e {
-        _ if ctx.stop.is_cancelled() => {
-            exports::release(&ctx.pool, claim, Duration::ZERO).await?;
-            tracing::info!("worker stopping: job released to another worker");
-            Ok(Outcome::Released {
-                after: Duration::ZERO,
-            })
-        }
-        _ if cancel.is_cancelled() => {
-            tracing::info!("job stopped: cancelled or claim lost");
-            Ok(Outcome::Cancelled)
-        }
-        e if is_transient(&e) && exports::has_attempts_left(claim, rec.max_attempts) => {
-            let after = backoff(claim.attempt);
-            tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
-            exports::release(&ctx.pool, claim, after).await?;
-            Ok(Outcome::Released { after })
-        }
-        e => {
-            let (code, message) = failure(&e);
-            tracing::warn!(code = %code, error = %e, "job failed");
-            exports::fail(&ctx.pool, claim, code, &message).await?;
-            Ok(Outcome::Failed { code })
-        }
-    }
-}
-
-/// Worth another attempt: a backing service failed, not the request.
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code(), crate::error::ErrorCode::ServiceUnavailable)
-        || matches!(e, Error::Storage(s) if s.is_unavailable())
-        || matches!(
-            e,
-            Error::Database(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
-        )
-}
-
-/// Exponential backoff with ±25 % jitter: 1 s, 2 s, 4 s … capped at 30 s.
-fn backoff(attempt: i32) -> Duration {
-    use rand::Rng;
-    let base = 1000u64 << attempt.clamp(1, 6).saturating_sub(1);
-    let ms = base.min(30_000) as f64 * rand::rng().random_range(0.75..1.25);
-    Duration::from_millis(ms as u64)
-}
-
-/// The stable code and a message a user can act on; internals stay in the logs.
-fn failure(e: &Error) -> (FailureCode, String) {
-    match e {
-        Error::Invalid(m) => (FailureCode::InvalidRequest, m.clone()),
-        Error::Refused { code, message } => (*code, message.clone()),
-        Error::NotFound(what) => (FailureCode::NotFound, format!("{what} no longer exists")),
-        Error::Storage(_) => (
-            FailureCode::StorageError,
-            "the object store failed; create the export again".into(),
-        ),
-        Error::Database(_) | Error::Unavailable(_) => (
-            FailureCode::ServiceUnavailable,
-            "a backing service was unavailable; create the export again".into(),
-        ),
-        _ => (
-            FailureCode::Internal,
-            "the export failed unexpectedly".into(),
-        ),
-    }
-}
-
-async fn heartbeat(
-    ctx: ExportContext,
-    claim: Claim,
-    progress: Arc<Progress>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + FIRST_BEAT.min(ctx.heartbeat),
-        ctx.heartbeat,
-    );
-    loop {
-        tick.tick().await;
-        let beat = exports::Beat {
-            rows: progress.rows.load(Ordering::Relaxed) as i64,
-            bytes: progress.bytes.load(Ordering::Relaxed) as i64,
-            total: progress.total.get().copied(),
-        };
-        match exports::heartbeat(&ctx.pool, &claim, &beat, ctx.lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                cancel.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
-        }
-    }
-}
-
-struct Produced {
-    key: String,
-    file_name: String,
-    meta: ObjectMeta,
-    written: Written,
-    rows: u64,
-}
-
-/// A batch of COPY data; `None` marks the end of a complete read.
-type Chunk = Option<Bytes>;
-
-async fn produce(
-    ctx: &ExportContext,
-    claimed: &exports::Claimed,
-    progress: &Arc<Progress>,
-    started: Instant,
-    cancel: &CancellationToken,
-    read_conn: &mut ReadConn,
-) -> Result<Produced> {
-    let (claim, rec) = (&claimed.claim, &claimed.rec);
-    if rec.is_bundle() {
-        return bundle::produce(ctx, claim, rec, progress, started, cancel, read_conn).await;
-    }
-    // Read with the claim; None: the workflow was deleted since the export was asked for.
-    let wf = claimed
-        .workflow
-        .as_ref()
-        .ok_or(Error::NotFound("workflow"))?;
-    let run_id = rec.run_id.ok_or(Error::NotFound("run"))?;
-    let spec: &ExportSpec = &rec.params.0;
-    let plan = Plan::new(wf, run_id, spec)?;
-    let date = rec.created_at.date_naive();
-    let file_name = dom::file_name(&wf.name, date, spec.format, spec.compression);
-    let meta = ObjectMeta {
-        content_type: dom::content_type(spec.format, spec.compression).to_string(),
-        content_disposition: dom::content_disposition(&file_name),
-    };
-    let ext = file_name
-        .rsplit_once(&format!("-{date}"))
-        .map_or("", |(_, e)| e)
-        .to_string();
-    let key = format!("exports/{}/attempt-{}{ext}", rec.id, claim.attempt);
-
-    let mut conn = match read_conn.take() {
-        Some(c) => c,
-        None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
-    };
-    let whole_run_rows = rec.run_row_count.filter(|_| plan.is_whole_run());
-    let open = plan.open_read(&mut conn, whole_run_rows).await?;
-    let total = open.total;
-    progress.total.set(total).ok();
-    Phases::mark(&progress.phases.counted, started);
-
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(8);
-    let (piece_tx, piece_rx) = mpsc::channel::<upload::Piece>(4);
-    let sink = ChunkSink::new(piece_tx, progress.bytes.clone());
-    let encoder = spawn_encoder(
-        spec.clone(),
-        plan.columns.clone(),
-        sink,
-        chunk_rx,
-        progress.clone(),
-        started,
-    );
-    let reader = async {
-        let read = read_rows(
-            &mut conn,
-            &plan,
-            chunk_tx,
-            cancel,
-            &progress.phases,
-            started,
-        )
-        .await;
-        Phases::mark(&progress.phases.read_done, started);
-        read
-    };
-    let uploader = async {
-        let written = upload::upload(ctx, claim, &key, &meta, piece_rx, cancel).await;
-        Phases::mark(&progress.phases.written, started);
-        written
-    };
-    let (read, uploaded) = futures::join!(reader, uploader);
-    // The slot keeps its connection only when the read ran to its end (and, in a
-    // transaction, ended it): an interrupted COPY is stopped by closing it.
-    let clean = read.is_ok() && open.close(&mut conn).await.is_ok();
-    if clean {
-        *read_conn = Some(conn);
-    }
-    let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
-    settle_pipeline(
-        ctx, claim, key, file_name, meta, read, encoded, uploaded, cancel,
-    )
-    .await
-}
-
-/// The verdict on an attempt's three stages (read, encode, write): the stored file when all
-/// three succeeded and agree on its size; else the object is discarded and the root cause told.
-#[allow(clippy::too_many_arguments)]
-async fn settle_pipeline(
-    ctx: &ExportContext,
-    claim: &Claim,
-    key: String,
-    file_name: String,
-    meta: ObjectMeta,
-    read: Result<()>,
-    encoded: Result<(u64, u64)>,
-    uploaded: Result<Written>,
-    cancel: &CancellationToken,
-) -> Result<Produced> {
-    match (read, encoded, uploaded) {
-        (Ok(()), Ok((size, rows)), Ok(written)) if size == written.size => {
-            if cancel.is_cancelled() {
-                upload::discard_bounded(ctx, claim, &key, None).await;
-                return Err(stopped());
-            }
-            Ok(Produced {
-                key,
-                file_name,
-                meta,
-                written,
-                rows,
-            })
-        }
-        (Ok(()), Ok((size, _)), Ok(written)) => {
-            upload::discard_bounded(ctx, claim, &key, None).await;
-            Err(Error::Unexpected(anyhow::anyhow!(
-                "the store kept {} bytes of a {size}-byte file",
-                written.size
-            )))
-        }
-        // The root cause, not its echo: when one stage fails the others see a closed channel.
-        (read, encoded, Err(e)) => Err(root_cause(e, read.err(), encoded.err())),
-        (read, encoded, Ok(_)) => {
-            // Unreachable in practice (the write completes only after the encoder's end
-            // marker), but a stored object of a failed attempt must not stay.
-            upload::discard_bounded(ctx, claim, &key, None).await;
-            Err(match (read, encoded) {
-                (Err(r), Err(enc)) if is_stopped(&r) => enc,
-                (Err(r), _) => r,
-                (Ok(()), Err(enc)) => enc,
-                (Ok(()), Ok(_)) => stopped(),
-            })
-        }
+        Err(e) => attempt::settle_error(ctx, &claim, rec, e, cancel).await,
     }
 }
 
@@ -512,114 +268,4 @@ fn stopped() -> Error {
 
 fn is_stopped(e: &Error) -> bool {
     matches!(e, Error::Unexpected(a) if a.downcast_ref::<Stopped>().is_some())
-}
-
-fn root_cause(upload: Error, read: Option<Error>, encode: Option<Error>) -> Error {
-    if !is_stopped(&upload) {
-        return upload;
-    }
-    read.filter(|e| !is_stopped(e)).or(encode).unwrap_or(upload)
-}
-
-/// Streams the binary COPY output to the encoder in ~256 KiB batches.
-async fn read_rows(
-    conn: &mut PgConnection,
-    plan: &Plan,
-    tx: mpsc::Sender<Chunk>,
-    cancel: &CancellationToken,
-    phases: &Phases,
-    started: Instant,
-) -> Result<()> {
-    let mut stream = conn.copy_out_raw(&plan.copy_sql()).await?;
-    Phases::mark(&phases.first_rows, started);
-    let mut batch = BytesMut::with_capacity(512 * 1024);
-    loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => return Err(stopped()),
-            next = stream.next() => next,
-        };
-        let Some(item) = next else { break };
-        batch.extend_from_slice(&item?);
-        if batch.len() >= 256 * 1024 {
-            tx.send(Some(batch.split().freeze()))
-                .await
-                .map_err(|_| stopped())?;
-        }
-    }
-    tx.send(Some(batch.freeze())).await.map_err(|_| stopped())?;
-    tx.send(None).await.map_err(|_| stopped())
-}
-
-fn spawn_encoder(
-    spec: ExportSpec,
-    columns: Vec<crate::repo::export_query::OutColumn>,
-    sink: ChunkSink,
-    mut rx: mpsc::Receiver<Chunk>,
-    progress: Arc<Progress>,
-    started: Instant,
-) -> tokio::task::JoinHandle<Result<(u64, u64)>> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _enter = span.enter();
-        let encoded = encode(spec, &columns, sink, &mut rx, &progress);
-        Phases::mark(&progress.phases.encode_done, started);
-        encoded
-    })
-}
-
-fn encode(
-    spec: ExportSpec,
-    columns: &[crate::repo::export_query::OutColumn],
-    sink: ChunkSink,
-    rx: &mut mpsc::Receiver<Chunk>,
-    progress: &Progress,
-) -> Result<(u64, u64)> {
-    let gzip = spec.compression == dom::Compression::Gzip;
-    match spec.format {
-        Format::Csv => {
-            let mut w = csv::CsvWriter::new(Output::new(sink, gzip), columns)?;
-            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
-            Ok((w.finish()?, rows))
-        }
-        Format::Json | Format::Ndjson => {
-            let out = Output::new(sink, gzip);
-            let mut w = text::JsonWriter::new(out, columns, spec.format == Format::Json);
-            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
-            Ok((w.finish()?, rows))
-        }
-        Format::Parquet => {
-            let mut w = parquet::ParquetWriter::new(sink, columns, spec.compression)?;
-            let rows = decode(rx, progress, |buf, f| w.row(buf, f))?;
-            Ok((w.finish()?, rows))
-        }
-    }
-}
-
-/// Feeds binary COPY tuples to `row`; errors if the stream did not end cleanly.
-fn decode(
-    rx: &mut mpsc::Receiver<Chunk>,
-    progress: &Progress,
-    mut row: impl FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()>,
-) -> Result<u64> {
-    let mut reader = binary::TupleReader::new();
-    let mut fields = Vec::new();
-    let mut rows = 0;
-    let mut busy = Duration::ZERO;
-    loop {
-        match rx.blocking_recv() {
-            Some(Some(bytes)) => {
-                let t = Instant::now();
-                reader.push(&bytes);
-                rows += reader.drain(&mut fields, &mut row)?;
-                progress.rows.store(rows, Ordering::Relaxed);
-                busy += t.elapsed();
-                progress
-                    .phases
-                    .encode_busy
-                    .store(busy.as_micros() as u64, Ordering::Relaxed);
-            }
-            Some(None) if reader.finished => return Ok(rows),
-            _ => return Err(stopped()),
-        }
-    }
 }

@@ -14,9 +14,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::binary::{TupleReader, i64_of};
-use super::csv::CsvWriter;
+use super::formats::CsvWriter;
+use super::formats::JsonWriter;
 use super::sink::{ChunkSink, Output};
-use super::text::JsonWriter;
 use super::upload::Piece;
 use crate::error::{Error, Result};
 use crate::repo::export_query::{Plan, Seek};

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_fairness",
         include_str!("../../../migrations/20261203000001_webhook_fairness.sql"),
     ),
+    (
+        20261204000001,
+        "formats_from_the_registry",
+        include_str!("../../../migrations/20261204000001_formats_from_the_registry.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

@@ -3,10 +3,12 @@
 
 use std::io::Write;
 
-use super::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
-use super::sink::Output;
+use super::Encoder;
+use crate::domain::export::Compression;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
+use crate::export::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
+use crate::export::sink::{ChunkSink, Output};
 use crate::repo::export_query::OutColumn;
 
 pub struct JsonWriter<W: Write = Output> {
@@ -97,8 +99,31 @@ impl<W: Write> JsonWriter<W> {
     }
 }
 
-impl JsonWriter<Output> {
-    pub fn finish(self) -> Result<u64> {
-        self.close()?.finish().map_err(io)
+/// The registry's constructor for `json`: one array of objects.
+pub(super) fn array_encoder(
+    sink: ChunkSink,
+    columns: &[OutColumn],
+    compression: Compression,
+) -> Result<Box<dyn Encoder>> {
+    let out = Output::new(sink, compression == Compression::Gzip);
+    Ok(Box::new(JsonWriter::new(out, columns, true)))
+}
+
+/// The registry's constructor for `ndjson`: one object a line.
+pub(super) fn lines_encoder(
+    sink: ChunkSink,
+    columns: &[OutColumn],
+    compression: Compression,
+) -> Result<Box<dyn Encoder>> {
+    let out = Output::new(sink, compression == Compression::Gzip);
+    Ok(Box::new(JsonWriter::new(out, columns, false)))
+}
+
+impl Encoder for JsonWriter<Output> {
+    fn row(&mut self, buf: &[u8], fields: &[Option<(usize, usize)>]) -> Result<()> {
+        JsonWriter::row(self, buf, fields)
+    }
+    fn finish(self: Box<Self>) -> Result<u64> {
+        (*self).close()?.finish().map_err(io)
     }
 }

@@ -13,11 +13,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::binary::{bool_of, f64_of, i64_of, jsonb_of, str_of, timestamp_of};
-use super::sink::ChunkSink;
+use super::Encoder;
 use crate::domain::export::Compression;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
+use crate::export::binary::{bool_of, f64_of, i64_of, jsonb_of, str_of, timestamp_of};
+use crate::export::sink::ChunkSink;
 use crate::repo::export_query::OutColumn;
 
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -171,9 +172,22 @@ impl<W: Write + Send> ParquetWriter<W> {
     }
 }
 
-impl ParquetWriter<ChunkSink> {
-    pub fn finish(self) -> Result<u64> {
-        self.close()?
+/// The registry's constructor.
+pub(super) fn encoder(
+    sink: ChunkSink,
+    columns: &[OutColumn],
+    compression: Compression,
+) -> Result<Box<dyn Encoder>> {
+    Ok(Box::new(ParquetWriter::new(sink, columns, compression)?))
+}
+
+impl Encoder for ParquetWriter<ChunkSink> {
+    fn row(&mut self, buf: &[u8], fields: &[Option<(usize, usize)>]) -> Result<()> {
+        ParquetWriter::row(self, buf, fields)
+    }
+    fn finish(self: Box<Self>) -> Result<u64> {
+        (*self)
+            .close()?
             .finish()
             .map_err(|e| Error::Unexpected(e.into()))
     }

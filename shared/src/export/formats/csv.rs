@@ -3,30 +3,64 @@
 
 use std::io::Write;
 
-use super::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
-use super::sink::Output;
+use super::Encoder;
+use crate::domain::export::Compression;
 use crate::domain::schema::FieldType;
 use crate::error::{Error, Result};
+use crate::export::binary::{jsonb_of, push_scalar, push_timestamp, str_of, timestamp_of};
+use crate::export::sink::{ChunkSink, Output};
 use crate::repo::export_query::OutColumn;
 
 pub struct CsvWriter<W: Write = Output> {
     out: W,
     types: Vec<Option<FieldType>>,
     row: Vec<u8>,
+    delimiter: u8,
+}
+
+/// The registry's constructor: comma-separated.
+pub(super) fn encoder(
+    sink: ChunkSink,
+    columns: &[OutColumn],
+    compression: Compression,
+) -> Result<Box<dyn Encoder>> {
+    with_delimiter(sink, columns, compression, b',')
+}
+
+/// CSV separated by `delimiter` (tsv is CSV with a tab).
+pub(super) fn with_delimiter(
+    sink: ChunkSink,
+    columns: &[OutColumn],
+    compression: Compression,
+    delimiter: u8,
+) -> Result<Box<dyn Encoder>> {
+    let out = Output::new(sink, compression == Compression::Gzip);
+    Ok(Box::new(CsvWriter::with_delimiter(
+        out, columns, delimiter,
+    )?))
+}
+
+impl Encoder for CsvWriter<Output> {
+    fn row(&mut self, buf: &[u8], fields: &[Option<(usize, usize)>]) -> Result<()> {
+        CsvWriter::row(self, buf, fields)
+    }
+    fn finish(self: Box<Self>) -> Result<u64> {
+        (*self).close()?.finish().map_err(io)
+    }
 }
 
 fn io(e: std::io::Error) -> Error {
     Error::Unexpected(e.into())
 }
 
-/// Appends `s` as one CSV field: quoted when it holds a comma, a quote, CR or LF (each quote
-/// doubled), `""` when empty, verbatim otherwise. Scanned with memchr (SIMD) and copied in runs
-/// between quotes, not byte by byte: wide text fields are most of an export's bytes.
-fn push_field(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as one CSV field: quoted when it holds the delimiter, a quote, CR or LF (each
+/// quote doubled), `""` when empty, verbatim otherwise. Scanned with memchr (SIMD) and copied in
+/// runs between quotes, not byte by byte: wide text fields are most of an export's bytes.
+fn push_field(out: &mut Vec<u8>, s: &str, delimiter: u8) {
     let bytes = s.as_bytes();
     if bytes.is_empty() {
         out.extend_from_slice(b"\"\"");
-    } else if memchr::memchr3(b',', b'"', b'\n', bytes).is_some()
+    } else if memchr::memchr3(delimiter, b'"', b'\n', bytes).is_some()
         || memchr::memchr(b'\r', bytes).is_some()
     {
         out.reserve(bytes.len() + 2);
@@ -45,21 +79,34 @@ fn push_field(out: &mut Vec<u8>, s: &str) {
 }
 
 impl<W: Write> CsvWriter<W> {
-    pub fn new(mut out: W, columns: &[OutColumn]) -> Result<Self> {
-        let header: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-        out.write_all(format!("{}\n", header.join(",")).as_bytes())
-            .map_err(io)?;
+    pub fn new(out: W, columns: &[OutColumn]) -> Result<Self> {
+        Self::with_delimiter(out, columns, b',')
+    }
+
+    /// A writer separating fields by `delimiter`; the header row's names are quoted as values
+    /// are.
+    pub fn with_delimiter(mut out: W, columns: &[OutColumn], delimiter: u8) -> Result<Self> {
+        let mut header = Vec::new();
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                header.push(delimiter);
+            }
+            push_field(&mut header, &c.name, delimiter);
+        }
+        header.push(b'\n');
+        out.write_all(&header).map_err(io)?;
         Ok(CsvWriter {
             out,
             types: columns.iter().map(|c| c.field_type).collect(),
             row: Vec::with_capacity(128 * 1024),
+            delimiter,
         })
     }
 
     pub fn row(&mut self, buf: &[u8], fields: &[Option<(usize, usize)>]) -> Result<()> {
         for (i, field) in fields.iter().enumerate() {
             if i > 0 {
-                self.row.push(b',');
+                self.row.push(self.delimiter);
             }
             let Some((off, len)) = *field else { continue };
             let v = &buf[off..off + len];
@@ -68,8 +115,8 @@ impl<W: Write> CsvWriter<W> {
                     push_scalar(&mut self.row, self.types[i], v)?
                 }
                 Some(FieldType::Timestamp) => push_timestamp(&mut self.row, timestamp_of(v)?)?,
-                Some(FieldType::String) => push_field(&mut self.row, str_of(v)?),
-                Some(FieldType::Json) => push_field(&mut self.row, jsonb_of(v)?),
+                Some(FieldType::String) => push_field(&mut self.row, str_of(v)?, self.delimiter),
+                Some(FieldType::Json) => push_field(&mut self.row, jsonb_of(v)?, self.delimiter),
             }
         }
         self.row.push(b'\n');
@@ -84,12 +131,6 @@ impl<W: Write> CsvWriter<W> {
     pub fn close(mut self) -> Result<W> {
         self.out.write_all(&self.row).map_err(io)?;
         Ok(self.out)
-    }
-}
-
-impl CsvWriter<Output> {
-    pub fn finish(self) -> Result<u64> {
-        self.close()?.finish().map_err(io)
     }
 }
 
@@ -109,7 +150,7 @@ mod tests {
             "=SUM(A1)",
             "tab\there",
         ] {
-            push_field(&mut out, s);
+            push_field(&mut out, s, b',');
             out.push(b'|');
         }
         assert_eq!(
@@ -137,7 +178,7 @@ mod tests {
             if i > 0 {
                 line.push(b',');
             }
-            push_field(&mut line, f);
+            push_field(&mut line, f, b',');
         }
         line.push(b'\n');
         let mut reader = csv::ReaderBuilder::new()
