@@ -1,13 +1,16 @@
-//! The OpenAPI document, generated from the handlers' own annotations and types.
+//! The OpenAPI document, generated from the routes' registration (`routes::configure`, through
+//! utoipa-actix-web: a handler without its `#[utoipa::path]` cannot be registered) and the
+//! handlers' own annotations and types. The router and the document cannot drift: both come
+//! from the same `service` calls.
+
+use std::sync::OnceLock;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::AppExt;
 
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{
-    bundles, compat, downloads, exports, health, kadoa, keys, ops, projects, runs, webhooks,
-    workflows,
-};
+use crate::routes::{self, compat};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,25 +22,26 @@ use crate::routes::{
             Lists are newest first, `{\"data\": [...], \"nextCursor\"}`; pass `cursor` for the next \
             page and `limit` (1-200, default 50)."
     ),
-    paths(
-        health::healthz, health::readyz, health::metrics, ops::page,
-        projects::create_project, keys::create_key, keys::list_keys, keys::revoke_key,
-        workflows::create_workflow, workflows::list_workflows, workflows::get_workflow,
-        runs::create_run, runs::list_runs,
-        exports::post_export, exports::list_exports, exports::get_export, exports::cancel_export, exports::get_dock_status,
-        downloads::download, downloads::signed_file,
-        compat::kadoa_create, compat::kadoa_download, compat::project_download,
-        kadoa::list, kadoa::get_one, kadoa::data,
-        bundles::kore_export, bundles::kore_dock_status, bundles::kore_upload, bundles::kore_import,
-        bundles::kore_import_into, bundles::create_import, bundles::get_import,
-        bundles::zang_create, bundles::zang_list, bundles::zang_get,
-        webhooks::create, webhooks::list, webhooks::remove, webhooks::deliveries,
-    ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorMeta, compat::ProjectErrorEnvelope)),
-    modifiers(&Security, &CommonResponses),
     security(("apiKey" = []), ("bearer" = [])),
 )]
-pub struct ApiDoc;
+struct ApiDoc;
+
+/// The document `/openapi.json` serves: every registered route, with the security schemes
+/// and the answers every route can give. Built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut doc) = actix_web::App::new()
+            .into_utoipa_app()
+            .openapi(ApiDoc::openapi())
+            .configure(routes::configure)
+            .split_for_parts();
+        Security.modify(&mut doc);
+        CommonResponses.modify(&mut doc);
+        doc
+    })
+}
 
 struct Security;
 
@@ -144,7 +148,7 @@ pub fn allowed_methods(path: &str) -> Option<Vec<&'static str>> {
     static TABLE: std::sync::OnceLock<Vec<(actix_web::dev::ResourceDef, Vec<&'static str>)>> =
         std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        ApiDoc::openapi()
+        document()
             .paths
             .paths
             .iter()

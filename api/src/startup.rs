@@ -83,7 +83,11 @@ impl Application {
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
-                .configure(routes::configure)
+                .configure(|cfg| {
+                    routes::configure(&mut utoipa_actix_web::service_config::ServiceConfig::new(
+                        cfg,
+                    ))
+                })
         })
         .shutdown_timeout(30)
         .listen(listener)?

@@ -91,9 +91,10 @@ pub enum Error {
         code: crate::domain::states::FailureCode,
         message: String,
     },
-    #[error("database error")]
+    /// Logged with its SQLSTATE and the server's message (never shown to a client).
+    #[error("database error: {}", db_detail(.0))]
     Database(#[from] sqlx::Error),
-    #[error("object store error")]
+    #[error("{0}")]
     Storage(#[from] StoreError),
     #[error("unexpected error")]
     Unexpected(#[from] anyhow::Error),
@@ -122,7 +123,7 @@ impl Error {
             Error::ExportFailed(_) => ErrorCode::ExportFailed,
             Error::ExportCancelled => ErrorCode::ExportCancelled,
             Error::ExportExpired => ErrorCode::ExportExpired,
-            Error::Database(e) if is_unavailable(e) => ErrorCode::ServiceUnavailable,
+            Error::Database(e) if db_class(e) != DbClass::Fatal => ErrorCode::ServiceUnavailable,
             Error::Storage(e) if e.is_unavailable() => ErrorCode::ServiceUnavailable,
             Error::Database(_) | Error::Storage(_) | Error::Unexpected(_) => ErrorCode::Internal,
         }
@@ -151,16 +152,59 @@ impl Error {
     }
 }
 
-/// Connection-level failures: the database is down or unreachable, not a bad query.
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+/// What a database error means for the work that met it, decided here once (by SQLSTATE class
+/// for the server's errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbClass {
+    /// The database is down, unreachable, out of connections or resources, shutting down:
+    /// retry with backoff (a client gets 503).
+    Unavailable,
+    /// The statement lost a race (serialization failure, deadlock, a lock not available):
+    /// retry with backoff.
+    Contention,
+    /// The request or the code is at fault: retrying cannot help.
+    Fatal,
+}
+
+pub fn db_class(e: &sqlx::Error) -> DbClass {
+    match e {
         sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbClass::Unavailable,
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => sqlstate_class(&code),
+            None => DbClass::Fatal,
+        },
+        _ => DbClass::Fatal,
+    }
+}
+
+/// 08 connection exception, 53 insufficient resources (53300 too many connections, disk full,
+/// out of memory), 57P operator intervention (shutdown, crash recovery, cannot connect now):
+/// unavailable. 40001 serialization failure, 40P01 deadlock, 55P03 lock not available:
+/// contention. Everything else: fatal.
+fn sqlstate_class(code: &str) -> DbClass {
+    match code {
+        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+            DbClass::Unavailable
+        }
+        "40001" | "40P01" | "55P03" => DbClass::Contention,
+        _ => DbClass::Fatal,
+    }
+}
+
+/// A database error as the logs show it: the SQLSTATE and the server's message, or the
+/// client's own description (I/O, pool, protocol).
+fn db_detail(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("SQLSTATE {code}: {}", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +219,24 @@ mod tests {
         let e = Error::Database(sqlx::Error::PoolTimedOut);
         assert_eq!(e.code(), ErrorCode::ServiceUnavailable);
         assert!(!e.public_message().contains("pool"));
+    }
+
+    #[test]
+    fn sqlstates_are_classified_by_class() {
+        for (code, class) in [
+            ("53300", DbClass::Unavailable),
+            ("53100", DbClass::Unavailable),
+            ("57P01", DbClass::Unavailable),
+            ("57P03", DbClass::Unavailable),
+            ("08006", DbClass::Unavailable),
+            ("40001", DbClass::Contention),
+            ("40P01", DbClass::Contention),
+            ("55P03", DbClass::Contention),
+            ("23505", DbClass::Fatal),
+            ("42P01", DbClass::Fatal),
+            ("22P02", DbClass::Fatal),
+        ] {
+            assert_eq!(sqlstate_class(code), class, "{code}");
+        }
     }
 }

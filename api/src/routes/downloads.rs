@@ -4,7 +4,7 @@
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, route, web};
+use actix_web::{HttpRequest, HttpResponse, get, head, web};
 use chrono::Utc;
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -42,7 +42,8 @@ fn meta_of(rec: &ExportRecord) -> ObjectMeta {
 }
 
 /// 302 to a presigned S3 URL (default), or the bytes with `?mode=stream` (read scope).
-#[utoipa::path(method(get, head), path = "/v1/exports/{exportId}/download", tag = "downloads",
+#[utoipa::path(get, path = "/v1/exports/{exportId}/download", tag = "downloads",
+    operation_id = "download_export",
     params(("exportId" = uuid::Uuid, Path), DownloadQuery),
     responses((status = 302, description = "Location: a presigned S3 GET URL (WHARF_PRESIGN_TTL)"),
         (status = 200, description = "The file (mode=stream)"), (status = 206, description = "A byte range"),
@@ -54,8 +55,38 @@ fn meta_of(rec: &ExportRecord) -> ObjectMeta {
         (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
         (status = 410, description = "EXPORT_EXPIRED", body = crate::error::ErrorEnvelope),
         (status = 416, body = crate::error::ErrorEnvelope)))]
-#[route("/v1/exports/{exportId}/download", method = "GET", method = "HEAD")]
+#[get("/v1/exports/{exportId}/download")]
 pub async fn download(
+    auth: Auth,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    redirect_or_stream(auth, req, state, path, query).await
+}
+
+/// The headers `GET` would send (the redirect, or the file's with `?mode=stream`), no body.
+#[utoipa::path(head, path = "/v1/exports/{exportId}/download", tag = "downloads",
+    operation_id = "download_export_headers",
+    params(("exportId" = uuid::Uuid, Path), DownloadQuery),
+    responses((status = 302, description = "Location: a presigned S3 GET URL"),
+        (status = 200, description = "The file's headers (mode=stream)"),
+        (status = 404, description = "No such export in this project"),
+        (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED"),
+        (status = 410, description = "EXPORT_EXPIRED")))]
+#[head("/v1/exports/{exportId}/download")]
+pub async fn download_headers(
+    auth: Auth,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    redirect_or_stream(auth, req, state, path, query).await
+}
+
+async fn redirect_or_stream(
     auth: Auth,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -105,7 +136,8 @@ pub struct FileQuery {
 }
 
 /// The self-authenticating link (no key): HMAC over export, workflow, format and expiry.
-#[utoipa::path(method(get, head), path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
+#[utoipa::path(get, path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
+    operation_id = "download_signed_file",
     params(("exportId" = uuid::Uuid, Path), FileQuery),
     responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
         (status = 304, description = "If-None-Match matched the ETag"),
@@ -114,8 +146,27 @@ pub struct FileQuery {
         (status = 410, description = "The artifact itself expired", body = crate::error::ErrorEnvelope),
         (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
         (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
-#[route("/v1/exports/{exportId}/file", method = "GET", method = "HEAD")]
+#[get("/v1/exports/{exportId}/file")]
 pub async fn signed_file(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<FileQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let rec = verify_link(&state, &path, &query, req.query_string()).await?;
+    stream(&state, &req, &rec).await
+}
+
+/// The headers `GET` of the signed link would send, no body.
+#[utoipa::path(head, path = "/v1/exports/{exportId}/file", tag = "downloads", security(()),
+    operation_id = "download_signed_file_headers",
+    params(("exportId" = uuid::Uuid, Path), FileQuery),
+    responses((status = 200, description = "The file's headers"),
+        (status = 403, description = "Bad, non-canonical or expired signature"),
+        (status = 409, description = "EXPORT_NOT_READY, EXPORT_FAILED or EXPORT_CANCELLED"),
+        (status = 410, description = "The artifact itself expired")))]
+#[head("/v1/exports/{exportId}/file")]
+pub async fn signed_file_headers(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,

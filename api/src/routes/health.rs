@@ -2,11 +2,9 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
-use utoipa::OpenApi;
 use wharf_shared::ErrorCode;
 
 use crate::error::{ApiError, envelope_response};
-use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
 /// The process is up.
@@ -71,7 +69,10 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         .body(body))
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of every route", content_type = "application/json")))]
 #[get("/openapi.json")]
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(crate::openapi::document())
 }

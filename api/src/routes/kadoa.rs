@@ -117,7 +117,7 @@ fn bool_param(name: &str, raw: Option<&str>) -> Result<bool, ApiError> {
 }
 
 /// Kadoa: the project's workflows, newest first (read scope).
-#[utoipa::path(get, path = "/v4/workflows", tag = "compat", params(KadoaQuery),
+#[utoipa::path(get, operation_id = "kadoa_list_workflows", path = "/v4/workflows", tag = "compat", params(KadoaQuery),
     responses((status = 200, body = KadoaWorkflowList), (status = 400, body = crate::error::ErrorEnvelope)))]
 #[get("/v4/workflows")]
 pub async fn list(
@@ -156,7 +156,7 @@ pub async fn list(
 }
 
 /// Kadoa: one workflow in Kadoa's shape (read scope).
-#[utoipa::path(get, path = "/v4/workflows/{workflowId}", tag = "compat",
+#[utoipa::path(get, operation_id = "kadoa_get_workflow", path = "/v4/workflows/{workflowId}", tag = "compat",
     params(("workflowId" = uuid::Uuid, Path), KadoaQuery),
     responses((status = 200, body = KadoaWorkflow), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope)))]
@@ -208,7 +208,7 @@ fn query_hash(parts: &[&str]) -> u64 {
 /// 10,000), as JSON with pagination figures or as CSV (figures in `X-Total-Count`,
 /// `X-Total-Pages`); `limit=0` streams every selected row. Deep pages sorted by `_id` seek by
 /// key: page 5,000 costs what page 1 costs (read scope; `WHARF_PROJECT_READS` at once).
-#[utoipa::path(get, path = "/v4/workflows/{workflowId}/data", tag = "compat",
+#[utoipa::path(get, operation_id = "kadoa_workflow_data", path = "/v4/workflows/{workflowId}/data", tag = "compat",
     params(("workflowId" = uuid::Uuid, Path), KadoaQuery),
     responses((status = 200, description = "A page of rows: JSON {workflowId, runId, executedAt, data, pagination}, or CSV"),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),

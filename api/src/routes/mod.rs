@@ -1,4 +1,4 @@
-//! Route table. Each module holds the handlers of one resource.
+//! The route table. Each module holds the handlers of one resource.
 
 pub mod bundles;
 pub mod compat;
@@ -13,7 +13,6 @@ pub mod runs;
 pub mod webhooks;
 pub mod workflows;
 
-use actix_web::web;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
@@ -22,7 +21,9 @@ use wharf_shared::repo::Page;
 use crate::auth::parse_id;
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Every route, registered once: the router (`startup`) and the OpenAPI document (`openapi`)
+/// are both built from this list.
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)
@@ -43,7 +44,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(exports::cancel_export)
         .service(exports::get_dock_status)
         .service(downloads::download)
+        .service(downloads::download_headers)
         .service(downloads::signed_file)
+        .service(downloads::signed_file_headers)
         .service(kadoa::list)
         .service(kadoa::data)
         .service(kadoa::get_one)

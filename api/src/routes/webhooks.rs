@@ -59,7 +59,7 @@ impl From<Webhook> for WebhookDto {
 }
 
 /// Registers an endpoint for the project's events (admin scope).
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+#[utoipa::path(post, operation_id = "create_webhook", path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = WebhookCreated), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 409, description = "The project has its 20 endpoints already", body = crate::error::ErrorEnvelope),
         (status = 413, body = crate::error::ErrorEnvelope), (status = 415, body = crate::error::ErrorEnvelope)))]
@@ -122,7 +122,7 @@ pub async fn create(
 }
 
 /// The project's endpoints, newest first (admin scope; secrets are never shown again).
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_webhooks", path = "/v1/webhooks", tag = "webhooks", params(ListQuery),
     responses((status = 200, body = List<WebhookDto>), (status = 400, body = crate::error::ErrorEnvelope)))]
 #[get("/v1/webhooks")]
 pub async fn list(
@@ -139,7 +139,7 @@ pub async fn list(
 }
 
 /// Removes an endpoint: no more deliveries to it (admin scope).
-#[utoipa::path(delete, path = "/v1/webhooks/{webhookId}", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
+#[utoipa::path(delete, operation_id = "delete_webhook", path = "/v1/webhooks/{webhookId}", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
     responses((status = 204, description = "Removed"), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope)))]
 #[delete("/v1/webhooks/{webhookId}")]
@@ -180,7 +180,7 @@ pub struct DeliveryList {
 }
 
 /// The 100 most recent deliveries of an endpoint (admin scope).
-#[utoipa::path(get, path = "/v1/webhooks/{webhookId}/deliveries", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
+#[utoipa::path(get, operation_id = "list_webhook_deliveries", path = "/v1/webhooks/{webhookId}/deliveries", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
     responses((status = 200, body = DeliveryList), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope)))]
 #[get("/v1/webhooks/{webhookId}/deliveries")]

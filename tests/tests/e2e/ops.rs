@@ -114,11 +114,27 @@ async fn the_openapi_document_covers_every_route() {
         ("/v4/workflows", "get"),
         ("/v4/workflows/{workflowId}", "get"),
         ("/v4/workflows/{workflowId}/data", "get"),
+        ("/v1/exports/{exportId}/download", "head"),
+        ("/v1/exports/{exportId}/file", "head"),
+        ("/openapi.json", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
+    }
+    // Every operation has its own id (a generated client names its methods by them).
+    let mut ids: Vec<String> = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path}: no operationId");
+            assert!(
+                !ids.contains(&id),
+                "{method} {path}: operationId {id} twice"
+            );
+            ids.push(id);
+        }
     }
     assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
     let metrics = app
