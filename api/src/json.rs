@@ -11,6 +11,9 @@ use wharf_shared::Error;
 
 use crate::error::ApiError;
 
+/// Largest JSON body of the non-ingest routes (a 500-field schema is ~50 KiB).
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
 pub struct JsonBody(Result<serde_json::Value, Error>);
 
 impl JsonBody {
@@ -117,7 +120,7 @@ impl FromRequest for JsonBody {
                 ))));
             }
             let parsed = match body.await {
-                Ok(body) => match read_limited(body, crate::startup::MAX_JSON_BYTES, stall).await {
+                Ok(body) => match read_limited(body, MAX_JSON_BYTES, stall).await {
                     Ok(bytes) => wharf_shared::json::parse(&bytes)
                         .map_err(|e| Error::invalid(format!("invalid JSON body: {e}"))),
                     Err(e) => Err(e.0),

@@ -1,6 +1,8 @@
 //! The HTTP API: authentication, routes, the error envelope, OpenAPI.
 
+pub mod app;
 pub mod auth;
+pub mod compat;
 pub mod error;
 pub mod json;
 pub mod limits;

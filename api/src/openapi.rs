@@ -9,8 +9,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
 
+use crate::compat::zangtable as compat;
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
-use crate::routes::{self, compat};
+use crate::routes;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -18,8 +18,7 @@ use crate::limits::{AuthFailures, IngestSlots, KeyLimiter};
 use crate::routes;
 use crate::state::AppState;
 
-/// Largest JSON body of the non-ingest routes (a 500-field schema is ~50 KiB).
-pub const MAX_JSON_BYTES: usize = 1 << 20;
+pub use crate::json::MAX_JSON_BYTES;
 
 pub struct Application {
     port: u16,
@@ -66,7 +65,7 @@ impl Application {
             ),
             long_polls: IngestSlots::named(MAX_LONG_POLLS, "long polls", "at most 500 per project"),
             auth_failures,
-            page_keys: crate::routes::kadoa::PageKeys::default(),
+            page_keys: crate::compat::kadoa::PageKeys::default(),
             metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
             waiters: waiters.clone(),
             settings: Arc::new(settings),

@@ -28,7 +28,7 @@ pub struct AppState {
     /// `WHARF_AUTH_FAILURES`: wrong credentials per client address.
     pub auth_failures: AuthFailures,
     /// Keyset paging: where recent pages of filtered reads ended.
-    pub page_keys: crate::routes::kadoa::PageKeys,
+    pub page_keys: crate::compat::kadoa::PageKeys,
     pub metrics: Arc<wharf_shared::metrics::Metrics>,
     /// Long polls waiting for exports to finish.
     pub waiters: Arc<crate::waiters::Waiters>,

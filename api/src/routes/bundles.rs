@@ -20,13 +20,12 @@ use wharf_shared::repo::exports::{self, Created, ExportRecord, NewJob};
 use wharf_shared::repo::imports::StoredFile;
 use wharf_shared::repo::{imports, projects, workflows};
 
-use super::exports::{
-    ExportErrorDto, ProgressDto, create_export, dock_dto, export_dto, imported_workflows,
-    require_for, signed_link,
-};
-use super::workflows::find;
-use super::{ListQuery, compat};
+use super::ListQuery;
+use crate::app::exports::{create_export, require_for, signed_link};
+use crate::app::views::{ExportErrorDto, ProgressDto, dock_dto, export_dto, imported_workflows};
+use crate::app::workflows::find;
 use crate::auth::{Auth, parse_id};
+use crate::compat::zangtable as compat;
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;

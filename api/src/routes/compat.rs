@@ -2,107 +2,26 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use utoipa::{IntoParams, ToSchema};
-use wharf_shared::domain::export::ExportRequest;
+use serde::Serialize;
+use utoipa::ToSchema;
+use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, Created};
 use wharf_shared::repo::projects;
-use wharf_shared::{Error, auth};
 
-use super::downloads::stream;
-use super::exports::{create_export, export_dto, find_export};
-use crate::auth::{Auth, parse_id, presented_key};
-use crate::error::{ApiError, Enveloped, status_of};
-use crate::request_id;
+use crate::app::exports::{create_export, find_export, require_for, signed_link, wait_final};
+use crate::app::files::stream;
+use crate::app::views::{ExportDto, export_dto};
+use crate::auth::{Auth, parse_id};
+use crate::compat::kadoa::{KadoaQuery, MAX_WAIT_SECS};
+use crate::compat::zangtable::{
+    ProjectErrorEnvelope, in_envelope, project_export_id, project_principal,
+};
+use crate::error::ApiError;
 use crate::state::AppState;
-
-pub const MAX_WAIT_SECS: u64 = 60;
-
-/// The parameters of every `/v4` route: Kadoa's, accepted on each route even where it ignores
-/// them (its SDK sends them everywhere); any other parameter is a 400. `format` and `order` are
-/// case-insensitive.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct KadoaQuery {
-    /// csv, json (the data route's default), ndjson or parquet, in any case.
-    pub format: Option<String>,
-    #[param(value_type = Option<uuid::Uuid>)]
-    pub run_id: Option<String>,
-    /// The filters array of the native API, as URL-encoded JSON.
-    pub filters: Option<String>,
-    pub sort_by: Option<String>,
-    /// asc (default) or desc, in any case.
-    pub order: Option<String>,
-    /// Comma-separated row ids.
-    #[param(pattern = "^-?[0-9]+(,-?[0-9]+)*$")]
-    pub row_ids: Option<String>,
-    /// Seconds to wait for the file (0-60, default 25; the export route).
-    #[param(minimum = 0, maximum = 60)]
-    pub wait: Option<u64>,
-    /// Page number, from 1 (the data route).
-    #[param(minimum = 1)]
-    pub page: Option<String>,
-    /// Rows per page (data route: default 100, at most 10,000; 0 streams every selected row)
-    /// or workflows per page (list: default 25, at most 100).
-    #[param(minimum = 0, maximum = 10000)]
-    pub limit: Option<String>,
-    /// true: the body is gzip (`Content-Encoding: gzip`).
-    pub gzip: Option<String>,
-    /// Accepted and ignored.
-    pub include_anomalies: Option<String>,
-    /// Workflows whose name contains this text (list).
-    pub search: Option<String>,
-    /// Workflows to skip (list).
-    #[param(minimum = 0)]
-    pub skip: Option<String>,
-}
-
-impl KadoaQuery {
-    /// The native request these parameters mean, and its canonical JSON (for hashing).
-    pub(crate) fn to_request(&self) -> Result<(ExportRequest, Value), ApiError> {
-        let mut body = serde_json::Map::new();
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                body.insert(k.to_string(), v);
-            }
-        };
-        put(
-            "format",
-            self.format
-                .as_ref()
-                .map(|f| Value::String(f.to_ascii_lowercase())),
-        );
-        put("runId", self.run_id.clone().map(Value::String));
-        put("sortBy", self.sort_by.clone().map(Value::String));
-        put(
-            "order",
-            self.order
-                .as_ref()
-                .map(|o| Value::String(o.to_ascii_lowercase())),
-        );
-        if let Some(f) = &self.filters {
-            let v: Value = wharf_shared::json::parse(f.as_bytes())
-                .map_err(|e| Error::invalid(format!("filters: not a JSON array: {e}")))?;
-            put("filters", Some(v));
-        }
-        if let Some(ids) = &self.row_ids {
-            let parsed: Result<Vec<i64>, _> =
-                ids.split(',').map(|s| s.trim().parse::<i64>()).collect();
-            let parsed =
-                parsed.map_err(|_| Error::invalid("rowIds: expected comma-separated integers"))?;
-            put("rowIds", Some(json!(parsed)));
-        }
-        let value = Value::Object(body);
-        Ok((crate::json::from_value(value.clone())?, value))
-    }
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -122,7 +41,7 @@ pub struct KadoaExport {
 /// body if it is not done in time (read scope).
 #[utoipa::path(get, path = "/v4/workflows/{workflowId}/data/export", tag = "compat",
     params(("workflowId" = String, Path), KadoaQuery),
-    responses((status = 200, body = KadoaExport), (status = 202, body = super::exports::ExportDto),
+    responses((status = 200, body = KadoaExport), (status = 202, body = ExportDto),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope),
         (status = 409, description = "EXPORT_FAILED or EXPORT_CANCELLED", body = crate::error::ErrorEnvelope),
@@ -154,7 +73,7 @@ pub async fn kadoa_create(
     };
     // Waits on the process's one listener for finished exports, not by polling.
     let rec = if wait > 0 && rec.status.is_active() {
-        super::exports::wait_final(&state, *rec, Duration::from_secs(wait)).await?
+        wait_final(&state, *rec, Duration::from_secs(wait)).await?
     } else {
         *rec
     };
@@ -163,7 +82,7 @@ pub async fn kadoa_create(
             Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
         }
         ExportStatus::Completed => {
-            let (url, expires_at) = super::exports::signed_link(&state, &rec)
+            let (url, expires_at) = signed_link(&state, &rec)
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,
@@ -211,17 +130,6 @@ pub async fn kadoa_download(
     stream(&state, &req, &rec).await
 }
 
-/// `exp_` + 32 hex digits, or a bare UUID.
-pub(crate) fn project_export_id(raw: &str) -> Option<uuid::Uuid> {
-    match raw.strip_prefix("exp_") {
-        Some(hex) if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            uuid::Uuid::parse_str(hex).ok()
-        }
-        Some(_) => None,
-        None => uuid::Uuid::parse_str(raw).ok(),
-    }
-}
-
 /// Project-scoped download: the bytes, or an error in this route's own envelope with
 /// snake_case codes. `X-Operation-Key` and `X-Operation-Run-Id` are echoed.
 #[utoipa::path(get, path = "/projects/{project}/export/download/{exportId}", tag = "compat",
@@ -246,39 +154,6 @@ pub async fn project_download(
     )
 }
 
-/// A project-scoped route's answer: errors in its envelope, and `X-Operation-Key` and
-/// `X-Operation-Run-Id` echoed either way.
-pub(crate) fn in_envelope(
-    req: &HttpRequest,
-    result: Result<HttpResponse, ApiError>,
-) -> HttpResponse {
-    let mut res = match result {
-        Ok(res) => res,
-        Err(e) => project_error(&e.0),
-    };
-    for name in ["x-operation-key", "x-operation-run-id"] {
-        if let Some(v) = req.headers().get(name) {
-            res.headers_mut()
-                .insert(HeaderName::from_static(name), v.clone());
-        }
-    }
-    res
-}
-
-/// The key of a project-scoped request (these routes answer errors in their own envelope, so
-/// they authenticate here rather than through the `Auth` extractor).
-pub(crate) async fn project_principal(
-    req: &HttpRequest,
-    state: &AppState,
-) -> Result<auth::Principal, ApiError> {
-    let key = presented_key(req)
-        .filter(|k| !k.is_empty())
-        .ok_or(Error::Unauthorized)?;
-    let principal = auth::authenticate(&state.pool, &state.keys, &key).await?;
-    state.limiter.check(principal.key_id)?;
-    Ok(principal)
-}
-
 async fn project_download_inner(
     req: &HttpRequest,
     state: &AppState,
@@ -300,57 +175,6 @@ async fn project_download_inner(
     let rec = exports::get(&state.pool, principal.project_id, id)
         .await?
         .ok_or(Error::NotFound("export"))?;
-    super::exports::require_for(&principal, &rec)?;
+    require_for(&principal, &rec)?;
     stream(state, req, &rec).await
-}
-
-/// The project-scoped routes' error envelope (codes in snake_case).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectErrorEnvelope {
-    /// Always false.
-    pub ok: bool,
-    /// Always null.
-    #[schema(value_type = Option<String>)]
-    pub data: Option<()>,
-    pub error: crate::error::ErrorBody,
-    pub request_id: String,
-    pub meta: ProjectMeta,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectMeta {
-    pub generated_at: String,
-}
-
-fn project_error(e: &Error) -> HttpResponse {
-    let code = e.code();
-    let body = json!({
-        "ok": false,
-        "data": null,
-        "error": {"code": code.as_str().to_ascii_lowercase(), "message": e.public_message()},
-        "request_id": request_id::current(),
-        "meta": {"generated_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)},
-    });
-    let mut res = HttpResponse::build(status_of(code)).json(body);
-    res.extensions_mut().insert(Enveloped);
-    if let Ok(v) = HeaderValue::from_str("no-store") {
-        res.headers_mut()
-            .insert(actix_web::http::header::CACHE_CONTROL, v);
-    }
-    res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn project_export_ids() {
-        let u = uuid::Uuid::now_v7();
-        assert_eq!(project_export_id(&u.to_string()), Some(u));
-        assert_eq!(project_export_id(&format!("exp_{}", u.simple())), Some(u));
-        assert_eq!(project_export_id("exp_123"), None);
-        assert_eq!(project_export_id("exp_zz"), None);
-        assert_eq!(project_export_id("nope"), None);
-    }
 }

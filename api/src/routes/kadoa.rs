@@ -2,9 +2,6 @@
 //! fetched in Kadoa's shape, and rows read synchronously a page at a time (or all at once with
 //! `limit=0`), streamed in bounded memory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use actix_web::{HttpResponse, get, web};
 use bytes::Bytes;
@@ -21,9 +18,9 @@ use wharf_shared::repo::export_query::{Plan, Seek};
 use wharf_shared::repo::runs;
 use wharf_shared::repo::workflows::{self, WorkflowSummary};
 
-use super::compat::KadoaQuery;
-use super::workflows::find;
+use crate::app::workflows::find;
 use crate::auth::{Auth, parse_id};
+use crate::compat::kadoa::KadoaQuery;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -173,28 +170,6 @@ pub async fn get_one(
         .await?
         .ok_or(Error::NotFound("workflow"))?;
     Ok(HttpResponse::Ok().json(KadoaWorkflow::from(wf)))
-}
-
-/// Where recent pages of filtered, `_id`-sorted reads ended, so the next page seeks by key
-/// instead of skipping rows. Per API process, bounded; a miss falls back to OFFSET.
-#[derive(Clone, Default)]
-pub struct PageKeys(Arc<Mutex<HashMap<(u64, u64), i64>>>);
-
-const PAGE_KEYS_MAX: usize = 50_000;
-
-impl PageKeys {
-    fn get(&self, query: u64, page: u64) -> Option<i64> {
-        self.0.lock().ok()?.get(&(query, page)).copied()
-    }
-
-    fn put(&self, query: u64, page: u64, last_id: i64) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= PAGE_KEYS_MAX {
-                m.clear();
-            }
-            m.insert((query, page), last_id);
-        }
-    }
 }
 
 fn query_hash(parts: &[&str]) -> u64 {

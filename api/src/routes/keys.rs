@@ -7,6 +7,7 @@ use wharf_shared::auth::mint_key;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::keys;
 
+use crate::app::views::KeyCreated;
 use crate::auth::{Auth, parse_id};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -19,14 +20,6 @@ pub struct CreateKey {
     /// One or more of `read`, `write`, `admin`.
     #[schema(value_type = Vec<Scope>, min_items = 1)]
     pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyCreated {
-    pub id: uuid::Uuid,
-    /// The secret: shown only in this response, stored only as a hash.
-    pub key: String,
-    pub scopes: Vec<Scope>,
 }
 
 /// Mints another key of the caller's project (admin scope).

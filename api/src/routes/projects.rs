@@ -7,10 +7,10 @@ use wharf_shared::domain::schema::validate_workflow_name;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::projects;
 
+use crate::app::views::KeyCreated;
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::json::JsonBody;
-use crate::routes::keys::KeyCreated;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]

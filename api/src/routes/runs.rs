@@ -8,8 +8,8 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::ingest::{BodyFormat, IngestLimits, ingest_run};
 use wharf_shared::repo::runs::{self, Run};
 
-use super::workflows::find;
 use super::{List, ListQuery};
+use crate::app::workflows::find;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -2,13 +2,13 @@ use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use wharf_shared::Error;
 use wharf_shared::domain::schema::{Field, parse_schema, validate_workflow_name};
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::workflows::{self, Workflow};
 
 use super::{List, ListQuery};
-use crate::auth::{Auth, parse_id};
+use crate::app::workflows::find;
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::state::AppState;
@@ -42,18 +42,6 @@ impl From<Workflow> for WorkflowDto {
             created_at: w.created_at,
         }
     }
-}
-
-/// Finds a workflow of the caller's project; another project's is 404, as is an unknown one.
-pub async fn find(
-    state: &AppState,
-    project_id: uuid::Uuid,
-    raw_id: &str,
-) -> Result<Workflow, ApiError> {
-    let id = parse_id("workflowId", raw_id)?;
-    Ok(workflows::get(&state.pool, project_id, id)
-        .await?
-        .ok_or(Error::NotFound("workflow"))?)
 }
 
 /// Creates a workflow: a dataset with a declared, typed schema (write scope).

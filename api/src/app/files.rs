@@ -1,0 +1,144 @@
+//! Serving a finished export's bytes through the API: its headers (type, disposition, ETag,
+//! length), Range (206/416), HEAD and the conditional requests. Every download route (the
+//! stream mode, the signed link, the seed products' download routes) answers with this.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::Utc;
+use futures::TryStreamExt;
+use wharf_shared::domain::export::content_disposition;
+use wharf_shared::repo::exports::ExportRecord;
+use wharf_shared::store::ObjectMeta;
+use wharf_shared::{Error, ErrorCode};
+
+use crate::error::{ApiError, envelope_response};
+use crate::state::AppState;
+
+pub fn meta_of(rec: &ExportRecord) -> ObjectMeta {
+    ObjectMeta {
+        content_type: rec
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        content_disposition: content_disposition(rec.file_name.as_deref().unwrap_or("export")),
+    }
+}
+
+/// One `bytes=` range (first-last, first-, -suffix); anything else serves the whole file.
+fn parse_range(value: Option<&str>, size: u64) -> Range {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Range::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(first), Ok(last)) if first <= last => Some((first, last.min(size.saturating_sub(1)))),
+        (Ok(_), Ok(_)) => return Range::Full,
+        (Ok(first), Err(_)) if b.is_empty() => Some((first, size.saturating_sub(1))),
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 {
+                return Range::Unsatisfiable;
+            }
+            Some((size.saturating_sub(n), size.saturating_sub(1)))
+        }
+        _ => return Range::Full,
+    };
+    match parsed {
+        Some((first, _)) if first >= size => Range::Unsatisfiable,
+        Some((first, last)) => Range::Part(first, last),
+        None => Range::Full,
+    }
+}
+
+/// The file through the API: Content-Type/-Length/-Disposition, ETag, Accept-Ranges, Range
+/// (206/416), HEAD and If-None-Match.
+pub async fn stream(
+    state: &AppState,
+    req: &HttpRequest,
+    rec: &ExportRecord,
+) -> Result<HttpResponse, ApiError> {
+    let key = rec.downloadable(Utc::now())?.to_string();
+    let size = rec.size_bytes.unwrap_or(0).max(0) as u64;
+    let etag = format!("\"{}\"", rec.sha256.as_deref().unwrap_or_default());
+    let meta = meta_of(rec);
+    let header_str =
+        |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(v) = header_str(header::IF_MATCH) {
+        // Strong comparison: a weak tag never matches (RFC 9110, 13.1.1).
+        if !v.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            let mut res = envelope_response(
+                ErrorCode::InvalidRequest,
+                format!("If-Match: the file's ETag is {etag}"),
+            );
+            *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+            return Ok(res);
+        }
+    }
+    if header_str(header::IF_NONE_MATCH).is_some_and(|v| {
+        // Weak comparison (RFC 9110, 13.1.2): W/"x" matches "x".
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    }) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    // If-Range with anything but the current strong ETag: the whole file, not a stale part.
+    let range_header = match header_str(header::IF_RANGE) {
+        Some(tag) if tag.trim() != etag => None,
+        _ => header_str(header::RANGE),
+    };
+    let (status, range) = match parse_range(range_header, size) {
+        Range::Full => (StatusCode::OK, None),
+        Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        Range::Unsatisfiable => {
+            let mut res = envelope_response(
+                ErrorCode::InvalidRequest,
+                format!("Range not satisfiable: the file has {size} bytes"),
+            );
+            *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            res.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}"))
+                    .map_err(|e| Error::Unexpected(e.into()))?,
+            );
+            return Ok(res);
+        }
+    };
+    let len = range.map_or(size, |(a, b)| b - a + 1);
+    let mut res = HttpResponse::build(status);
+    res.insert_header((header::CONTENT_TYPE, meta.content_type))
+        .insert_header((header::CONTENT_DISPOSITION, meta.content_disposition))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=0"));
+    if let Some((a, b)) = range {
+        res.insert_header((header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}")));
+    }
+    if req.method() == Method::HEAD || len == 0 {
+        return Ok(res.body(SizedStream::new(
+            len,
+            futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        )));
+    }
+    let body = state.store.get(&key, range).await?.map_err(|e| {
+        // actix-http's own log of a failed body is silenced (see telemetry): say it here.
+        tracing::warn!(error = %e, "download stream failed midway; the client gets a cut body");
+        std::io::Error::other(e)
+    });
+    Ok(res.body(SizedStream::new(len, body)))
+}
+
+enum Range {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
