@@ -4,5 +4,6 @@
 
 pub mod exports;
 pub mod files;
+pub mod jobs;
 pub mod views;
 pub mod workflows;

@@ -1,5 +1,6 @@
-//! The seed products' dialects: what each one's routes share (its envelope, parameters, id
-//! codec). Their handlers are in `routes/` and call the application layer (`app`).
+//! The seed products' dialects, one folder each: its routes (`routes.rs`, calling only the
+//! application layer) and what they share (its envelope, parameters, id codec, status map).
 
 pub mod kadoa;
+pub mod kore;
 pub mod zangtable;

@@ -1,11 +1,10 @@
-//! The route table. Each module holds the handlers of one resource.
+//! The route table: the native API's handlers (one module a resource) and the seed dialects'
+//! (`compat::<name>::routes`), all registered here once.
 
-pub mod bundles;
-pub mod compat;
 pub mod downloads;
 pub mod exports;
 pub mod health;
-pub mod kadoa;
+pub mod imports;
 pub mod keys;
 pub mod ops;
 pub mod projects;
@@ -19,6 +18,7 @@ use wharf_shared::Error;
 use wharf_shared::repo::Page;
 
 use crate::auth::parse_id;
+use crate::compat::{kadoa, kore, zangtable};
 use crate::error::ApiError;
 
 /// Every route, registered once: the router (`startup`) and the OpenAPI document (`openapi`)
@@ -47,22 +47,22 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(downloads::download_headers)
         .service(downloads::signed_file)
         .service(downloads::signed_file_headers)
+        .service(imports::create_import)
+        .service(imports::get_import)
         .service(kadoa::list)
         .service(kadoa::data)
         .service(kadoa::get_one)
-        .service(compat::kadoa_create)
-        .service(compat::kadoa_download)
-        .service(compat::project_download)
-        .service(bundles::kore_export)
-        .service(bundles::kore_dock_status)
-        .service(bundles::kore_upload)
-        .service(bundles::kore_import)
-        .service(bundles::kore_import_into)
-        .service(bundles::create_import)
-        .service(bundles::get_import)
-        .service(bundles::zang_create)
-        .service(bundles::zang_list)
-        .service(bundles::zang_get)
+        .service(kadoa::kadoa_create)
+        .service(kadoa::kadoa_download)
+        .service(kore::kore_export)
+        .service(kore::kore_dock_status)
+        .service(kore::kore_upload)
+        .service(kore::kore_import)
+        .service(kore::kore_import_into)
+        .service(zangtable::zang_create)
+        .service(zangtable::zang_list)
+        .service(zangtable::zang_get)
+        .service(zangtable::project_download)
         .service(webhooks::create)
         .service(webhooks::list)
         .service(webhooks::remove)

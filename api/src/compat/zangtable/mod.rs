@@ -1,6 +1,10 @@
 //! Zangtable's dialect: the project-scoped routes' envelope (`{"ok", "data", "error",
 //! "request_id", "meta"}`, codes in snake_case), its Bearer-key principal and its `exp_` ids.
 
+mod routes;
+
+pub use routes::*;
+
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;

@@ -1,6 +1,12 @@
 //! Kadoa's dialect: the query parameters every `/v4` route accepts (and what they mean as a
 //! native export request), and the page keys that let deep pages seek instead of skip.
 
+mod exports;
+mod routes;
+
+pub use exports::*;
+pub use routes::*;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

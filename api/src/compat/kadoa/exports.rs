@@ -1,4 +1,5 @@
-//! Seed-compatible routes: the documented behaviour of the export APIs Wharf stands in for.
+//! Kadoa's export routes (API.md, "Kadoa"): an export created and waited for in one GET, and
+//! its file downloaded.
 
 use std::time::Duration;
 
@@ -9,17 +10,13 @@ use utoipa::ToSchema;
 use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
-use wharf_shared::repo::exports::{self, Created};
-use wharf_shared::repo::projects;
+use wharf_shared::repo::exports::Created;
 
-use crate::app::exports::{create_export, find_export, require_for, signed_link, wait_final};
+use crate::app::exports::{create_export, find_export, signed_link, wait_final};
 use crate::app::files::stream;
 use crate::app::views::{ExportDto, export_dto};
 use crate::auth::{Auth, parse_id};
 use crate::compat::kadoa::{KadoaQuery, MAX_WAIT_SECS};
-use crate::compat::zangtable::{
-    ProjectErrorEnvelope, in_envelope, project_export_id, project_principal,
-};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -128,53 +125,4 @@ pub async fn kadoa_download(
         return Err(Error::NotFound("export").into());
     }
     stream(&state, &req, &rec).await
-}
-
-/// Project-scoped download: the bytes, or an error in this route's own envelope with
-/// snake_case codes. `X-Operation-Key` and `X-Operation-Run-Id` are echoed.
-#[utoipa::path(get, path = "/projects/{project}/export/download/{exportId}", tag = "compat",
-    params(("project" = String, Path, description = "Project slug"), ("exportId" = String, Path, description = "exp_<32 hex> or a UUID")),
-    responses((status = 200, description = "The file"), (status = 206, description = "A byte range"),
-        (status = 304, description = "If-None-Match matched the ETag"),
-        (status = 401, body = ProjectErrorEnvelope), (status = 403, body = ProjectErrorEnvelope),
-        (status = 404, description = "Unknown project or export (not_found)", body = ProjectErrorEnvelope),
-        (status = 409, description = "export_not_ready, export_failed or export_cancelled", body = ProjectErrorEnvelope),
-        (status = 410, description = "export_expired", body = ProjectErrorEnvelope),
-        (status = 412, description = "If-Match did not match the ETag", body = crate::error::ErrorEnvelope),
-        (status = 416, description = "Range not satisfiable", body = crate::error::ErrorEnvelope)))]
-#[get("/projects/{project}/export/download/{exportId}")]
-pub async fn project_download(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-) -> HttpResponse {
-    in_envelope(
-        &req,
-        project_download_inner(&req, &state, &path.0, &path.1).await,
-    )
-}
-
-async fn project_download_inner(
-    req: &HttpRequest,
-    state: &AppState,
-    project: &str,
-    raw: &str,
-) -> Result<HttpResponse, ApiError> {
-    let principal = project_principal(req, state).await?;
-    principal.require(Scope::Read)?;
-    if project.contains('\0') {
-        return Err(
-            Error::invalid("project: text may not contain the NUL character (U+0000)").into(),
-        );
-    }
-    let owner = projects::get_by_slug(&state.pool, project).await?;
-    if owner.map(|p| p.id) != Some(principal.project_id) {
-        return Err(Error::NotFound("project").into());
-    }
-    let id = project_export_id(raw).ok_or(Error::NotFound("export"))?;
-    let rec = exports::get(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("export"))?;
-    require_for(&principal, &rec)?;
-    stream(state, req, &rec).await
 }

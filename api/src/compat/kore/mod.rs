@@ -1,0 +1,5 @@
+//! Kore.ai's dialect (API.md, "Kore.ai").
+
+mod routes;
+
+pub use routes::*;
