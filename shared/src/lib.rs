@@ -9,6 +9,7 @@ pub mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod ingest;
+pub mod jobs;
 pub mod json;
 pub mod metrics;
 pub mod queue;

@@ -31,6 +31,22 @@ fn server_options() -> PgConnectOptions {
 impl TestDb {
     /// A fresh, migrated database and a pool of at most 5 connections to it.
     pub async fn new() -> TestDb {
+        Self::migrated(&wharf_shared::repo::MIGRATOR).await
+    }
+
+    /// A database as the version before `version`'s migration left it: every migration older
+    /// than `version` applied, none after (upgrade tests write what that version wrote, then
+    /// run this version's migrations).
+    pub async fn before(version: i64) -> TestDb {
+        let older: Vec<sqlx::migrate::Migration> = wharf_shared::repo::MIGRATOR
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect();
+        Self::migrated(&sqlx::migrate::Migrator::with_migrations(older)).await
+    }
+
+    async fn migrated(migrator: &sqlx::migrate::Migrator) -> TestDb {
         let server = server_options();
         let name = format!("{PREFIX}{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&server)
@@ -44,7 +60,7 @@ impl TestDb {
         let pool = wharf_shared::repo::no_reaper(PgPoolOptions::new())
             .max_connections(5)
             .connect_lazy_with(server.clone().database(&name));
-        wharf_shared::repo::MIGRATOR
+        migrator
             .run(&pool)
             .await
             .unwrap_or_else(|e| panic!("migrate test database {name}: {e}"));

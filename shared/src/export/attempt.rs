@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{ExportContext, FIRST_BEAT, Outcome, Progress};
-use crate::domain::states::FailureCode;
 use crate::error::{Error, Result};
+use crate::jobs::{self, JobError};
 use crate::repo::exports::{self, Claim, ExportRecord};
 
 /// How a failed attempt ends: released (the worker is stopping, or a transient failure with
@@ -33,29 +33,30 @@ pub(super) async fn settle_error(
             tracing::info!("job stopped: cancelled or claim lost");
             Ok(Outcome::Cancelled)
         }
-        e if is_transient(&e) && exports::has_attempts_left(claim, rec.max_attempts) => {
-            let after = backoff(claim.attempt);
-            tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
-            exports::release(&ctx.pool, claim, after).await?;
-            Ok(Outcome::Released { after })
-        }
-        e => {
-            let (code, message) = failure(&e);
-            tracing::warn!(code = %code, error = %e, "job failed");
-            exports::fail(&ctx.pool, claim, code, &message).await?;
-            Ok(Outcome::Failed { code })
-        }
+        e => match JobError::from(e) {
+            JobError::Retryable(e) if exports::has_attempts_left(claim, rec.max_attempts) => {
+                let after = backoff(claim.attempt);
+                tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
+                exports::release(&ctx.pool, claim, after).await?;
+                Ok(Outcome::Released { after })
+            }
+            JobError::Retryable(e) => {
+                let (code, message) = jobs::failure(&e);
+                tracing::warn!(code = %code, error = %e, "job failed: no attempts left");
+                exports::fail(&ctx.pool, claim, code, &message).await?;
+                Ok(Outcome::Failed { code })
+            }
+            JobError::Fatal {
+                code,
+                message,
+                cause,
+            } => {
+                tracing::warn!(code = %code, error = %cause, "job failed");
+                exports::fail(&ctx.pool, claim, code, &message).await?;
+                Ok(Outcome::Failed { code })
+            }
+        },
     }
-}
-
-/// Worth another attempt: a backing service failed, not the request.
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code(), crate::error::ErrorCode::ServiceUnavailable)
-        || matches!(e, Error::Storage(s) if s.is_unavailable())
-        || matches!(
-            e,
-            Error::Database(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
-        )
 }
 
 /// Exponential backoff with ±25 % jitter: 1 s, 2 s, 4 s … capped at 30 s.
@@ -64,27 +65,6 @@ fn backoff(attempt: i32) -> Duration {
     let base = 1000u64 << attempt.clamp(1, 6).saturating_sub(1);
     let ms = base.min(30_000) as f64 * rand::rng().random_range(0.75..1.25);
     Duration::from_millis(ms as u64)
-}
-
-/// The stable code and a message a user can act on; internals stay in the logs.
-fn failure(e: &Error) -> (FailureCode, String) {
-    match e {
-        Error::Invalid(m) => (FailureCode::InvalidRequest, m.clone()),
-        Error::Refused { code, message } => (*code, message.clone()),
-        Error::NotFound(what) => (FailureCode::NotFound, format!("{what} no longer exists")),
-        Error::Storage(_) => (
-            FailureCode::StorageError,
-            "the object store failed; create the export again".into(),
-        ),
-        Error::Database(_) | Error::Unavailable(_) => (
-            FailureCode::ServiceUnavailable,
-            "a backing service was unavailable; create the export again".into(),
-        ),
-        _ => (
-            FailureCode::Internal,
-            "the export failed unexpectedly".into(),
-        ),
-    }
 }
 
 pub(super) async fn heartbeat(

@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::states::{FailureCode, JobKind};
+use crate::domain::states::FailureCode;
 use crate::error::{Error, Result};
-use crate::repo::exports::{self, Claim, Completion, ExportRecord};
+use crate::jobs::{Job, Kind};
+use crate::repo::exports::{self, Claim, Claimed, Completion, ExportRecord};
 use crate::store::ObjectStore;
 pub use formats::arrow_schema;
 use pipeline::{Attempt, Produced};
@@ -122,21 +124,15 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
         return Ok(Outcome::Skipped);
     };
     let (claim, rec) = (claimed.claim, &claimed.rec);
-    let export_id = claim.export_id;
     if claim.attempt == 1 {
         let waited = (chrono::Utc::now() - rec.created_at)
             .num_microseconds()
             .unwrap_or(0);
         ctx.metrics.pickup.observe(waited.max(0) as f64 / 1e6);
     }
-    let outcome = if rec.kind == JobKind::Import {
-        let span = tracing::info_span!("import", import_id = %export_id, request_id = rec.request_id.as_deref().unwrap_or(""),
-            attempt = claim.attempt);
-        tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await
-    } else {
-        run_export(ctx, &claimed, read_conn).await
-    };
-    let label = if rec.kind == JobKind::Import {
+    let kind = Kind::of(rec);
+    let outcome = job_of(kind).run(ctx, &claimed, read_conn).await;
+    let label = if kind == Kind::Import {
         "import"
     } else {
         rec.format.as_str()
@@ -154,10 +150,76 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
     outcome
 }
 
+/// The job kinds a worker runs, one `Job` each.
+fn job_of(kind: Kind) -> &'static dyn Job {
+    match kind {
+        Kind::Export => &FileExport,
+        Kind::Bundle => &BundleExport,
+        Kind::Import => &ImportJob,
+    }
+}
+
+/// One run's rows into one file (`file.rs`).
+struct FileExport;
+/// Definitions and runs into one ZIP (`bundle.rs`).
+struct BundleExport;
+/// An uploaded bundle made into workflows (`import.rs`).
+struct ImportJob;
+
+#[async_trait]
+impl Job for FileExport {
+    fn kind(&self) -> Kind {
+        Kind::Export
+    }
+    async fn run(
+        &self,
+        ctx: &ExportContext,
+        claimed: &Claimed,
+        conn: &mut ReadConn,
+    ) -> Result<Outcome> {
+        run_export(ctx, claimed, conn, Kind::Export).await
+    }
+}
+
+#[async_trait]
+impl Job for BundleExport {
+    fn kind(&self) -> Kind {
+        Kind::Bundle
+    }
+    async fn run(
+        &self,
+        ctx: &ExportContext,
+        claimed: &Claimed,
+        conn: &mut ReadConn,
+    ) -> Result<Outcome> {
+        run_export(ctx, claimed, conn, Kind::Bundle).await
+    }
+}
+
+#[async_trait]
+impl Job for ImportJob {
+    fn kind(&self) -> Kind {
+        Kind::Import
+    }
+    async fn run(
+        &self,
+        ctx: &ExportContext,
+        claimed: &Claimed,
+        _: &mut ReadConn,
+    ) -> Result<Outcome> {
+        let (claim, rec) = (claimed.claim, &claimed.rec);
+        let span = tracing::info_span!("import", import_id = %claim.export_id,
+            request_id = rec.request_id.as_deref().unwrap_or(""), attempt = claim.attempt);
+        tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await
+    }
+}
+
+/// An attempt of an export or a bundle: heartbeat, the pipeline, the verdict.
 async fn run_export(
     ctx: &ExportContext,
     claimed: &exports::Claimed,
     read_conn: &mut ReadConn,
+    kind: Kind,
 ) -> Result<Outcome> {
     let (claim, rec) = (claimed.claim, &claimed.rec);
     let export_id = claim.export_id;
@@ -181,7 +243,7 @@ async fn run_export(
         cancel: &cancel,
     };
     let produce = async {
-        if rec.is_bundle() {
+        if kind == Kind::Bundle {
             bundle::produce(&at, rec, read_conn).await
         } else {
             file::produce(&at, claimed, read_conn).await

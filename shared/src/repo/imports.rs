@@ -138,12 +138,16 @@ pub async fn complete_import(
     result: &serde_json::Value,
 ) -> Result<bool> {
     let done = sqlx::query(concat!(
-        "UPDATE exports SET status = ",
+        "WITH job AS (
+           UPDATE jobs SET status = 'SUCCEEDED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND kind = 'import' AND status = 'RUNNING'
+           RETURNING id)
+         UPDATE exports SET status = ",
         crate::sql_status!(Completed),
         ", completed_at = now(), updated_at = now(), row_count = $3, rows_written = $3,
-             rows_total = $3, result = $4, lease_token = NULL, lease_expires_at = NULL,
-             error_code = NULL, error_message = NULL
-         WHERE id = $1 AND lease_token = $2 AND kind = 'import' AND status = ",
+             rows_total = $3, result = $4, error_code = NULL, error_message = NULL
+         WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(claim.export_id)

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "formats_from_the_registry",
         include_str!("../../../migrations/20261204000001_formats_from_the_registry.sql"),
     ),
+    (
+        20261204000002,
+        "job_ledger",
+        include_str!("../../../migrations/20261204000002_job_ledger.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

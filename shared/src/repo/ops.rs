@@ -93,8 +93,8 @@ pg_row! {
 pub async fn running(pool: &PgPool) -> Result<Vec<RunningExport>> {
     Ok(sqlx::query_as(concat!(
         "SELECT e.id, p.slug, e.format, e.scope, e.rows_written, e.rows_total, e.started_at,
-             e.worker_id, e.attempts
-         FROM exports e JOIN projects p ON p.id = e.project_id
+             j.worker_id, j.attempts
+         FROM exports e JOIN jobs j ON j.id = e.id JOIN projects p ON p.id = e.project_id
          WHERE e.status = ",
         crate::sql_status!(InProgress),
         " ORDER BY e.started_at LIMIT 100"

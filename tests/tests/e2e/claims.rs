@@ -83,13 +83,13 @@ async fn claims_are_fair_capped_and_pass_over_what_they_cannot_take() {
     }
     let id_of = |l: &str| labels.iter().find(|(_, x)| *x == l).map(|(id, _)| *id);
     let (a1, a3, spent_id) = (id_of("A1"), id_of("A3"), id_of("A-spent"));
-    sqlx::query("UPDATE exports SET attempts = max_attempts WHERE id = $1")
+    sqlx::query("UPDATE jobs SET attempts = max_attempts WHERE id = $1")
         .bind(spent_id)
         .execute(&pool)
         .await
         .expect("spend");
     // A3 is not due yet (a retry's backoff).
-    sqlx::query("UPDATE exports SET next_attempt_at = now() + interval '1 hour' WHERE id = $1")
+    sqlx::query("UPDATE jobs SET due_at = now() + interval '1 hour' WHERE id = $1")
         .bind(a3)
         .execute(&pool)
         .await
@@ -107,13 +107,13 @@ async fn claims_are_fair_capped_and_pass_over_what_they_cannot_take() {
 
     // A running export's lease lapses: it no longer counts against A's cap, but A3 is still
     // not due. Once due, it is taken.
-    sqlx::query("UPDATE exports SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(a1)
         .execute(&pool)
         .await
         .expect("lapse");
     assert_eq!(claim(&pool, &labels).await, None);
-    sqlx::query("UPDATE exports SET next_attempt_at = now() - interval '1 second' WHERE id = $1")
+    sqlx::query("UPDATE jobs SET due_at = now() - interval '1 second' WHERE id = $1")
         .bind(a3)
         .execute(&pool)
         .await
@@ -124,7 +124,7 @@ async fn claims_are_fair_capped_and_pass_over_what_they_cannot_take() {
     let c2 = parse(&app.create_export(&c, &c_wf, &json!({})).await);
     labels.push((c2, "C2"));
     let mut holder = pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM exports WHERE id = $1 FOR UPDATE")
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
         .bind(a3)
         .execute(&mut *holder)
         .await
@@ -137,11 +137,13 @@ async fn claims_are_fair_capped_and_pass_over_what_they_cannot_take() {
     assert_eq!(claim(&pool, &labels).await, Some("A3"));
     assert_eq!(claim(&pool, &labels).await, None);
 
-    let spent: (String, i32) = sqlx::query_as("SELECT status, attempts FROM exports WHERE id = $1")
-        .bind(spent_id)
-        .fetch_one(&pool)
-        .await
-        .expect("row");
+    let spent: (String, i32) = sqlx::query_as(
+        "SELECT e.status, j.attempts FROM exports e JOIN jobs j ON j.id = e.id WHERE e.id = $1",
+    )
+    .bind(spent_id)
+    .fetch_one(&pool)
+    .await
+    .expect("row");
     assert_eq!(
         spent.0, "QUEUED",
         "an export out of attempts is never claimed"

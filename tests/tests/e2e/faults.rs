@@ -369,7 +369,7 @@ async fn soak_three_projects_three_workers_one_keeps_dying() {
         let mut max = 0i64;
         while !stop_sampling.is_cancelled() {
             let counts: Vec<i64> = sqlx::query_scalar(
-                "SELECT count(*) FROM exports WHERE status = 'IN_PROGRESS' AND lease_expires_at > now() GROUP BY project_id",
+                "SELECT count(*) FROM jobs WHERE status = 'RUNNING' AND lease_expires_at > now() GROUP BY project_id",
             )
             .fetch_all(&sampler_pool)
             .await

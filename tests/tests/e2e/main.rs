@@ -25,5 +25,6 @@ mod ops;
 mod queue_contract;
 mod startup;
 mod store_contract;
+mod upgrade;
 mod webhooks;
 mod workflows;

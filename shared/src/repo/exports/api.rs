@@ -101,10 +101,15 @@ async fn insert_export(conn: impl sqlx::PgExecutor<'_>, new: &NewExport<'_>) -> 
              SELECT count(*) AS queued FROM exports WHERE project_id = $2 AND status = ",
         crate::sql_status!(Queued),
         "
+         ), job AS (
+             INSERT INTO jobs (id, kind, project_id, payload, max_attempts, enqueued_at)
+             SELECT $1, 'export', $2, jsonb_build_object('exportId', $1::uuid), $10, now()
+             FROM cap WHERE queued < $11
+             RETURNING id
          ), export AS (
              INSERT INTO exports (id, project_id, workflow_id, run_id, format, compression, params,
-                 idempotency_key, request_hash, request_id, max_attempts, enqueued_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $13, $8, $9, $10, now() FROM cap WHERE queued < $11
+                 idempotency_key, request_hash, request_id)
+             SELECT id, $2, $3, $4, $5, $6, $7, $13, $8, $9 FROM job
              RETURNING id
          ), dock AS (
              INSERT INTO dock_statuses (id, project_id, job_type, action, workflow_id, export_id)
@@ -210,9 +215,14 @@ pub async fn create_job(pool: &PgPool, new: NewJob<'_>) -> Result<ExportRecord> 
     // A bundle's runs are Parquet (zstd), as a Parquet export of each run would be.
     let spec = ExportSpec::bundle_runs();
     sqlx::query(
-        "INSERT INTO exports (id, project_id, workflow_id, format, compression, params, kind,
-             scope, file_id, import_name, request_id, max_attempts, enqueued_at)
-         VALUES ($1, $2, $3, 'bundle', 'zstd', $4, $5, $6, $7, $8, $9, $10, now())",
+        "WITH job AS (
+             INSERT INTO jobs (id, kind, project_id, payload, max_attempts, enqueued_at)
+             VALUES ($1, CASE WHEN $5 = 'import' THEN 'import' ELSE 'bundle' END, $2,
+                 jsonb_build_object('exportId', $1::uuid), $10, now())
+             RETURNING id)
+         INSERT INTO exports (id, project_id, workflow_id, format, compression, params, kind,
+             scope, file_id, import_name, request_id)
+         SELECT id, $2, $3, 'bundle', 'zstd', $4, $5, $6, $7, $8, $9 FROM job",
     )
     .bind(id)
     .bind(new.project_id)
@@ -359,12 +369,17 @@ pub enum Cancelled {
 /// Cancels a QUEUED or IN_PROGRESS export at once; a worker running it notices at its next
 /// heartbeat and aborts its upload. Cancelling a cancelled export is a no-op.
 pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Cancelled>> {
+    // The job first, as the claim locks it first: the two never wait on each other crosswise.
     let changed: Option<Uuid> = sqlx::query_scalar(concat!(
-        "UPDATE exports SET status = ",
+        "WITH job AS (
+           UPDATE jobs SET status = 'CANCELLED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE id = $1 AND project_id = $2 AND kind IN ('export', 'bundle')
+               AND status IN ('QUEUED', 'RUNNING') RETURNING id)
+         UPDATE exports SET status = ",
         crate::sql_status!(Cancelled),
-        ", cancel_requested = true, completed_at = now(),
-             updated_at = now(), lease_token = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND project_id = $2 AND kind = 'export' AND status IN (",
+        ", cancel_requested = true, completed_at = now(), updated_at = now()
+         WHERE id IN (SELECT id FROM job) AND status IN (",
         crate::sql_status!(Queued),
         ", ",
         crate::sql_status!(InProgress),

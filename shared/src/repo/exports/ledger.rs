@@ -37,7 +37,8 @@ pub async fn claim_next(
     let token = Uuid::new_v4();
     // One round trip: the claim, and the claimed export's record and workflow, read after it.
     let claimed: Option<ClaimedRow> = sqlx::query_as(
-        "SELECT c.attempt AS claimed_attempt, (c.export).*, c.dock_status_id, c.job_type,
+        "SELECT c.attempt AS claimed_attempt, c.attempt AS attempts, c.max_attempts,
+             $4 AS lease_token, (c.export).*, c.dock_status_id, c.job_type,
              c.run_executed_at, c.run_row_count, (c.workflow).id AS wf_id,
              (c.workflow).project_id AS wf_project_id, (c.workflow).name AS wf_name,
              (c.workflow).schema AS wf_schema, (c.workflow).table_name AS wf_table_name,
@@ -91,12 +92,14 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimedRow {
 /// due after `delay`, to be enqueued at once by the caller or by the reconciler.
 pub async fn release(pool: &PgPool, claim: &Claim, delay: Duration) -> Result<bool> {
     let done = sqlx::query(concat!(
-        "UPDATE exports SET status = ",
+        "WITH job AS (
+           UPDATE jobs SET status = 'QUEUED', lease_token = NULL, lease_expires_at = NULL,
+               worker_id = NULL, enqueued_at = NULL, updated_at = now(),
+               due_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id)
+         UPDATE exports SET status = ",
         crate::sql_status!(Queued),
-        ", lease_token = NULL, lease_expires_at = NULL,
-             worker_id = NULL, enqueued_at = NULL, updated_at = now(),
-             next_attempt_at = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_token = $2 AND status = ",
+        ", updated_at = now() WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(claim.export_id)
@@ -122,34 +125,36 @@ pub async fn reconcile(
     limit: i64,
 ) -> Result<Vec<(Uuid, Option<String>)>> {
     sqlx::query(concat!(
-        "UPDATE exports SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
-             enqueued_at = NULL, updated_at = now(),
-             status = CASE WHEN attempts >= max_attempts THEN ",
+        "WITH lapsed AS (
+           UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+               enqueued_at = NULL, updated_at = now(),
+               status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END
+           WHERE status = 'RUNNING' AND lease_expires_at < now()
+           RETURNING id, status = 'FAILED' AS spent)
+         UPDATE exports e SET updated_at = now(),
+             status = CASE WHEN l.spent THEN ",
         crate::sql_status!(Failed),
         " ELSE ",
         crate::sql_status!(Queued),
         " END,
-             completed_at = CASE WHEN attempts >= max_attempts THEN now() END,
-             error_code = CASE WHEN attempts >= max_attempts THEN $1 END,
-             error_message = CASE WHEN attempts >= max_attempts
+             completed_at = CASE WHEN l.spent THEN now() END,
+             error_code = CASE WHEN l.spent THEN $1 END,
+             error_message = CASE WHEN l.spent
                  THEN 'the export was interrupted on every attempt; create it again' END
-         WHERE status = ",
-        crate::sql_status!(InProgress),
-        " AND lease_expires_at < now()"
+         FROM lapsed l WHERE e.id = l.id AND e.status = ",
+        crate::sql_status!(InProgress)
     ))
     .bind(FailureCode::WorkerLost)
     .execute(pool)
     .await?;
-    Ok(sqlx::query_as(concat!(
-        "UPDATE exports SET enqueued_at = now() WHERE id IN (
-             SELECT id FROM exports WHERE status = ",
-        crate::sql_status!(Queued),
-        "
-                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    Ok(sqlx::query_as(
+        "UPDATE jobs SET enqueued_at = now() WHERE id IN (
+             SELECT id FROM jobs WHERE status = 'QUEUED'
+                 AND (due_at IS NULL OR due_at <= now())
                  AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, request_id"
-    ))
+         RETURNING id, (SELECT e.request_id FROM exports e WHERE e.id = jobs.id)",
+    )
     .bind(stale.as_secs_f64())
     .bind(limit)
     .fetch_all(pool)
@@ -158,13 +163,10 @@ pub async fn reconcile(
 
 /// The API could not push the job: the reconciler's next pass will.
 pub async fn mark_unqueued(pool: &PgPool, id: Uuid) -> Result<()> {
-    sqlx::query(concat!(
-        "UPDATE exports SET enqueued_at = NULL WHERE id = $1 AND status = ",
-        crate::sql_status!(Queued)
-    ))
-    .bind(id)
-    .execute(pool)
-    .await?;
+    sqlx::query("UPDATE jobs SET enqueued_at = NULL WHERE id = $1 AND status = 'QUEUED'")
+        .bind(id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -178,10 +180,12 @@ pub struct Beat {
 
 pub async fn heartbeat(pool: &PgPool, claim: &Claim, beat: &Beat, lease: Duration) -> Result<bool> {
     let done = sqlx::query(concat!(
-        "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3),
-             rows_written = $4, bytes_written = $5, rows_total = coalesce($6, rows_total),
-             updated_at = now()
-         WHERE id = $1 AND lease_token = $2 AND status = ",
+        "WITH job AS (
+           UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id)
+         UPDATE exports SET rows_written = $4, bytes_written = $5,
+             rows_total = coalesce($6, rows_total), updated_at = now()
+         WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(claim.export_id)
@@ -196,12 +200,15 @@ pub async fn heartbeat(pool: &PgPool, claim: &Claim, beat: &Beat, lease: Duratio
 }
 
 pub async fn set_total(pool: &PgPool, claim: &Claim, total: i64) -> Result<()> {
-    sqlx::query("UPDATE exports SET rows_total = $3 WHERE id = $1 AND lease_token = $2")
-        .bind(claim.export_id)
-        .bind(claim.token)
-        .bind(total)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE exports SET rows_total = $3 WHERE id = $1
+             AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2)",
+    )
+    .bind(claim.export_id)
+    .bind(claim.token)
+    .bind(total)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -221,15 +228,18 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
     // One statement (one round trip, one commit): the upload record is marked only when the
     // export's fenced update took place.
     let done: i64 = sqlx::query_scalar(concat!(
-        "WITH done AS (
+        "WITH job AS (
+           UPDATE jobs SET status = 'SUCCEEDED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id),
+         done AS (
            UPDATE exports SET status = ",
         crate::sql_status!(Completed),
         ", completed_at = now(), updated_at = now(),
                expires_at = now() + make_interval(secs => $9), row_count = $3, rows_written = $3,
                rows_total = $3, size_bytes = $4, bytes_written = $4, sha256 = $5, object_key = $6,
-               content_type = $7, file_name = $8, lease_token = NULL, lease_expires_at = NULL,
-               error_code = NULL, error_message = NULL
-           WHERE id = $1 AND lease_token = $2 AND status = ",
+               content_type = $7, file_name = $8, error_code = NULL, error_message = NULL
+           WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress),
         "
            RETURNING id),
@@ -260,11 +270,14 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
 /// Ends the export FAILED with a stable code and a message a user can act on.
 pub async fn fail(pool: &PgPool, claim: &Claim, code: FailureCode, message: &str) -> Result<bool> {
     let done = sqlx::query(concat!(
-        "UPDATE exports SET status = ",
+        "WITH job AS (
+           UPDATE jobs SET status = 'FAILED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id)
+         UPDATE exports SET status = ",
         crate::sql_status!(Failed),
-        ", completed_at = now(), updated_at = now(),
-             error_code = $3, error_message = $4, lease_token = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_token = $2 AND status = ",
+        ", completed_at = now(), updated_at = now(), error_code = $3, error_message = $4
+         WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(claim.export_id)

@@ -1,5 +1,6 @@
-//! Export jobs and their dock statuses, by concern: what the API reads and writes (`api`),
-//! the job ledger of claims, leases, heartbeats and fenced completion (`ledger`), the uploads
+//! Exports (and bundles and imports) and their dock statuses, by concern: what the API reads
+//! and writes (`api`), their jobs in the ledger (`jobs`: claims, leases, heartbeats, fenced
+//! completion, the reconciler; `ledger`), the uploads
 //! of attempts (`uploads`) and retention (`retention`). Every state change is a conditional
 //! update; callers use `repo::exports::…` whichever file holds it.
 
@@ -41,6 +42,7 @@ pg_row! {
         pub compression: String,
         pub params: Json<ExportSpec>,
         pub status: ExportStatus,
+        /// The job's (the ledger's `jobs` row of the same id).
         pub attempts: i32,
         pub max_attempts: i32,
         pub lease_token: Option<Uuid>,
@@ -104,6 +106,7 @@ impl ExportRecord {
 }
 
 const SELECT: &str =
-    "SELECT e.*, d.id AS dock_status_id, d.job_type, r.executed_at AS run_executed_at,
-        r.row_count AS run_row_count
-    FROM exports e JOIN dock_statuses d ON d.export_id = e.id LEFT JOIN runs r ON r.id = e.run_id";
+    "SELECT e.*, j.attempts, j.max_attempts, j.lease_token, d.id AS dock_status_id, d.job_type,
+        r.executed_at AS run_executed_at, r.row_count AS run_row_count
+    FROM exports e JOIN jobs j ON j.id = e.id JOIN dock_statuses d ON d.export_id = e.id
+        LEFT JOIN runs r ON r.id = e.run_id";

@@ -26,9 +26,9 @@ pg_row! {
 pub async fn orphan_writes(pool: &PgPool, age: Duration) -> Result<Vec<OrphanWrite>> {
     Ok(sqlx::query_as(
         "SELECT u.export_id, u.attempt, u.object_key, u.write_token
-         FROM export_uploads u JOIN exports e ON e.id = u.export_id
+         FROM export_uploads u JOIN exports e ON e.id = u.export_id JOIN jobs j ON j.id = e.id
          WHERE u.state = $2 AND u.created_at < now() - make_interval(secs => $1)
-             AND (e.status <> $3 OR e.attempts > u.attempt OR e.lease_expires_at < now())
+             AND (e.status <> $3 OR j.attempts > u.attempt OR j.lease_expires_at < now())
          LIMIT 100",
     )
     .bind(age.as_secs_f64())
