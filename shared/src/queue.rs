@@ -79,12 +79,15 @@ async fn ping(conn: &mut ConnectionManager) -> Result<()> {
     pong.map(|_| ()).map_err(|_| Error::Unavailable("redis"))
 }
 
-/// The message a worker gets: "look at this export". PostgreSQL holds everything else.
+/// The message a worker gets: a job of the ledger (`jobs.id`) is due. PostgreSQL holds the
+/// job; which job a woken slot runs is the fair claim's choice.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ExportJob {
-    pub export_id: uuid::Uuid,
-    /// The API request that created the export, carried into the worker's logs.
+pub struct JobMessage {
+    /// `exportId` in messages pushed by the version before the job ledger.
+    #[serde(alias = "exportId")]
+    pub job_id: uuid::Uuid,
+    /// The API request that created the job, carried into the worker's logs.
     pub request_id: Option<String>,
 }
 
@@ -105,14 +108,14 @@ pub fn apalis_config(queue: &str) -> apalis_redis::Config {
 /// How often an idle worker asks Redis for jobs.
 pub const POLL: Duration = Duration::from_millis(50);
 
-pub type ExportStorage = apalis_redis::RedisStorage<ExportJob>;
+pub type JobStorage = apalis_redis::RedisStorage<JobMessage>;
 
-pub async fn storage(redis: &Redis, queue: &str) -> Result<ExportStorage> {
+pub async fn storage(redis: &Redis, queue: &str) -> Result<JobStorage> {
     Ok(apalis_redis::RedisStorage::new(redis.conn().await?).with_config(apalis_config(queue)))
 }
 
 /// Pushes a job; a failure here leaves the export QUEUED in PostgreSQL for the reconciler.
-async fn enqueue(redis: &Redis, queue: &str, job: ExportJob) -> Result<()> {
+async fn enqueue(redis: &Redis, queue: &str, job: JobMessage) -> Result<()> {
     use apalis::prelude::TaskSink;
     let mut storage = storage(redis, queue).await?;
     tokio::time::timeout(Duration::from_secs(3), storage.push(job))
@@ -133,7 +136,7 @@ pub const CHANNEL: &str = "wharf_exports";
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Wakes a worker for `job`; a failure leaves the export QUEUED for the reconciler.
-    async fn push(&self, job: ExportJob) -> Result<()>;
+    async fn push(&self, job: JobMessage) -> Result<()>;
     /// Reachability, for readiness probes.
     async fn ping(&self) -> Result<()>;
     /// `redis` or `postgres`, for readiness and logs.
@@ -150,10 +153,7 @@ pub async fn wake_for(
     job_id: uuid::Uuid,
     request_id: Option<String>,
 ) {
-    let job = ExportJob {
-        export_id: job_id,
-        request_id,
-    };
+    let job = JobMessage { job_id, request_id };
     if let Err(e) = queue.push(job).await {
         tracing::warn!(%job_id, error = %e, "enqueue failed; left for the reconciler");
         crate::repo::exports::mark_unqueued(pool, job_id).await.ok();
@@ -169,8 +169,8 @@ pub struct RedisQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for RedisQueue {
-    async fn push(&self, job: ExportJob) -> Result<()> {
-        let id = job.export_id;
+    async fn push(&self, job: JobMessage) -> Result<()> {
+        let id = job.job_id;
         enqueue(&self.redis, &self.name, job).await?;
         // The fast path: idle workers hear of the job at once instead of at their next poll
         // (apalis's own push notification never fires: it files every job as scheduled). A
@@ -203,10 +203,10 @@ pub struct PgQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for PgQueue {
-    async fn push(&self, job: ExportJob) -> Result<()> {
+    async fn push(&self, job: JobMessage) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(job.export_id.to_string())
+            .bind(job.job_id.to_string())
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -10,7 +10,7 @@ use apalis::prelude::*;
 use sqlx::postgres::PgListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use wharf_shared::queue::{self, ExportJob, Redis};
+use wharf_shared::queue::{self, JobMessage, Redis};
 
 use crate::startup::Worker;
 
@@ -120,22 +120,24 @@ async fn apalis_loop(
     }
 }
 
-/// One apalis job: "there is work". A slot that is free starts claiming; when none is, the
+/// One apalis message: the ledger job it announces (`job_id`, logged with the request that
+/// created it), which means "there is work". A slot that is free starts claiming; when none is, the
 /// busy slots claim it as they finish (each drains until nothing is claimable), so the message
 /// is done at once: it never holds a slot, nor a claim that finds nothing (on the Redis queue
 /// every export's message used to take a slot and spend a claim after the slots had drained
 /// the ledger). Every outcome is recorded in PostgreSQL, so apalis never retries it: attempts
 /// and retries are Wharf's (see notes/apalis-1.0.md).
 async fn handle(
-    job: ExportJob,
+    job: JobMessage,
     worker: Data<Worker>,
     slots: Data<Slots>,
 ) -> Result<(), AbortError> {
     if worker.draining() {
         // Stopping: hand the job straight to another worker.
-        worker.enqueue(job.export_id, job.request_id).await;
+        worker.enqueue(job.job_id, job.request_id).await;
         return Ok(());
     }
+    tracing::debug!(job_id = %job.job_id, request_id = job.request_id.as_deref().unwrap_or(""), "queue message");
     wake(&worker, &slots);
     Ok(())
 }
@@ -210,13 +212,9 @@ fn fill_slots(worker: &Worker, slots: &Slots) {
         let (worker, slots, guard) = (worker.clone(), slots.clone(), worker.busy());
         tokio::spawn(async move {
             let _busy = guard;
-            let wake = ExportJob {
-                export_id: uuid::Uuid::nil(),
-                request_id: None,
-            };
             let mut permit = permit;
             loop {
-                worker.drain_slot(&wake).await;
+                worker.drain_slot().await;
                 drop(permit);
                 if worker.draining() || !slots.pending.swap(false, Ordering::SeqCst) {
                     return;

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use wharf_shared::config::Settings;
 use wharf_shared::export::{self, ExportContext, Outcome};
-use wharf_shared::queue::{self, ExportJob, JobQueue, Redis};
+use wharf_shared::queue::{self, JobQueue, Redis};
 use wharf_shared::repo;
 
 /// Heartbeats renew the lease (`WHARF_LEASE`, 30 s) and record progress every second, so a
@@ -198,8 +198,10 @@ impl Worker {
     /// is claimable. A wake-up message says "there is work", not which; so a project's backlog
     /// is drained by the slots it holds even when messages were spent on skips. Every outcome
     /// is recorded in PostgreSQL.
-    pub(crate) async fn drain_slot(&self, job: &ExportJob) {
-        let span = tracing::info_span!("job", message_for = %job.export_id, request_id = job.request_id.as_deref().unwrap_or(""));
+    /// Claims and runs jobs until none is claimable (or the process is stopping). Which job
+    /// runs is the fair claim's choice, not the message's that woke the slot.
+    pub(crate) async fn drain_slot(&self) {
+        let span = tracing::info_span!("slot");
         // The slot's own connection for reading rows, kept while it drains (export::ReadConn).
         let mut read_conn: export::ReadConn = None;
         loop {
@@ -214,8 +216,9 @@ impl Worker {
                     tracing::debug!("nothing claimable now (none queued below its project's cap)");
                     return;
                 }
-                Ok(Outcome::Released { after }) if after.is_zero() => {
-                    self.enqueue(job.export_id, job.request_id.clone()).await;
+                Ok(Outcome::Released { job, after }) if after.is_zero() => {
+                    // Stopping: the job goes straight back to the queue for another worker.
+                    self.enqueue(job, None).await;
                     return;
                 }
                 Ok(_) if self.draining() => return,

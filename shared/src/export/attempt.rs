@@ -26,6 +26,7 @@ pub(super) async fn settle_error(
             exports::release(&ctx.pool, claim, Duration::ZERO).await?;
             tracing::info!("worker stopping: job released to another worker");
             Ok(Outcome::Released {
+                job: claim.export_id,
                 after: Duration::ZERO,
             })
         }
@@ -38,7 +39,10 @@ pub(super) async fn settle_error(
                 let after = backoff(claim.attempt);
                 tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
                 exports::release(&ctx.pool, claim, after).await?;
-                Ok(Outcome::Released { after })
+                Ok(Outcome::Released {
+                    job: claim.export_id,
+                    after,
+                })
             }
             JobError::Retryable(e) => {
                 let (code, message) = jobs::failure(&e);

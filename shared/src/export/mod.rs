@@ -65,6 +65,7 @@ pub enum Outcome {
     },
     /// Given back: QUEUED again, due after `after` (0: enqueue it again now).
     Released {
+        job: uuid::Uuid,
         after: Duration,
     },
     /// Nothing to claim: no export is QUEUED below its project's cap.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use wharf_shared::queue::{self, ExportJob};
+use wharf_shared::queue::{self, JobMessage};
 use wharf_tests::db::TestDb;
 use wharf_tests::spawn_app_with;
 
@@ -34,9 +34,9 @@ async fn contract(pool: PgPool, redis_url: &str, name: &str) {
 
     // Duplicate and stray pushes are wake-ups only: nothing runs twice.
     let id = done["exportId"].as_str().expect("id").to_string();
-    for export_id in [wharf_tests::parse(&id), uuid::Uuid::nil()] {
-        let job = ExportJob {
-            export_id,
+    for job_id in [wharf_tests::parse(&id), uuid::Uuid::nil()] {
+        let job = JobMessage {
+            job_id,
             request_id: None,
         };
         jobs.push(job).await.expect("push");
