@@ -154,23 +154,22 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
 /// The job kinds a worker runs, one `Job` each.
 fn job_of(kind: Kind) -> &'static dyn Job {
     match kind {
-        Kind::Export => &FileExport,
-        Kind::Bundle => &BundleExport,
+        Kind::Export => &RowsJob(Kind::Export),
+        Kind::Bundle => &RowsJob(Kind::Bundle),
         Kind::Import => &ImportJob,
     }
 }
 
-/// One run's rows into one file (`file.rs`).
-struct FileExport;
-/// Definitions and runs into one ZIP (`bundle.rs`).
-struct BundleExport;
+/// Rows out of PostgreSQL into the store: one run into one file (`Kind::Export`, `file.rs`),
+/// or definitions and runs into one ZIP (`Kind::Bundle`, `bundle.rs`).
+struct RowsJob(Kind);
 /// An uploaded bundle made into workflows (`import.rs`).
 struct ImportJob;
 
 #[async_trait]
-impl Job for FileExport {
+impl Job for RowsJob {
     fn kind(&self) -> Kind {
-        Kind::Export
+        self.0
     }
     async fn run(
         &self,
@@ -178,22 +177,7 @@ impl Job for FileExport {
         claimed: &Claimed,
         conn: &mut ReadConn,
     ) -> Result<Outcome> {
-        run_export(ctx, claimed, conn, Kind::Export).await
-    }
-}
-
-#[async_trait]
-impl Job for BundleExport {
-    fn kind(&self) -> Kind {
-        Kind::Bundle
-    }
-    async fn run(
-        &self,
-        ctx: &ExportContext,
-        claimed: &Claimed,
-        conn: &mut ReadConn,
-    ) -> Result<Outcome> {
-        run_export(ctx, claimed, conn, Kind::Bundle).await
+        run_export(ctx, claimed, conn, self.0).await
     }
 }
 
