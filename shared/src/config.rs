@@ -172,17 +172,7 @@ impl Settings {
                 var("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?,
             ),
             redis_url: var("REDIS_URL"),
-            store: match var("WHARF_STORE") {
-                Some(v) if v.trim() == "s3" => StoreKind::S3,
-                Some(v) => match v.trim().strip_prefix("dir:") {
-                    Some(path) if !path.is_empty() => StoreKind::Dir(path.into()),
-                    _ => return Err(invalid("WHARF_STORE", "expected s3 or dir:PATH")),
-                },
-                None if var("WHARF_S3_ENDPOINT").is_some() || var("WHARF_S3_BUCKET").is_some() => {
-                    StoreKind::S3
-                }
-                None => StoreKind::Dir("./wharf-data".into()),
-            },
+            store: store_of(&var)?,
             s3: S3Settings {
                 endpoint: var("WHARF_S3_ENDPOINT"),
                 public_endpoint: var("WHARF_S3_PUBLIC_ENDPOINT"),
@@ -194,15 +184,7 @@ impl Settings {
             },
             listen,
             public_url,
-            admin_token: match var("WHARF_ADMIN_TOKEN") {
-                Some(t) if t.chars().count() < MIN_ADMIN_TOKEN => {
-                    return Err(invalid(
-                        "WHARF_ADMIN_TOKEN",
-                        "must be at least 32 characters (e.g. openssl rand -hex 32)",
-                    ));
-                }
-                t => t.map(SecretString::from),
-            },
+            admin_token: admin_token_of(&var)?,
             signing_keys: parse_signing_keys(
                 &var("WHARF_SIGNING_KEYS").ok_or(ConfigError::Missing("WHARF_SIGNING_KEYS"))?,
             )?,
@@ -214,35 +196,13 @@ impl Settings {
                 _ => duration_var(&var, "WHARF_KEY_CACHE_TTL", "2s")?,
             },
             metrics_listen: var("WHARF_METRICS_LISTEN").filter(|v| !v.trim().is_empty()),
-            webhook_allow_private: match var("WHARF_WEBHOOK_ALLOW_PRIVATE")
-                .as_deref()
-                .map(str::trim)
-            {
-                None | Some("" | "false" | "0") => false,
-                Some("true" | "1") => true,
-                Some(_) => {
-                    return Err(invalid(
-                        "WHARF_WEBHOOK_ALLOW_PRIVATE",
-                        "expected true or false",
-                    ));
-                }
-            },
-            worker_concurrency: match var("WHARF_WORKER_CONCURRENCY") {
-                None => 4,
-                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    invalid("WHARF_WORKER_CONCURRENCY", "expected a positive integer")
-                })?,
-            },
+            webhook_allow_private: allow_private_of(&var)?,
+            worker_concurrency: positive(&var, "WHARF_WORKER_CONCURRENCY", 4)?,
             queue: match var("WHARF_QUEUE") {
                 Some(q) => q,
                 None => default_queue(&var("DATABASE_URL").unwrap_or_default()),
             },
-            project_concurrency: match var("WHARF_PROJECT_CONCURRENCY") {
-                None => 4,
-                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    invalid("WHARF_PROJECT_CONCURRENCY", "expected a positive integer")
-                })?,
-            },
+            project_concurrency: positive(&var, "WHARF_PROJECT_CONCURRENCY", 4)?,
             shutdown_grace: duration_var(&var, "WHARF_SHUTDOWN_GRACE", "20s")?,
             lease: duration_var(&var, "WHARF_LEASE", "30s")?,
             requeue_after: duration_var(&var, "WHARF_REQUEUE_AFTER", "10s")?,
@@ -270,20 +230,8 @@ impl Settings {
                     })?,
             },
             body_timeout: duration_var(&var, "WHARF_BODY_TIMEOUT", "30s")?,
-            project_ingests: match var("WHARF_PROJECT_INGESTS") {
-                None => 4,
-                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    invalid("WHARF_PROJECT_INGESTS", "expected a positive integer")
-                })?,
-            },
-            project_reads: match var("WHARF_PROJECT_READS") {
-                None => 4,
-                Some(v) => {
-                    v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        invalid("WHARF_PROJECT_READS", "expected a positive integer")
-                    })?
-                }
-            },
+            project_ingests: positive(&var, "WHARF_PROJECT_INGESTS", 4)?,
+            project_reads: positive(&var, "WHARF_PROJECT_READS", 4)?,
             rate_limit: match var("WHARF_RATE_LIMIT") {
                 None => Some(RateLimit {
                     per_second: 50,
@@ -296,12 +244,7 @@ impl Settings {
                     )
                 })?,
             },
-            project_queue_max: match var("WHARF_PROJECT_QUEUE_MAX") {
-                None => 1_000,
-                Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    invalid("WHARF_PROJECT_QUEUE_MAX", "expected a positive integer")
-                })?,
-            },
+            project_queue_max: positive(&var, "WHARF_PROJECT_QUEUE_MAX", 1_000)?,
             max_run_bytes: match var("WHARF_MAX_RUN_BYTES") {
                 None => 1 << 30,
                 Some(v) => parse_bytes(&v).ok_or_else(|| {
@@ -321,6 +264,64 @@ impl Settings {
                     .ok_or_else(|| invalid("WHARF_IMPORT_SCRATCH", "expected e.g. 64GiB, 500MB"))?,
             },
         })
+    }
+}
+
+/// A variable that must be a positive integer, or its default when unset.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    var: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > T::default())
+            .ok_or_else(|| invalid(name, "expected a positive integer")),
+    }
+}
+
+/// `WHARF_STORE`: `s3`, `dir:PATH`, or (unset) S3 when an S3 endpoint or bucket is set, else
+/// the directory `./wharf-data`.
+fn store_of(var: &dyn Fn(&str) -> Option<String>) -> Result<StoreKind, ConfigError> {
+    Ok(match var("WHARF_STORE") {
+        Some(v) if v.trim() == "s3" => StoreKind::S3,
+        Some(v) => match v.trim().strip_prefix("dir:") {
+            Some(path) if !path.is_empty() => StoreKind::Dir(path.into()),
+            _ => return Err(invalid("WHARF_STORE", "expected s3 or dir:PATH")),
+        },
+        None if var("WHARF_S3_ENDPOINT").is_some() || var("WHARF_S3_BUCKET").is_some() => {
+            StoreKind::S3
+        }
+        None => StoreKind::Dir("./wharf-data".into()),
+    })
+}
+
+/// `WHARF_ADMIN_TOKEN`: unset (no admin routes), or at least `MIN_ADMIN_TOKEN` characters.
+fn admin_token_of(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match var("WHARF_ADMIN_TOKEN") {
+        Some(t) if t.chars().count() < MIN_ADMIN_TOKEN => Err(invalid(
+            "WHARF_ADMIN_TOKEN",
+            "must be at least 32 characters (e.g. openssl rand -hex 32)",
+        )),
+        t => Ok(t.map(SecretString::from)),
+    }
+}
+
+/// `WHARF_WEBHOOK_ALLOW_PRIVATE`: true or false (default).
+fn allow_private_of(var: &dyn Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    match var("WHARF_WEBHOOK_ALLOW_PRIVATE").as_deref().map(str::trim) {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(invalid(
+            "WHARF_WEBHOOK_ALLOW_PRIVATE",
+            "expected true or false",
+        )),
     }
 }
 
