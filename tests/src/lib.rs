@@ -293,6 +293,37 @@ impl TestApp {
         wharf_shared::store::from_settings(&self.settings).await
     }
 
+    /// Runs the next claimable job of the ledger in this process, as a worker slot would (the
+    /// fair claim, the lease, the pipeline, the fenced completion), and returns how it ended:
+    /// a test that waits on a job drives it instead of polling a worker's progress.
+    pub async fn run_next_job(&self) -> wharf_shared::export::Outcome {
+        let ctx = wharf_shared::export::ExportContext {
+            pool: self.pool.clone(),
+            store: self.store().await,
+            worker_id: "test-runner".into(),
+            export_ttl: self.settings.export_ttl,
+            lease: self.settings.lease,
+            heartbeat: wharf_worker::startup::HEARTBEAT,
+            project_cap: self.settings.project_concurrency,
+            stop: tokio_util::sync::CancellationToken::new(),
+            metrics: std::sync::Arc::new(wharf_shared::metrics::Metrics::new()),
+            scratch: wharf_shared::export::scratch::ScratchBudget::new(1 << 30),
+        };
+        wharf_shared::export::run(&ctx, &mut None)
+            .await
+            .expect("the job ran")
+    }
+
+    /// Creates an export, runs it in this process (`run_next_job`), and returns its status as
+    /// the API shows it: no worker, no polling.
+    pub async fn export_now(&self, key: &str, workflow_id: &str, body: &Value) -> Value {
+        let id = self.create_export(key, workflow_id, body).await;
+        self.run_next_job().await;
+        let res = self.get(&format!("/v1/exports/{id}"), key).await;
+        assert_eq!(res.status(), 200, "status of {id}");
+        res.json().await.expect("json")
+    }
+
     /// The S3 store, for tests of what only S3 has (object metadata, presigned URLs).
     pub async fn s3_store(&self) -> S3Store {
         S3Store::new(&self.settings.s3).await

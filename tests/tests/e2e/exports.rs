@@ -240,7 +240,6 @@ async fn every_format_round_trips_exactly() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     let app = spawn_app(pool).await;
-    let _worker = app.start_worker().await;
     let rows = tricky_rows();
     let (p, wf) = setup(&app, &rows).await;
     let want = normalize(with_ids(&rows, &ALL));
@@ -257,8 +256,9 @@ async fn every_format_round_trips_exactly() {
         ("parquet", "snappy"),
         ("parquet", "none"),
     ] {
+        // Each job run in this process: no worker, no polling.
         let status = app
-            .export_and_wait(
+            .export_now(
                 &p.key,
                 &wf,
                 &json!({"format": format, "compression": compression}),
@@ -320,15 +320,30 @@ async fn every_format_round_trips_exactly() {
 async fn tsv_downloads_as_tab_separated_values() {
     let db = TestDb::new().await;
     let app = spawn_app(db.pool.clone()).await;
-    let _worker = app.start_worker().await;
     let (p, wf) = setup(&app, &tricky_rows()).await;
-    let status = app
-        .export_and_wait(
+    // No worker: the test runs each job itself.
+    let id = app
+        .create_export(
             &p.key,
             &wf,
             &json!({"format": "tsv", "columns": ["_id", "qty"]}),
         )
         .await;
+    let outcome = app.run_next_job().await;
+    assert!(
+        matches!(
+            outcome,
+            wharf_shared::export::Outcome::Completed { rows: 5, .. }
+        ),
+        "{outcome:?}"
+    );
+    let status: Value = app
+        .get(&format!("/v1/exports/{id}"), &p.key)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["status"], "COMPLETED", "{status}");
     assert_eq!(status["format"], "tsv", "{status}");
     assert_eq!(status["compression"], "none", "{status}");
     let id = status["exportId"].as_str().expect("id");
@@ -355,13 +370,20 @@ async fn tsv_downloads_as_tab_separated_values() {
         "_id\tqty\n1\t3\n2\t-9007199254740993\n3\t0\n4\t42\n5\t7\n"
     );
 
-    let gz = app
-        .export_and_wait(
+    let gz_id = app
+        .create_export(
             &p.key,
             &wf,
             &json!({"format": "tsv", "compression": "gzip"}),
         )
         .await;
+    app.run_next_job().await;
+    let gz: Value = app
+        .get(&format!("/v1/exports/{gz_id}"), &p.key)
+        .await
+        .json()
+        .await
+        .expect("json");
     let res = app
         .get(
             &format!(
