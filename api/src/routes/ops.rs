@@ -97,9 +97,43 @@ fn age(secs: f64) -> String {
         (status = 429, description = "Too many failed authentications from this address (WHARF_AUTH_FAILURES)", body = crate::error::ErrorEnvelope)))]
 #[get("/ops")]
 pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(refused) = refusal(&req, &state)? {
+        return Ok(refused);
+    }
+    let pool = &state.pool;
+    let (queue, projects, running, workers, failures, minutes) = tokio::try_join!(
+        ops::queue_figures(pool),
+        ops::queue_by_project(pool),
+        ops::running(pool),
+        ops::live_workers(pool),
+        ops::recent_failures(pool),
+        ops::per_minute(pool),
+    )?;
+    let now = Utc::now();
+    let mut h = head(now, &queue, workers.len(), minutes.iter().sum::<i64>());
+    projects_section(&mut h, &projects);
+    workers_section(&mut h, &workers, now);
+    running_section(&mut h, &running, now);
+    failures_section(&mut h, &failures);
+    h.push_str(r#"<section class="wide"><h2>Completed exports per minute, last hour</h2>"#);
+    h.push_str(&chart(&minutes));
+    h.push_str("</section></main></body></html>\n");
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .insert_header((
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+        ))
+        .body(h))
+}
+
+/// The operator's credentials (the admin token, as Basic or Bearer), under the failed-guess
+/// budget: None when they are right, else the 401 that asks for them.
+fn refusal(req: &HttpRequest, state: &AppState) -> Result<Option<HttpResponse>, ApiError> {
     let client = req.peer_addr().map(|a| a.ip());
     state.auth_failures.admit(client)?;
-    let refused = match credentials(&req, &state) {
+    let refused = match credentials(req, state) {
         Credentials::Right => false,
         Credentials::Missing => true,
         Credentials::Wrong => {
@@ -115,18 +149,18 @@ pub async fn page(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
                 "Basic realm=\"wharf ops\", charset=\"UTF-8\"",
             ),
         );
-        return Ok(res);
+        return Ok(Some(res));
     }
-    let pool = &state.pool;
-    let (queue, projects, running, workers, failures, minutes) = tokio::try_join!(
-        ops::queue_figures(pool),
-        ops::queue_by_project(pool),
-        ops::running(pool),
-        ops::live_workers(pool),
-        ops::recent_failures(pool),
-        ops::per_minute(pool),
-    )?;
-    let now = Utc::now();
+    Ok(None)
+}
+
+/// The page's head, style and the queue's tiles.
+fn head(
+    now: chrono::DateTime<Utc>,
+    queue: &ops::QueueFigures,
+    workers: usize,
+    completed_last_hour: i64,
+) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
         h,
@@ -179,16 +213,20 @@ svg text {{ font-size:10px; fill:var(--muted); }}
         } else {
             "—".into()
         },
-        workers.len(),
-        minutes.iter().sum::<i64>(),
+        workers,
+        completed_last_hour,
     );
 
+    h
+}
+
+fn projects_section(h: &mut String, projects: &[ops::ProjectQueue]) {
     h.push_str("<section><h2>Queue by project</h2>");
     if projects.is_empty() {
         h.push_str(r#"<p class="empty">Nothing queued or running.</p>"#);
     } else {
         h.push_str("<table><tr><th>project</th><th class=num>queued</th><th class=num>running</th><th class=num>oldest queued</th></tr>");
-        for p in &projects {
+        for p in projects {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr>",
@@ -201,13 +239,15 @@ svg text {{ font-size:10px; fill:var(--muted); }}
         h.push_str("</table>");
     }
     h.push_str("</section>");
+}
 
+fn workers_section(h: &mut String, workers: &[ops::LiveWorker], now: chrono::DateTime<Utc>) {
     h.push_str("<section><h2>Live workers</h2>");
     if workers.is_empty() {
         h.push_str(r#"<p class="empty">No worker seen in the last 30 s.</p>"#);
     } else {
         h.push_str("<table><tr><th>worker</th><th>host</th><th class=num>running</th><th class=num>last seen</th></tr>");
-        for w in &workers {
+        for w in workers {
             let _ = write!(
                 h,
                 "<tr><td><code>{}</code></td><td>{}</td><td class=num>{} / {}</td><td class=num>{} ago</td></tr>",
@@ -221,13 +261,15 @@ svg text {{ font-size:10px; fill:var(--muted); }}
         h.push_str("</table>");
     }
     h.push_str("</section>");
+}
 
+fn running_section(h: &mut String, running: &[ops::RunningExport], now: chrono::DateTime<Utc>) {
     h.push_str(r#"<section class="wide"><h2>Running exports</h2>"#);
     if running.is_empty() {
         h.push_str(r#"<p class="empty">No export is running.</p>"#);
     } else {
         h.push_str("<table><tr><th>export</th><th>project</th><th>format</th><th>progress</th><th class=num>rows</th><th class=num>running for</th><th>worker</th></tr>");
-        for r in &running {
+        for r in running {
             let total = r.rows_total.unwrap_or(0);
             let pct = if total > 0 {
                 (r.rows_written as f64 / total as f64 * 100.0).clamp(0.0, 100.0)
@@ -256,13 +298,15 @@ svg text {{ font-size:10px; fill:var(--muted); }}
         h.push_str("</table>");
     }
     h.push_str("</section>");
+}
 
+fn failures_section(h: &mut String, failures: &[ops::Failure]) {
     h.push_str(r#"<section class="wide"><h2>Recent failures</h2>"#);
     if failures.is_empty() {
         h.push_str(r#"<p class="empty">No failure in the last day.</p>"#);
     } else {
         h.push_str("<table><tr><th>when</th><th>export</th><th>project</th><th>format</th><th>code</th><th>message</th></tr>");
-        for f in &failures {
+        for f in failures {
             let _ = write!(
                 h,
                 r#"<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td class="code">{}</td><td class="msg">{}</td></tr>"#,
@@ -278,18 +322,6 @@ svg text {{ font-size:10px; fill:var(--muted); }}
         h.push_str("</table>");
     }
     h.push_str("</section>");
-
-    h.push_str(r#"<section class="wide"><h2>Completed exports per minute, last hour</h2>"#);
-    h.push_str(&chart(&minutes));
-    h.push_str("</section></main></body></html>\n");
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
-        .insert_header((CACHE_CONTROL, "no-store"))
-        .insert_header((
-            "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-        ))
-        .body(h))
 }
 
 /// 60 bars, oldest left; the y axis labelled with the peak.
