@@ -142,12 +142,14 @@ BEGIN
 END
 $$;
 
--- The claim and the claimed job's export record, its lease, and its workflow in one call (the
--- record read by a statement of its own after the claim, so it sees the claim's snapshot).
+-- The claim and the claimed job's kind, its export record, its lease, and its workflow in one
+-- call (the record read by a statement of its own after the claim, so it sees the claim's
+-- snapshot). The worker runs the job by its ledger kind.
 CREATE FUNCTION wharf_claim(
     p_worker text, p_lease_secs double precision, p_cap bigint, p_token uuid
 ) RETURNS TABLE (
-    attempt integer, max_attempts integer, export exports, dock_status_id uuid, job_type text,
+    job_kind text, attempt integer, max_attempts integer, export exports, dock_status_id uuid,
+    job_type text,
     run_executed_at timestamptz, run_row_count bigint, workflow workflows
 )
 LANGUAGE plpgsql VOLATILE ROWS 1 AS $$
@@ -160,7 +162,7 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
-    SELECT j.attempts, j.max_attempts, e, d.id, d.job_type, r.executed_at, r.row_count, w
+    SELECT j.kind, j.attempts, j.max_attempts, e, d.id, d.job_type, r.executed_at, r.row_count, w
     FROM jobs j JOIN exports e ON e.id = j.id JOIN dock_statuses d ON d.export_id = e.id
         LEFT JOIN runs r ON r.id = e.run_id
         LEFT JOIN workflows w ON w.id = e.workflow_id AND w.project_id = e.project_id

@@ -71,18 +71,11 @@ pub async fn read_limited(
     limit: usize,
     stall: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
-    use futures::StreamExt;
     let mut buf = bytes::BytesMut::new();
     loop {
-        let next = tokio::time::timeout(stall, body.next())
-            .await
-            .map_err(|_| {
-                Error::RequestTimeout(format!(
-                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
-                    stall.as_secs_f64()
-                ))
-            })?;
-        let Some(chunk) = next else { break };
+        let Some(chunk) = wharf_shared::files::next_within(stall, &mut body).await? else {
+            break;
+        };
         let chunk =
             chunk.map_err(|e| Error::invalid(format!("request body could not be read: {e}")))?;
         if buf.len() + chunk.len() > limit {

@@ -25,6 +25,22 @@ pub struct UploadLimits {
     pub stall: Duration,
 }
 
+/// The next item of a request body's stream, or 408 when it sends nothing for `stall`
+/// (`WHARF_BODY_TIMEOUT`): a stalled client never holds what it was given.
+pub async fn next_within<S: Stream + Unpin>(
+    stall: std::time::Duration,
+    stream: &mut S,
+) -> Result<Option<S::Item>, Error> {
+    tokio::time::timeout(stall, stream.next())
+        .await
+        .map_err(|_| {
+            Error::RequestTimeout(format!(
+                "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
+                stall.as_secs_f64()
+            ))
+        })
+}
+
 /// Streams `body` into the store as a new file of the project and records it.
 pub async fn upload<S, E>(
     pool: &PgPool,
@@ -100,15 +116,9 @@ where
     let mut body = std::pin::pin!(body);
     let mut size = 0u64;
     loop {
-        let next = tokio::time::timeout(limits.stall, body.next())
-            .await
-            .map_err(|_| {
-                Error::RequestTimeout(format!(
-                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
-                    limits.stall.as_secs_f64()
-                ))
-            })?;
-        let Some(chunk) = next else { break };
+        let Some(chunk) = next_within(limits.stall, &mut body).await? else {
+            break;
+        };
         let chunk =
             chunk.map_err(|e| Error::invalid(format!("request body could not be read: {e}")))?;
         size += chunk.len() as u64;

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::domain::states::FailureCode;
 use crate::error::{Error, ErrorCode};
 use crate::export::{ExportContext, Outcome, ReadConn};
-use crate::repo::exports::{Claimed, ExportRecord};
+use crate::repo::exports::Claimed;
 
 /// A kind of job: the ledger's `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +36,6 @@ impl Kind {
 
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// The kind of the job behind an export record.
-    pub fn of(rec: &ExportRecord) -> Kind {
-        match (rec.kind, rec.is_bundle()) {
-            (crate::domain::states::JobKind::Import, _) => Kind::Import,
-            (_, true) => Kind::Bundle,
-            (_, false) => Kind::Export,
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Getting the bytes of a finished export: 302 to a presigned S3 URL, streamed through the
 //! API (with Range, HEAD, ETag), or by a self-authenticating signed link.
 
-use actix_web::http::header::{self};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, head, web};
 use chrono::Utc;
 use serde::Deserialize;

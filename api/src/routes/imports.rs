@@ -10,7 +10,7 @@ use wharf_shared::Error;
 use wharf_shared::domain::schema::printable;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{ExportScope, ExportStatus, JobKind};
-use wharf_shared::files::{self};
+use wharf_shared::files;
 use wharf_shared::repo::exports::{self, ExportRecord};
 
 use crate::app::jobs::{content_length_over, create_job, new_job, upload_limits};

@@ -131,7 +131,7 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
             .unwrap_or(0);
         ctx.metrics.pickup.observe(waited.max(0) as f64 / 1e6);
     }
-    let kind = Kind::of(rec);
+    let kind = claimed.kind;
     let outcome = job_of(kind).run(ctx, &claimed, read_conn).await;
     let label = if kind == Kind::Import {
         "import"

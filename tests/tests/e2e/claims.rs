@@ -21,6 +21,7 @@ async fn claim(pool: &PgPool, labels: &[(uuid::Uuid, &'static str)]) -> Option<&
         claim,
         rec,
         workflow,
+        ..
     } = exports::claim_next(pool, "test-worker", LEASE, CAP)
         .await
         .expect("claim")?;

@@ -2,7 +2,6 @@
 //! of a bundle and its import, in Kore's shapes and ids.
 
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
@@ -10,8 +9,8 @@ use wharf_shared::auth::Principal;
 use wharf_shared::domain::schema::validate_workflow_name;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{DockStatus, ExportScope, JobKind};
-use wharf_shared::files::{self};
-use wharf_shared::repo::exports::{self};
+use wharf_shared::files;
+use wharf_shared::repo::exports;
 
 use crate::app::exports::{require_for, signed_link};
 use crate::app::jobs::{
@@ -209,15 +208,7 @@ pub async fn kore_upload(
     let mut form = actix_multipart::Multipart::new(req.headers(), payload.into_inner());
     let stall = state.settings.body_timeout;
     loop {
-        let next = tokio::time::timeout(stall, form.next())
-            .await
-            .map_err(|_| {
-                Error::RequestTimeout(format!(
-                    "the request body sent nothing for {} s (WHARF_BODY_TIMEOUT)",
-                    stall.as_secs_f64()
-                ))
-            })?;
-        let Some(field) = next else {
+        let Some(field) = files::next_within(stall, &mut form).await? else {
             return Err(Error::invalid("file: the form has no part named file").into());
         };
         let field =

@@ -37,7 +37,7 @@ pub async fn claim_next(
     let token = Uuid::new_v4();
     // One round trip: the claim, and the claimed export's record and workflow, read after it.
     let claimed: Option<ClaimedRow> = sqlx::query_as(
-        "SELECT c.attempt AS claimed_attempt, c.attempt AS attempts, c.max_attempts,
+        "SELECT c.job_kind, c.attempt AS claimed_attempt, c.attempt AS attempts, c.max_attempts,
              $4 AS lease_token, (c.export).*, c.dock_status_id, c.job_type,
              c.run_executed_at, c.run_row_count, (c.workflow).id AS wf_id,
              (c.workflow).project_id AS wf_project_id, (c.workflow).name AS wf_name,
@@ -65,6 +65,8 @@ pub async fn claim_next(
 /// a project's bundle, an import, or a workflow deleted since).
 #[derive(Debug)]
 pub struct Claimed {
+    /// The ledger's kind of the job: which `Job` runs it.
+    pub kind: crate::jobs::Kind,
     pub claim: Claim,
     pub rec: ExportRecord,
     pub workflow: Option<Workflow>,
@@ -76,7 +78,13 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimedRow {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
         let rec = ExportRecord::from_row(row)?;
+        let kind: String = row.try_get("job_kind")?;
+        let kind = crate::jobs::Kind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "job_kind".into(),
+            source: format!("no job kind \"{kind}\"").into(),
+        })?;
         Ok(ClaimedRow(Claimed {
+            kind,
             claim: Claim {
                 export_id: rec.id,
                 token: Uuid::nil(),
