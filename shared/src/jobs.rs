@@ -9,8 +9,6 @@ use async_trait::async_trait;
 
 use crate::domain::states::FailureCode;
 use crate::error::{Error, ErrorCode};
-use crate::export::{ExportContext, Outcome, ReadConn};
-use crate::repo::exports::Claimed;
 
 /// A kind of job: the ledger's `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,16 +19,20 @@ pub enum Kind {
     Bundle,
     /// An uploaded bundle made into workflows.
     Import,
+    /// One event posted to one webhook endpoint (`webhook_deliveries` is its record). Claimed
+    /// by endpoint (`repo::webhooks::claim_due`), never pushed to the queue.
+    Webhook,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Export, Kind::Bundle, Kind::Import];
+    pub const ALL: [Kind; 4] = [Kind::Export, Kind::Bundle, Kind::Import, Kind::Webhook];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Export => "export",
             Kind::Bundle => "bundle",
             Kind::Import => "import",
+            Kind::Webhook => "webhook",
         }
     }
 
@@ -124,17 +126,37 @@ fn is_transient(e: &Error) -> bool {
 }
 
 /// One kind of background work. `run` is one attempt of a claimed job: it reads its input,
-/// writes its output fenced on the claim, and ends in an `Outcome`; an error it returns is
-/// classified by `JobError::from` and settled by the ledger (released for a retry, or FAILED).
+/// writes its output fenced on the claim, and ends in `Done`; an error it returns is
+/// classified by `JobError::from` (or built as a `JobError` by the kind itself) and settled by
+/// the ledger: released for a retry with backoff, or FAILED with its code.
+///
+/// Kinds: `export::RowsJob` (exports and bundles), `export::ImportJob`, and the worker's
+/// `webhooks::Deliver`.
 #[async_trait]
 pub trait Job: Send + Sync {
+    /// What every attempt of this kind needs from its process (pools, store, settings).
+    type Context: Send + Sync;
+    /// A job of this kind as its claim hands it out (with the lease that fences it).
+    type Claimed: Send + Sync;
+    /// What the slot that runs it keeps from one attempt to the next (a read connection).
+    type Slot: Send;
+    /// What a finished attempt reports.
+    type Done: Send;
     fn kind(&self) -> Kind;
     async fn run(
         &self,
-        ctx: &ExportContext,
-        claimed: &Claimed,
-        read_conn: &mut ReadConn,
-    ) -> crate::error::Result<Outcome>;
+        ctx: &Self::Context,
+        claimed: &Self::Claimed,
+        slot: &mut Self::Slot,
+    ) -> Result<Self::Done, JobError>;
+}
+
+impl From<JobError> for Error {
+    fn from(e: JobError) -> Error {
+        match e {
+            JobError::Retryable(e) | JobError::Fatal { cause: e, .. } => e,
+        }
+    }
 }
 
 #[cfg(test)]

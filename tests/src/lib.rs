@@ -7,6 +7,7 @@ pub mod bench;
 pub mod db;
 pub mod process;
 mod proxy;
+pub mod receiver;
 mod services;
 mod workers;
 

@@ -1,14 +1,18 @@
-//! Webhook delivery: every worker claims due deliveries from the outbox (leased, so a killed
-//! worker's are retried), posts each signed event in a task of its own (a slow or dead receiver
+//! Webhook delivery: every worker claims due deliveries from the outbox (jobs of the ledger,
+//! kind `webhook`, leased, so a killed worker's are retried), posts each signed event in a task of its own (a slow or dead receiver
 //! holds only its own slot, for at most `TIMEOUT`), and records the answer: delivered on 2xx,
 //! else retried with backoff until the event is a day old.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use wharf_shared::repo::{exports, webhooks};
+use wharf_shared::Error;
+use wharf_shared::jobs::{Job, JobError, Kind};
+use wharf_shared::repo::exports;
+use wharf_shared::repo::webhooks::{self, Failure};
 
 use crate::startup::Worker;
 
@@ -44,6 +48,7 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
         let lease = worker.ctx.lease.max(TIMEOUT + Duration::from_secs(1));
         let claimed = webhooks::claim_due(
             &worker.ctx.pool,
+            &worker.ctx.worker_id,
             free,
             PER_PROJECT as i64,
             lease.as_secs_f64(),
@@ -68,11 +73,37 @@ pub async fn run(worker: Worker, stop: CancellationToken) {
     }
 }
 
+/// A webhook delivery as a job of the ledger: one attempt posts the signed event and reports
+/// the receiver's status code; no answer is worth another attempt, a vanished endpoint or
+/// export is not.
+pub struct Deliver;
+
+#[async_trait]
+impl Job for Deliver {
+    type Context = Worker;
+    type Claimed = webhooks::Delivery;
+    type Slot = ();
+    type Done = u16;
+    fn kind(&self) -> Kind {
+        Kind::Webhook
+    }
+    async fn run(
+        &self,
+        worker: &Worker,
+        d: &webhooks::Delivery,
+        _: &mut (),
+    ) -> Result<u16, JobError> {
+        attempt(worker, d).await
+    }
+}
+
 async fn deliver(worker: &Worker, d: webhooks::Delivery) {
     let pool = &worker.ctx.pool;
     let span = tracing::info_span!("webhook", delivery_id = %d.id, event_id = %d.event_id, event = %d.event_type, attempt = d.attempts);
-    let outcome = tracing::Instrument::instrument(attempt(worker, &d), span.clone()).await;
+    let outcome =
+        tracing::Instrument::instrument(Deliver.run(worker, &d, &mut ()), span.clone()).await;
     let _g = span.enter();
+    let retry_secs = backoff_secs(d.attempts);
     let recorded = match outcome {
         Ok(status) if (200..300).contains(&status) => {
             tracing::info!(status, "webhook delivered");
@@ -80,47 +111,76 @@ async fn deliver(worker: &Worker, d: webhooks::Delivery) {
         }
         Ok(status) => {
             tracing::info!(status, "webhook refused by its receiver; will retry");
-            webhooks::failed(
-                pool,
-                &d,
-                Some(i32::from(status)),
-                &format!("the receiver answered {status}"),
-                backoff_secs(d.attempts),
-            )
-            .await
+            let error = format!("the receiver answered {status}");
+            let f = Failure {
+                status: Some(i32::from(status)),
+                error: &error,
+                retry_secs,
+                dead: false,
+            };
+            webhooks::failed(pool, &d, &f).await
         }
-        Err(why) => {
+        Err(JobError::Retryable(why)) => {
+            let error = reason(&why);
             tracing::info!(error = %why, "webhook not delivered; will retry");
-            webhooks::failed(pool, &d, None, &why, backoff_secs(d.attempts)).await
+            let f = Failure {
+                status: None,
+                error: &error,
+                retry_secs,
+                dead: false,
+            };
+            webhooks::failed(pool, &d, &f).await
+        }
+        Err(JobError::Fatal { message, cause, .. }) => {
+            tracing::info!(error = %cause, "webhook not delivered, for good");
+            let f = Failure {
+                status: None,
+                error: &message,
+                retry_secs,
+                dead: true,
+            };
+            webhooks::failed(pool, &d, &f).await
         }
     };
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, "webhook outcome not recorded; the lease retries it");
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("webhook outcome not recorded: the claim's lease lapsed"),
+        Err(e) => tracing::warn!(error = %e, "webhook outcome not recorded; the lease retries it"),
     }
 }
 
+/// What a delivery's record says of an attempt that got no answer.
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Unexpected(why) => why.to_string(),
+        e => e.public_message(),
+    }
+}
+
+fn retry(why: String) -> JobError {
+    JobError::Retryable(Error::Unexpected(anyhow::anyhow!(why)))
+}
+
 /// One attempt: the status code the receiver answered, or why there was none.
-async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, String> {
+async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, JobError> {
     let pool = &worker.ctx.pool;
     let hook = webhooks::get_any(pool, d.webhook_id)
-        .await
-        .map_err(|e| e.public_message())?
-        .ok_or("the endpoint was removed")?;
+        .await?
+        .ok_or(Error::NotFound("webhook"))?;
     let job = exports::get_any(pool, d.job_id)
-        .await
-        .map_err(|e| e.public_message())?
-        .ok_or("the job no longer exists")?;
+        .await?
+        .ok_or(Error::NotFound("export"))?;
     // Checked again at delivery: a name may resolve elsewhere now than at registration.
     let (target, addrs) = wharf_shared::webhooks::resolve(&hook.url, worker.webhook_allow_private)
         .await
-        .map_err(|e| e.public_message())?;
+        .map_err(|e| retry(e.public_message()))?;
     let body = serde_json::json!({
         "id": format!("evt_{}", d.event_id.simple()),
         "type": d.event_type,
         "createdAt": d.created_at,
         "data": wharf_shared::webhooks::event_data(&job),
     });
-    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&body).map_err(|e| retry(e.to_string()))?;
     let t = chrono::Utc::now().timestamp();
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
@@ -128,7 +188,7 @@ async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, String>
         // Connect where the check looked, not where a second lookup might point.
         .resolve_to_addrs(&target.host, &addrs)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| retry(e.to_string()))?;
     // The URL as checked (normalized), to the addresses checked.
     let res = client
         .post(target.url.clone())
@@ -143,11 +203,11 @@ async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, String>
         .send()
         .await
         .map_err(|e| {
-            if e.is_timeout() {
+            retry(if e.is_timeout() {
                 format!("no answer within {} s", TIMEOUT.as_secs())
             } else {
                 "could not connect or send".to_string()
-            }
+            })
         })?;
     Ok(res.status().as_u16())
 }

@@ -202,7 +202,7 @@ pub async fn deliveries(
                 event_id: format!("evt_{}", d.event_id.simple()),
                 event: d.event_type,
                 job_id: d.job_id,
-                next_attempt_at: (d.state == "PENDING").then_some(d.next_attempt_at),
+                next_attempt_at: d.next_attempt_at.filter(|_| d.state == "PENDING"),
                 state: d.state,
                 attempts: d.attempts,
                 last_status_code: d.last_status,

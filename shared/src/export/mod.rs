@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::states::FailureCode;
 use crate::error::{Error, Result};
-use crate::jobs::{Job, Kind};
+use crate::jobs::{Job, JobError, Kind};
 use crate::repo::exports::{self, Claim, Claimed, Completion, ExportRecord};
 use crate::store::ObjectStore;
 pub use formats::arrow_schema;
@@ -132,7 +132,7 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
         ctx.metrics.pickup.observe(waited.max(0) as f64 / 1e6);
     }
     let kind = claimed.kind;
-    let outcome = job_of(kind).run(ctx, &claimed, read_conn).await;
+    let outcome = job_of(kind)?.run(ctx, &claimed, read_conn).await;
     let label = if kind == Kind::Import {
         "import"
     } else {
@@ -148,15 +148,21 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
         Ok(Outcome::Cancelled) => ctx.metrics.finished(label, "cancelled"),
         _ => {}
     }
-    outcome
+    Ok(outcome?)
 }
 
-/// The job kinds a worker runs, one `Job` each.
-fn job_of(kind: Kind) -> &'static dyn Job {
+/// A job a worker slot runs from the queue: the claim hands out an export record.
+type SlotJob = dyn Job<Context = ExportContext, Claimed = Claimed, Slot = ReadConn, Done = Outcome>;
+
+/// The job kinds a worker slot runs, one `Job` each (webhook deliveries have their own loop).
+fn job_of(kind: Kind) -> Result<&'static SlotJob> {
     match kind {
-        Kind::Export => &RowsJob(Kind::Export),
-        Kind::Bundle => &RowsJob(Kind::Bundle),
-        Kind::Import => &ImportJob,
+        Kind::Export => Ok(&RowsJob(Kind::Export)),
+        Kind::Bundle => Ok(&RowsJob(Kind::Bundle)),
+        Kind::Import => Ok(&ImportJob),
+        Kind::Webhook => Err(Error::Unexpected(anyhow::anyhow!(
+            "a webhook delivery was claimed as an export"
+        ))),
     }
 }
 
@@ -168,6 +174,10 @@ struct ImportJob;
 
 #[async_trait]
 impl Job for RowsJob {
+    type Context = ExportContext;
+    type Claimed = Claimed;
+    type Slot = ReadConn;
+    type Done = Outcome;
     fn kind(&self) -> Kind {
         self.0
     }
@@ -176,13 +186,17 @@ impl Job for RowsJob {
         ctx: &ExportContext,
         claimed: &Claimed,
         conn: &mut ReadConn,
-    ) -> Result<Outcome> {
-        run_export(ctx, claimed, conn, self.0).await
+    ) -> std::result::Result<Outcome, JobError> {
+        Ok(run_export(ctx, claimed, conn, self.0).await?)
     }
 }
 
 #[async_trait]
 impl Job for ImportJob {
+    type Context = ExportContext;
+    type Claimed = Claimed;
+    type Slot = ReadConn;
+    type Done = Outcome;
     fn kind(&self) -> Kind {
         Kind::Import
     }
@@ -191,11 +205,11 @@ impl Job for ImportJob {
         ctx: &ExportContext,
         claimed: &Claimed,
         _: &mut ReadConn,
-    ) -> Result<Outcome> {
+    ) -> std::result::Result<Outcome, JobError> {
         let (claim, rec) = (claimed.claim, &claimed.rec);
         let span = tracing::info_span!("import", import_id = %claim.export_id,
             request_id = rec.request_id.as_deref().unwrap_or(""), attempt = claim.attempt);
-        tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await
+        Ok(tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await?)
     }
 }
 

@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "job_ledger",
         include_str!("../../../migrations/20261204000002_job_ledger.sql"),
     ),
+    (
+        20261205000001,
+        "webhook_deliveries_on_the_ledger",
+        include_str!("../../../migrations/20261205000001_webhook_deliveries_on_the_ledger.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

@@ -88,7 +88,8 @@ pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<Web
     .await?)
 }
 
-/// Removes an endpoint: no new deliveries, and its pending ones are dropped.
+/// Removes an endpoint: no new deliveries, and its pending ones are dropped (their jobs with
+/// them).
 pub async fn delete(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
@@ -98,39 +99,48 @@ pub async fn delete(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<bool> {
     .bind(project_id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1 AND state = 'PENDING'")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM webhook_deliveries WHERE webhook_id = $1 AND state = 'PENDING')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
 pg_row! {
+    /// One event for one endpoint: the domain record (`webhook_deliveries`) with its job's
+    /// attempts, due time and lease (`jobs`, kind `webhook`, the same id).
     #[derive(Debug, Clone)]
     pub struct Delivery {
         pub id: Uuid,
         pub event_id: Uuid,
         pub webhook_id: Uuid,
         pub event_type: String,
+        /// The export (or import) the event is about.
         pub job_id: Uuid,
         pub state: String,
         pub attempts: i32,
         pub last_status: Option<i32>,
         pub last_error: Option<String>,
-        pub next_attempt_at: DateTime<Utc>,
+        pub next_attempt_at: Option<DateTime<Utc>>,
         pub created_at: DateTime<Utc>,
         pub delivered_at: Option<DateTime<Utc>>,
+        /// The claim's lease: every outcome is fenced on it.
+        pub lease_token: Option<Uuid>,
     }
 }
 
-const DELIVERY: &str = "id, event_id, webhook_id, event_type, job_id, state, attempts, last_status,
-    last_error, next_attempt_at, created_at, delivered_at";
+const DELIVERY: &str = "d.id, d.event_id, d.webhook_id, d.event_type, d.job_id, d.state,
+    j.attempts, d.last_status, d.last_error, j.due_at AS next_attempt_at, d.created_at,
+    d.delivered_at, j.lease_token";
 
 pub async fn deliveries(pool: &PgPool, webhook_id: Uuid, limit: i64) -> Result<Vec<Delivery>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DELIVERY} FROM webhook_deliveries WHERE webhook_id = $1
-         ORDER BY created_at DESC LIMIT $2"
+        "SELECT {DELIVERY} FROM webhook_deliveries d JOIN jobs j ON j.id = d.id
+         WHERE d.webhook_id = $1 ORDER BY d.created_at DESC LIMIT $2"
     )))
     .bind(webhook_id)
     .bind(limit)
@@ -144,12 +154,14 @@ pub const PAUSE_AFTER_FAILURES: i32 = 3;
 /// Claims due deliveries, fairly: at most one per endpoint, and only for endpoints with none in
 /// flight anywhere (one receiver at a time per endpoint) and not paused after repeated failures;
 /// at most `per_project` endpoints of one project in flight at once; the endpoints of every
-/// project taken in turn (each project's first, then each one's second …). A claimed delivery
-/// and its endpoint are leased for `lease_secs`, so a worker that dies mid-delivery leaves both
-/// to be tried again then. Claims take turns (a transaction-level advisory lock), so the counts
-/// they read are exact across workers.
+/// project taken in turn (each project's first, then each one's second …). A claimed delivery's
+/// job is RUNNING under a lease token of its own for `lease_secs`, and its endpoint busy as
+/// long, so a worker that dies mid-delivery leaves both to be tried again then (the
+/// reconciler's lapsed-lease pass, as for every kind). Claims take turns (a transaction-level
+/// advisory lock), so the counts they read are exact across workers.
 pub async fn claim_due(
     pool: &PgPool,
+    worker_id: &str,
     limit: i64,
     per_project: i64,
     lease_secs: f64,
@@ -168,8 +180,9 @@ pub async fn claim_due(
                     row_number() OVER (PARTITION BY w.project_id ORDER BY due.at) AS turn
              FROM webhooks w
              CROSS JOIN LATERAL (
-                 SELECT min(d.next_attempt_at) AS at FROM webhook_deliveries d
-                 WHERE d.webhook_id = w.id AND d.state = 'PENDING' AND d.next_attempt_at <= now()
+                 SELECT min(q.due_at) AS at FROM webhook_deliveries p JOIN jobs q ON q.id = p.id
+                 WHERE p.webhook_id = w.id AND p.state = 'PENDING'
+                   AND q.status = 'QUEUED' AND q.due_at <= now()
              ) due
              WHERE w.deleted_at IS NULL AND due.at IS NOT NULL
                AND (w.busy_until IS NULL OR w.busy_until <= now())
@@ -185,81 +198,102 @@ pub async fn claim_due(
              WHERE id IN (SELECT id FROM chosen) RETURNING id
          ),
          picked AS (
-             SELECT DISTINCT ON (d.webhook_id) d.id FROM webhook_deliveries d
-             WHERE d.webhook_id IN (SELECT id FROM leased)
-               AND d.state = 'PENDING' AND d.next_attempt_at <= now()
-             ORDER BY d.webhook_id, d.next_attempt_at
+             SELECT DISTINCT ON (p.webhook_id) p.id FROM webhook_deliveries p
+             JOIN jobs q ON q.id = p.id
+             WHERE p.webhook_id IN (SELECT id FROM leased)
+               AND p.state = 'PENDING' AND q.status = 'QUEUED' AND q.due_at <= now()
+             ORDER BY p.webhook_id, q.due_at
+         ),
+         j AS (
+             UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1,
+                 lease_token = gen_random_uuid(),
+                 lease_expires_at = now() + make_interval(secs => $3),
+                 worker_id = $4, updated_at = now(),
+                 -- due again at once if the lease lapses
+                 due_at = now()
+             WHERE id IN (SELECT id FROM picked) AND status = 'QUEUED'
+             RETURNING id, attempts, due_at, lease_token
          )
-         UPDATE webhook_deliveries SET attempts = attempts + 1,
-             next_attempt_at = now() + make_interval(secs => $3)
-         WHERE id IN (SELECT id FROM picked)
-         RETURNING {DELIVERY}"
+         SELECT {DELIVERY} FROM webhook_deliveries d JOIN j ON j.id = d.id"
     )))
     .bind(limit)
     .bind(per_project)
     .bind(lease_secs)
+    .bind(worker_id)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(claimed)
 }
 
-pub async fn delivered(pool: &PgPool, d: &Delivery, status: i32) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE webhook_deliveries SET state = 'DELIVERED', delivered_at = now(), last_status = $2,
-             last_error = NULL WHERE id = $1",
+/// The receiver took it (fenced on the claim: a lapsed lease records nothing, and the
+/// delivery is made again, at least once).
+pub async fn delivered(pool: &PgPool, d: &Delivery, status: i32) -> Result<bool> {
+    let done = sqlx::query(
+        "WITH job AS (
+             UPDATE jobs SET status = 'SUCCEEDED', lease_token = NULL, lease_expires_at = NULL,
+                 due_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id
+         ), delivery AS (
+             UPDATE webhook_deliveries SET state = 'DELIVERED', delivered_at = now(),
+                 last_status = $3, last_error = NULL
+             WHERE id IN (SELECT id FROM job) RETURNING webhook_id
+         )
+         UPDATE webhooks SET busy_until = NULL, failures = 0, paused_until = NULL
+         WHERE id IN (SELECT webhook_id FROM delivery)",
     )
     .bind(d.id)
+    .bind(d.lease_token)
     .bind(status)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query(
-        "UPDATE webhooks SET busy_until = NULL, failures = 0, paused_until = NULL WHERE id = $1",
-    )
-    .bind(d.webhook_id)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
-/// A failed attempt: tried again after `retry_secs`, or DEAD once the event is a day old. The
-/// endpoint is free again; after `PAUSE_AFTER_FAILURES` failures in a row it is paused as a
-/// whole, for 2^(failures - 3) s up to 10 min (its other queued events wait with it).
-pub async fn failed(
-    pool: &PgPool,
-    d: &Delivery,
-    status: Option<i32>,
-    error: &str,
-    retry_secs: f64,
-) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE webhook_deliveries SET last_status = $2, last_error = $3,
-             next_attempt_at = now() + make_interval(secs => $4),
-             state = CASE WHEN created_at < now() - interval '24 hours' THEN 'DEAD' ELSE 'PENDING' END
-         WHERE id = $1",
+/// How an attempt that was not taken is recorded.
+pub struct Failure<'a> {
+    /// What the receiver answered, if it answered.
+    pub status: Option<i32>,
+    pub error: &'a str,
+    /// Tried again after this, unless `dead`.
+    pub retry_secs: f64,
+    /// Never worth another attempt (the event's export is gone).
+    pub dead: bool,
+}
+
+/// A failed attempt (fenced on the claim): tried again after `retry_secs`, or DEAD (its job
+/// FAILED) once the event is a day old or the failure is final. The endpoint is free again;
+/// after `PAUSE_AFTER_FAILURES` failures in a row it is paused as a whole, for
+/// 2^(failures - 3) s up to 10 min (its other queued events wait with it).
+pub async fn failed(pool: &PgPool, d: &Delivery, f: &Failure<'_>) -> Result<bool> {
+    let done = sqlx::query(
+        "WITH job AS (
+             UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+                 updated_at = now(), due_at = now() + make_interval(secs => $5),
+                 status = CASE WHEN $6 OR attempts >= max_attempts
+                     OR created_at < now() - interval '24 hours' THEN 'FAILED' ELSE 'QUEUED' END
+             WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id, status
+         ), delivery AS (
+             UPDATE webhook_deliveries dd SET last_status = $3, last_error = $4,
+                 state = CASE WHEN job.status = 'FAILED' THEN 'DEAD' ELSE 'PENDING' END
+             FROM job WHERE dd.id = job.id RETURNING dd.webhook_id
+         )
+         UPDATE webhooks SET busy_until = NULL, failures = failures + 1,
+             paused_until = CASE WHEN failures + 1 >= $7
+                 THEN now() + make_interval(secs => least(power(2, failures + 1 - $7), 600))
+                 END
+         WHERE id IN (SELECT webhook_id FROM delivery)",
     )
     .bind(d.id)
-    .bind(status)
-    .bind(error)
-    .bind(retry_secs)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE webhooks SET busy_until = NULL, failures = failures + 1,
-             paused_until = CASE WHEN failures + 1 >= $2
-                 THEN now() + make_interval(secs => least(power(2, failures + 1 - $2), 600))
-                 END
-         WHERE id = $1",
-    )
-    .bind(d.webhook_id)
+    .bind(d.lease_token)
+    .bind(f.status)
+    .bind(f.error)
+    .bind(f.retry_secs)
+    .bind(f.dead)
     .bind(PAUSE_AFTER_FAILURES)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// An endpoint of any project (workers delivering), unless removed.

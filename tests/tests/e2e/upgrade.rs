@@ -1,5 +1,6 @@
-//! Upgrades: an installation the previous version migrated and wrote keeps its exports after
-//! this version's migrations (the job ledger moved the work's columns out of `exports`).
+//! Upgrades: an installation the previous version migrated and wrote keeps its exports and its
+//! webhook deliveries after this version's migrations (the job ledger moved the work's columns
+//! out of `exports` and `webhook_deliveries`).
 
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::ingest::{BodyFormat, IngestLimits, ingest_run};
 use wharf_shared::repo::{self, projects, workflows};
 use wharf_tests::db::TestDb;
-use wharf_tests::spawn_app;
+use wharf_tests::receiver::Receiver;
+use wharf_tests::spawn_app_with;
 
 /// The job ledger's migration: the tests' database stops just before it.
 const LEDGER: i64 = 20261204000002;
@@ -146,8 +148,39 @@ async fn exports_written_before_the_job_ledger_survive_the_upgrade() {
     .await
     .expect("completed");
 
+    // A webhook endpoint with a delivery still pending (tried twice, refused) and one
+    // delivered, in the previous version's columns.
+    let rx = Receiver::start(vec![]).await;
+    let hook = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhooks (id, project_id, url, events, secret)
+         VALUES ($1, $2, $3, ARRAY['export.completed'], 'whsec_upgrade')",
+    )
+    .bind(hook)
+    .bind(project.id)
+    .bind(&rx.url)
+    .execute(&pool)
+    .await
+    .expect("old webhook");
+    let pending_event = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, event_id, webhook_id, project_id, event_type,
+             job_id, state, attempts, last_status, last_error, next_attempt_at, delivered_at)
+         VALUES (gen_random_uuid(), $1, $2, $3, 'export.completed', $4, 'PENDING', 2, 503,
+                 'the receiver answered 503', now(), NULL),
+                (gen_random_uuid(), gen_random_uuid(), $2, $3, 'export.completed', $4,
+                 'DELIVERED', 1, 200, NULL, now(), now())",
+    )
+    .bind(pending_event)
+    .bind(hook)
+    .bind(project.id)
+    .bind(done_before)
+    .execute(&pool)
+    .await
+    .expect("old deliveries");
+
     // This version starts: its API migrates the database forward.
-    let app = spawn_app(pool.clone()).await;
+    let app = spawn_app_with(pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
     let meta = wharf_shared::store::ObjectMeta {
         content_type: "text/csv; charset=utf-8".into(),
         content_disposition: "attachment; filename=\"W.csv\"".into(),
@@ -160,11 +193,23 @@ async fn exports_written_before_the_job_ledger_survive_the_upgrade() {
         .await
         .expect("version");
     assert!(version >= LEDGER, "migrated to {version}");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&pool)
-        .await
-        .expect("jobs");
-    assert_eq!(jobs, 3, "every export has its job");
+    let jobs: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT kind, status, attempts FROM jobs ORDER BY kind, status")
+            .fetch_all(&pool)
+            .await
+            .expect("jobs");
+    let job = |k: &str, s: &str, n: i32| (k.to_string(), s.to_string(), n);
+    assert_eq!(
+        jobs,
+        vec![
+            job("export", "QUEUED", 0),
+            job("export", "RUNNING", 1),
+            job("export", "SUCCEEDED", 1),
+            job("webhook", "QUEUED", 2),
+            job("webhook", "SUCCEEDED", 1),
+        ],
+        "every export and every webhook delivery has its job, its attempts kept"
+    );
 
     // Before any worker: both read as they were, the key answers with its export.
     let get = |id: Uuid| {
@@ -221,6 +266,38 @@ async fn exports_written_before_the_job_ledger_survive_the_upgrade() {
             .expect("bytes");
         assert_eq!(&bytes[..], b"n\n1\n2\n3\n");
     }
+    // The pending delivery is made (its third attempt), and so are the two new events.
+    rx.wait_for(3, Duration::from_secs(30)).await;
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            let body: Value = serde_json::from_slice(&rx.get(i).1).expect("event");
+            body["id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert!(
+        ids.contains(&format!("evt_{}", pending_event.simple())),
+        "{ids:?}"
+    );
+    let mut recorded = None;
+    for _ in 0..100 {
+        recorded = sqlx::query_as::<_, (String, String, i32)>(
+            "SELECT d.state, j.status, j.attempts FROM webhook_deliveries d
+             JOIN jobs j ON j.id = d.id WHERE d.event_id = $1 AND d.state = 'DELIVERED'",
+        )
+        .bind(pending_event)
+        .fetch_optional(&pool)
+        .await
+        .expect("delivery");
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        recorded,
+        Some(("DELIVERED".into(), "SUCCEEDED".into(), 3)),
+        "the old delivery's record"
+    );
     let states: Vec<(String, String)> = sqlx::query_as(
         "SELECT e.status, j.status FROM exports e JOIN jobs j ON j.id = e.id ORDER BY e.id",
     )

@@ -1,134 +1,12 @@
 //! Webhooks with a real HTTP receiver in the test: signed, at least once (retried with backoff,
 //! surviving a killed worker), and never sent into private or metadata addresses unless allowed.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wharf_tests::db::TestDb;
+use wharf_tests::receiver::{Receiver, verify};
 use wharf_tests::{TestApp, spawn_app_with};
-
-/// One request the receiver got: its headers (lower-case names) and body.
-type Got = (HashMap<String, String>, Vec<u8>);
-
-/// What the receiver answers each request with, in order (`None`: hold the request open and
-/// never answer); after the script, 200.
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Receiver {
-    async fn start(script: Vec<Option<u16>>) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let script = Arc::new(Mutex::new(VecDeque::from(script)));
-        let seen = got.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let (seen, script) = (seen.clone(), script.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let head_end = loop {
-                        let Ok(n) = s.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                    let headers: HashMap<String, String> = head
-                        .lines()
-                        .skip(1)
-                        .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                        .collect();
-                    let len: usize = headers
-                        .get("content-length")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + len {
-                        let Ok(n) = s.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let body = buf[head_end..head_end + len].to_vec();
-                    let answer = script
-                        .lock()
-                        .ok()
-                        .and_then(|mut q| q.pop_front())
-                        .unwrap_or(Some(200));
-                    if let Ok(mut g) = seen.lock() {
-                        g.push((headers, body));
-                    }
-                    match answer {
-                        Some(code) => {
-                            let res = format!(
-                                "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            );
-                            s.write_all(res.as_bytes()).await.ok();
-                        }
-                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
-                    }
-                });
-            }
-        });
-        Receiver { url, got }
-    }
-
-    fn count(&self) -> usize {
-        self.got.lock().map(|g| g.len()).unwrap_or(0)
-    }
-
-    async fn wait_for(&self, n: usize, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while self.count() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the receiver got {} of {n} deliveries",
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn get(&self, i: usize) -> Got {
-        self.got.lock().expect("lock")[i].clone()
-    }
-}
-
-fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
-    let Some((t, v1)) = header
-        .split_once(',')
-        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes()) == v1
-}
 
 async fn register(app: &TestApp, key: &str, url: &str, events: Value) -> (u16, Value) {
     let res = app
@@ -364,7 +242,7 @@ async fn dead_receivers_of_one_project_delay_no_other_project() {
         completed.elapsed().as_millis()
     );
     // One receiver at a time per endpoint: no endpoint of A got a second request.
-    let per_endpoint = dead.got.lock().map(|g| g.len()).unwrap_or(usize::MAX);
+    let per_endpoint = dead.count();
     assert!(
         per_endpoint <= 13,
         "{per_endpoint} requests to 13 endpoints"
@@ -384,33 +262,38 @@ async fn an_endpoint_failing_repeatedly_is_backed_off_as_a_whole() {
     assert_eq!(code, 201);
     let hook_id = wharf_tests::parse(hook["id"].as_str().expect("id"));
     sqlx::query(
-        "INSERT INTO webhook_deliveries (id, event_id, webhook_id, project_id, event_type, job_id)
-         SELECT gen_random_uuid(), gen_random_uuid(), $1, $2, 'export.completed', gen_random_uuid()
-         FROM generate_series(1, 5)",
+        "WITH job AS (
+             INSERT INTO jobs (id, kind, project_id, max_attempts, due_at)
+             SELECT gen_random_uuid(), 'webhook', $2, 1000, now() FROM generate_series(1, 5)
+             RETURNING id)
+         INSERT INTO webhook_deliveries (id, event_id, webhook_id, project_id, event_type, job_id)
+         SELECT id, gen_random_uuid(), $1, $2, 'export.completed', gen_random_uuid() FROM job",
     )
     .bind(hook_id)
     .bind(wharf_tests::parse(&p.id))
     .execute(&app.pool)
     .await
     .expect("deliveries");
-    for failure in 1..=3 {
-        let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+    for n in 1..=3 {
+        let claimed = webhooks::claim_due(&app.pool, "test", 10, 8, 30.0)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "one delivery per endpoint at a time");
-        let again = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+        let again = webhooks::claim_due(&app.pool, "test", 10, 8, 30.0)
             .await
             .expect("claim");
         assert!(again.is_empty(), "the endpoint is busy");
-        webhooks::failed(
-            &app.pool,
-            &claimed[0],
-            Some(500),
-            "the receiver answered 500",
-            0.0,
-        )
-        .await
-        .expect("failed");
+        let failure = webhooks::Failure {
+            status: Some(500),
+            error: "the receiver answered 500",
+            retry_secs: 0.0,
+            dead: false,
+        };
+        assert!(
+            webhooks::failed(&app.pool, &claimed[0], &failure)
+                .await
+                .expect("failed")
+        );
         let paused: bool = sqlx::query_scalar(
             "SELECT paused_until IS NOT NULL AND paused_until > now() FROM webhooks WHERE id = $1",
         )
@@ -418,9 +301,9 @@ async fn an_endpoint_failing_repeatedly_is_backed_off_as_a_whole() {
         .fetch_one(&app.pool)
         .await
         .expect("q");
-        assert_eq!(paused, failure >= 3, "after failure {failure}");
+        assert_eq!(paused, n >= 3, "after failure {n}");
     }
-    let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+    let claimed = webhooks::claim_due(&app.pool, "test", 10, 8, 30.0)
         .await
         .expect("claim");
     assert!(claimed.is_empty(), "paused: no delivery of it is tried");
@@ -430,13 +313,32 @@ async fn an_endpoint_failing_repeatedly_is_backed_off_as_a_whole() {
         .execute(&app.pool)
         .await
         .expect("q");
-    let claimed = webhooks::claim_due(&app.pool, 10, 8, 30.0)
+    let claimed = webhooks::claim_due(&app.pool, "test", 10, 8, 30.0)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
-    webhooks::delivered(&app.pool, &claimed[0], 200)
-        .await
-        .expect("delivered");
+    // Outcomes are fenced on the claim's lease: a stale one records nothing.
+    let mut stale = claimed[0].clone();
+    stale.lease_token = Some(uuid::Uuid::new_v4());
+    assert!(
+        !webhooks::delivered(&app.pool, &stale, 200)
+            .await
+            .expect("delivered")
+    );
+    assert!(
+        webhooks::delivered(&app.pool, &claimed[0], 200)
+            .await
+            .expect("delivered")
+    );
+    let (job, state): (String, String) = sqlx::query_as(
+        "SELECT j.status, d.state FROM jobs j JOIN webhook_deliveries d ON d.id = j.id
+         WHERE j.id = $1 AND j.kind = 'webhook'",
+    )
+    .bind(claimed[0].id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("q");
+    assert_eq!((job.as_str(), state.as_str()), ("SUCCEEDED", "DELIVERED"));
     let failures: i32 = sqlx::query_scalar("SELECT failures FROM webhooks WHERE id = $1")
         .bind(hook_id)
         .fetch_one(&app.pool)

@@ -123,9 +123,10 @@ pub fn has_attempts_left(claim: &Claim, max_attempts: i32) -> bool {
     claim.attempt < max_attempts
 }
 
-/// The reconciler's pass: lapsed leases go back to QUEUED (or FAILED once out of attempts, a
-/// crash counting as an attempt); due QUEUED exports not handed out for `stale` are returned
-/// to be pushed to the queue again. Safe in every worker at once (SKIP LOCKED; a duplicate
+/// The reconciler's pass: lapsed leases of every kind go back to QUEUED (or FAILED once out of
+/// attempts, a crash counting as an attempt); due QUEUED jobs not handed out for `stale` are
+/// returned to be pushed to the queue again (webhook deliveries excepted: their claim finds
+/// them by endpoint, not by the queue). Safe in every worker at once (SKIP LOCKED; a duplicate
 /// push only finds the export already claimed).
 pub async fn reconcile(
     pool: &PgPool,
@@ -157,7 +158,7 @@ pub async fn reconcile(
     .await?;
     Ok(sqlx::query_as(
         "UPDATE jobs SET enqueued_at = now() WHERE id IN (
-             SELECT id FROM jobs WHERE status = 'QUEUED'
+             SELECT id FROM jobs WHERE status = 'QUEUED' AND kind <> 'webhook'
                  AND (due_at IS NULL OR due_at <= now())
                  AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
