@@ -16,7 +16,7 @@ impl TestWorker {
     /// Where the worker serves /metrics (with `WHARF_METRICS_LISTEN` set), once bound.
     pub async fn metrics_addr(&self) -> std::net::SocketAddr {
         for _ in 0..200 {
-            if let Some(a) = self.handle.metrics_addr.get() {
+            if let Some(a) = self.handle.metrics.addr.get() {
                 return *a;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -57,8 +57,8 @@ impl TestApp {
             .await
             .expect("worker");
         worker.ctx.heartbeat = std::time::Duration::from_millis(100);
-        worker.reconcile_every = std::time::Duration::from_millis(200);
-        worker.requeue_after = std::time::Duration::from_secs(2);
+        worker.timing.reconcile_every = std::time::Duration::from_millis(200);
+        worker.timing.requeue_after = std::time::Duration::from_secs(2);
         tweak(&mut worker);
         let worker_id = worker.ctx.worker_id.clone();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -8,7 +8,7 @@ use wharf_shared::repo::exports;
 use crate::startup::Worker;
 
 pub async fn pass(worker: &Worker) -> wharf_shared::Result<usize> {
-    let due = exports::reconcile(&worker.ctx.pool, worker.requeue_after, 500).await?;
+    let due = exports::reconcile(&worker.ctx.pool, worker.timing.requeue_after, 500).await?;
     for (id, request_id) in &due {
         tracing::info!(export_id = %id, "re-enqueued by the reconciler");
         worker.enqueue(*id, request_id.clone()).await;
@@ -17,7 +17,7 @@ pub async fn pass(worker: &Worker) -> wharf_shared::Result<usize> {
 }
 
 pub async fn run(worker: Worker, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(worker.reconcile_every);
+    let mut tick = tokio::time::interval(worker.timing.reconcile_every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

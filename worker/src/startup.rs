@@ -17,25 +17,42 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Worker {
     pub ctx: ExportContext,
-    /// Where "there is work" is said (pushes after a release, the reconciler's re-pushes).
-    pub queue: Arc<dyn JobQueue>,
-    /// The apalis transport, when the queue is Redis.
-    pub redis: Option<(Redis, String)>,
+    pub transport: Transport,
     pub concurrency: usize,
-    pub grace: Duration,
-    /// How often the reconciler looks for lost jobs, and how long a QUEUED export may go
-    /// unclaimed before it is pushed again.
-    pub reconcile_every: Duration,
-    pub requeue_after: Duration,
-    pub janitor_every: Duration,
+    pub timing: Timing,
     /// `WHARF_METRICS_LISTEN`, and the address bound there once running.
-    pub metrics_listen: Option<String>,
-    pub metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    pub metrics: MetricsEndpoint,
     /// `WHARF_WEBHOOK_ALLOW_PRIVATE`.
     pub webhook_allow_private: bool,
     inflight: Arc<AtomicUsize>,
     /// Set when the process was told to stop: new jobs are passed on, not started.
     draining: CancellationToken,
+}
+
+/// How jobs reach this worker: the queue where "there is work" is said (pushes after a
+/// release, the reconciler's re-pushes), and the apalis consumer when that queue is Redis.
+#[derive(Clone)]
+pub struct Transport {
+    pub queue: Arc<dyn JobQueue>,
+    pub redis: Option<(Redis, String)>,
+}
+
+/// The worker's clocks.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    /// `WHARF_SHUTDOWN_GRACE`: running jobs may finish this long after a stop.
+    pub grace: Duration,
+    /// How often the reconciler looks for lost jobs, and how long a QUEUED job may go
+    /// unclaimed before it is pushed again.
+    pub reconcile_every: Duration,
+    pub requeue_after: Duration,
+    pub janitor_every: Duration,
+}
+
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    pub listen: Option<String>,
+    pub addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// Connects (waiting for services that are not up yet) and runs until `shutdown`.
@@ -77,18 +94,24 @@ impl Worker {
     pub async fn new(settings: &Settings, pool: PgPool) -> anyhow::Result<Worker> {
         Ok(Worker {
             ctx: context(settings, pool.clone()).await,
-            queue: queue::from_settings(settings, &pool)?,
-            redis: match &settings.redis_url {
-                Some(url) => Some((Redis::new(url)?, settings.queue.clone())),
-                None => None,
+            transport: Transport {
+                queue: queue::from_settings(settings, &pool)?,
+                redis: match &settings.redis_url {
+                    Some(url) => Some((Redis::new(url)?, settings.queue.clone())),
+                    None => None,
+                },
             },
             concurrency: settings.worker_concurrency,
-            grace: settings.shutdown_grace,
-            reconcile_every: Duration::from_secs(2),
-            requeue_after: settings.requeue_after,
-            janitor_every: crate::janitor::INTERVAL,
-            metrics_listen: settings.metrics_listen.clone(),
-            metrics_addr: Arc::default(),
+            timing: Timing {
+                grace: settings.shutdown_grace,
+                reconcile_every: Duration::from_secs(2),
+                requeue_after: settings.requeue_after,
+                janitor_every: crate::janitor::INTERVAL,
+            },
+            metrics: MetricsEndpoint {
+                listen: settings.metrics_listen.clone(),
+                addr: Arc::default(),
+            },
             webhook_allow_private: settings.webhook_allow_private,
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: CancellationToken::new(),
@@ -101,22 +124,22 @@ impl Worker {
         let loops = CancellationToken::new();
         tokio::spawn(crate::janitor::run(
             self.ctx.clone(),
-            self.janitor_every,
+            self.timing.janitor_every,
             loops.clone(),
         ));
         tokio::spawn(crate::reconciler::run(self.clone(), loops.clone()));
-        if let Some(addr) = &self.metrics_listen {
+        if let Some(addr) = &self.metrics.listen {
             let bound = crate::ops::serve_metrics(self.clone(), addr, loops.clone())
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!("cannot listen on WHARF_METRICS_LISTEN={addr}: {e}")
                 })?;
-            self.metrics_addr.set(bound).ok();
+            self.metrics.addr.set(bound).ok();
             tracing::info!(%bound, "serving /metrics and /healthz");
         }
         tokio::spawn(crate::ops::register(self.clone(), loops.clone()));
         tokio::spawn(crate::webhooks::run(self.clone(), loops.clone()));
-        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.queue.kind(), "wharf-worker started");
+        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.transport.queue.kind(), "wharf-worker started");
         // Drain first, then stop the queue worker: apalis's shutdown waits for its running
         // tasks, so it only begins once ours have finished or been released.
         let queue_stop = CancellationToken::new();
@@ -127,10 +150,10 @@ impl Worker {
                 me.draining.cancel();
                 tracing::info!(
                     running = me.running(),
-                    grace_ms = me.grace.as_millis() as u64,
+                    grace_ms = me.timing.grace.as_millis() as u64,
                     "draining"
                 );
-                if !me.drained(me.grace).await {
+                if !me.drained(me.timing.grace).await {
                     tracing::info!(
                         running = me.running(),
                         "grace period over; releasing running exports"
@@ -141,7 +164,7 @@ impl Worker {
                 queue_stop.cancel();
             })
         };
-        match self.redis.clone() {
+        match self.transport.redis.clone() {
             Some((redis, name)) => crate::pull::redis(&self, &redis, &name, &queue_stop).await,
             None => crate::pull::postgres(&self, &queue_stop).await,
         }
@@ -169,8 +192,13 @@ impl Worker {
 
     /// Pushes an export to the queue again (after a release, or for the reconciler).
     pub async fn enqueue(&self, export_id: uuid::Uuid, request_id: Option<String>) {
-        wharf_shared::queue::wake_for(self.queue.as_ref(), &self.ctx.pool, export_id, request_id)
-            .await;
+        wharf_shared::queue::wake_for(
+            self.transport.queue.as_ref(),
+            &self.ctx.pool,
+            export_id,
+            request_id,
+        )
+        .await;
     }
 }
 

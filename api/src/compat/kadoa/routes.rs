@@ -16,7 +16,7 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::export::page::{self, Framing, PageFormat};
 use wharf_shared::repo::export_query::{Plan, Seek};
 use wharf_shared::repo::runs;
-use wharf_shared::repo::workflows::{self, WorkflowSummary};
+use wharf_shared::repo::workflows::{self, Workflow, WorkflowSummary};
 
 use crate::app::workflows::find;
 use crate::auth::{Auth, parse_id};
@@ -197,31 +197,103 @@ pub async fn data(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Read)?;
     let wf = find(&state, principal.project_id, &path).await?;
-    let format = match query
-        .format
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("json") => PageFormat::Json,
-        Some("csv") => PageFormat::Csv,
-        Some(_) => return Err(Error::invalid("format: expected json or csv").into()),
-    };
-    let page = int_param("page", query.page.as_deref(), 1, 1..=1_000_000_000)?;
-    let limit = int_param("limit", query.limit.as_deref(), DEFAULT_PAGE, 0..=MAX_PAGE)?;
-    let gzip = bool_param("gzip", query.gzip.as_deref())?;
-    let run_id = match &query.run_id {
-        Some(raw) => Some(parse_id("runId", raw)?),
-        None => None,
-    };
-    let run = runs::get_or_latest(&state.pool, wf.id, run_id)
+    let ask = PageAsk::of(&query)?;
+    let run = runs::get_or_latest(&state.pool, wf.id, ask.run_id)
         .await?
-        .ok_or(Error::NotFound(if run_id.is_some() {
+        .ok_or(Error::NotFound(if ask.run_id.is_some() {
             "run"
         } else {
             "run (the workflow has no runs yet)"
         }))?;
-    // The export's own validation: filters, sort, order and rowIds mean what they mean there.
+    let plan = page_plan(&wf, &run, &query)?;
+    let slot = state.read_slots.acquire(principal.project_id)?;
+    let total = page::count_rows(&state.pool, &plan).await?;
+    let shape = PageShape::new(&ask, total);
+    let key = page_key(&run, &query, ask.limit);
+    let seek = ask.seek(&plan, &run, state.page_keys.get(key, ask.page - 1));
+    let streamed = page::stream_rows(
+        &state.pool,
+        plan.clone(),
+        seek,
+        (ask.limit > 0).then_some(ask.limit),
+        ask.format,
+        ask.gzip,
+        shape.framing(&ask, &wf, &run),
+        state.settings.body_timeout,
+    )
+    .await?;
+    if ask.limit > 0 && plan.id_order().is_some() && !plan.is_whole_run() {
+        // The next page's first id, for a client reading pages in order.
+        let (keys, last, page) = (state.page_keys.clone(), streamed.last_id, ask.page);
+        tokio::spawn(async move {
+            if let Ok(Some(id)) = last.await {
+                keys.put(key, page, id);
+            }
+        });
+    }
+    let mut res = HttpResponse::Ok();
+    shape.headers(&mut res, &ask);
+    Ok(res.streaming(slot_body(streamed.body, slot)))
+}
+
+/// What a page read asks for, besides the selection.
+struct PageAsk {
+    format: PageFormat,
+    page: u64,
+    limit: u64,
+    gzip: bool,
+    run_id: Option<uuid::Uuid>,
+}
+
+impl PageAsk {
+    fn of(query: &KadoaQuery) -> Result<PageAsk, ApiError> {
+        let format = match query
+            .format
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("json") => PageFormat::Json,
+            Some("csv") => PageFormat::Csv,
+            Some(_) => return Err(Error::invalid("format: expected json or csv").into()),
+        };
+        Ok(PageAsk {
+            format,
+            page: int_param("page", query.page.as_deref(), 1, 1..=1_000_000_000)?,
+            limit: int_param("limit", query.limit.as_deref(), DEFAULT_PAGE, 0..=MAX_PAGE)?,
+            gzip: bool_param("gzip", query.gzip.as_deref())?,
+            run_id: match &query.run_id {
+                Some(raw) => Some(parse_id("runId", raw)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Where the page starts: a whole run's ids are contiguous (page N starts at a computed
+    /// id); a filtered selection in id order resumes after the previous page's last id when
+    /// that page was read (`after`), else skips.
+    fn seek(&self, plan: &Plan, run: &runs::Run, after: Option<i64>) -> Seek {
+        let skip = (self.page - 1).saturating_mul(self.limit);
+        match (self.limit, plan.id_order()) {
+            (0, _) => Seek::Start,
+            (_, Some(order)) if plan.is_whole_run() => {
+                let first = run.first_row_id;
+                let last = run.first_row_id + run.row_count - 1;
+                let skip = i64::try_from(skip).unwrap_or(i64::MAX);
+                match order {
+                    Order::Asc => Seek::FromId(first.saturating_add(skip)),
+                    Order::Desc => Seek::FromId(last.saturating_sub(skip)),
+                }
+            }
+            (_, Some(_)) => after.map_or(Seek::Skip(skip), Seek::AfterId),
+            (_, None) => Seek::Skip(skip),
+        }
+    }
+}
+
+/// The export's own validation: filters, sort, order and rowIds mean what they mean there;
+/// every field and `_id`.
+fn page_plan(wf: &Workflow, run: &runs::Run, query: &KadoaQuery) -> Result<Plan, ApiError> {
     let (mut request, _) = KadoaQuery {
         filters: query.filters.clone(),
         sort_by: query.sort_by.clone(),
@@ -240,118 +312,103 @@ pub async fn data(
         ..request
     }
     .validate(&wf.fields)?;
-    let plan = Plan::new(&wf, run.id, &spec)?;
-    let slot = state.read_slots.acquire(principal.project_id)?;
-    let total = page::count_rows(&state.pool, &plan).await?;
-    let per_page = if limit == 0 {
-        total.max(0) as u64
-    } else {
-        limit
-    };
-    let total_pages = if per_page == 0 {
-        0
-    } else {
-        (total as u64).div_ceil(per_page)
-    };
-    let key = query_hash(&[
+    Ok(Plan::new(wf, run.id, &spec)?)
+}
+
+/// The selection a page belongs to (its page keys are remembered under it).
+fn page_key(run: &runs::Run, query: &KadoaQuery, limit: u64) -> u64 {
+    query_hash(&[
         &run.id.to_string(),
         query.filters.as_deref().unwrap_or(""),
         query.sort_by.as_deref().unwrap_or(""),
         &query.order.as_deref().unwrap_or("").to_ascii_lowercase(),
         query.row_ids.as_deref().unwrap_or(""),
         &limit.to_string(),
-    ]);
-    let skip = (page - 1).saturating_mul(limit);
-    let seek = match (limit, plan.id_order()) {
-        (0, _) => Seek::Start,
-        // A whole run's ids are contiguous: page N starts at a computed id.
-        (_, Some(order)) if plan.is_whole_run() => {
-            let first = run.first_row_id;
-            let last = run.first_row_id + run.row_count - 1;
-            let skip = i64::try_from(skip).unwrap_or(i64::MAX);
-            match order {
-                Order::Asc => Seek::FromId(first.saturating_add(skip)),
-                Order::Desc => Seek::FromId(last.saturating_sub(skip)),
-            }
+    ])
+}
+
+/// The counts a page answer shows.
+struct PageShape {
+    total: i64,
+    total_pages: u64,
+}
+
+impl PageShape {
+    fn new(ask: &PageAsk, total: i64) -> PageShape {
+        let per_page = if ask.limit == 0 {
+            total.max(0) as u64
+        } else {
+            ask.limit
+        };
+        let total_pages = if per_page == 0 {
+            0
+        } else {
+            (total as u64).div_ceil(per_page)
+        };
+        PageShape { total, total_pages }
+    }
+
+    /// JSON: `{"workflowId":…,"runId":…,"executedAt":…` + `,"data":` rows
+    /// `,"pagination":…}`; CSV: the rows alone.
+    fn framing(&self, ask: &PageAsk, wf: &Workflow, run: &runs::Run) -> Framing {
+        if ask.format == PageFormat::Csv {
+            return Framing::default();
         }
-        (_, Some(_)) => match state.page_keys.get(key, page - 1) {
-            Some(after) => Seek::AfterId(after),
-            None => Seek::Skip(skip),
-        },
-        (_, None) => Seek::Skip(skip),
-    };
-    let framing = match format {
-        PageFormat::Csv => Framing::default(),
-        PageFormat::Json => {
-            let head = json!({
-                "workflowId": wf.id,
-                "runId": run.id,
-                "executedAt": run.executed_at,
-            })
-            .to_string();
-            let pagination = json!({
-                "totalCount": total,
-                "page": if limit == 0 { 1 } else { page },
-                "totalPages": total_pages,
-                "limit": limit,
-            });
-            Framing {
-                // `{"workflowId":…,"runId":…,"executedAt":…` + `,"data":` rows `,"pagination":…}`
-                prefix: format!("{},\"data\":", &head[..head.len() - 1]).into_bytes(),
-                suffix: format!(",\"pagination\":{pagination}}}\n").into_bytes(),
-            }
+        let head = json!({
+            "workflowId": wf.id,
+            "runId": run.id,
+            "executedAt": run.executed_at,
+        })
+        .to_string();
+        let pagination = json!({
+            "totalCount": self.total,
+            "page": if ask.limit == 0 { 1 } else { ask.page },
+            "totalPages": self.total_pages,
+            "limit": ask.limit,
+        });
+        Framing {
+            prefix: format!("{},\"data\":", &head[..head.len() - 1]).into_bytes(),
+            suffix: format!(",\"pagination\":{pagination}}}\n").into_bytes(),
         }
-    };
-    let streamed = page::stream_rows(
-        &state.pool,
-        plan.clone(),
-        seek,
-        (limit > 0).then_some(limit),
-        format,
-        gzip,
-        framing,
-        state.settings.body_timeout,
-    )
-    .await?;
-    if limit > 0 && plan.id_order().is_some() && !plan.is_whole_run() {
-        let (keys, last) = (state.page_keys.clone(), streamed.last_id);
-        tokio::spawn(async move {
-            if let Ok(Some(id)) = last.await {
-                keys.put(key, page, id);
-            }
-        });
     }
-    let body =
-        futures::stream::unfold((Some(streamed.body), Some(slot)), |(rx, slot)| async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Some(Some(bytes)) => Some((Ok::<Bytes, Error>(bytes), (Some(rx), slot))),
-                // The end: the slot is freed with the stream.
-                Some(None) => None,
-                // Cut short: the client sees the body end in an error, never a short file.
-                None => Some((
-                    Err(Error::Unexpected(anyhow::anyhow!(
-                        "the read stopped midway"
-                    ))),
-                    (None, None),
-                )),
-            }
-        });
-    let mut res = HttpResponse::Ok();
-    res.insert_header((
-        CONTENT_TYPE,
-        match format {
-            PageFormat::Json => "application/json",
-            PageFormat::Csv => "text/csv; charset=utf-8",
-        },
-    ));
-    if format == PageFormat::Csv {
-        res.insert_header(("x-total-count", total.to_string()));
-        res.insert_header(("x-total-pages", total_pages.to_string()));
-        res.insert_header(("x-page", page.to_string()));
+
+    fn headers(&self, res: &mut actix_web::HttpResponseBuilder, ask: &PageAsk) {
+        res.insert_header((
+            CONTENT_TYPE,
+            match ask.format {
+                PageFormat::Json => "application/json",
+                PageFormat::Csv => "text/csv; charset=utf-8",
+            },
+        ));
+        if ask.format == PageFormat::Csv {
+            res.insert_header(("x-total-count", self.total.to_string()));
+            res.insert_header(("x-total-pages", self.total_pages.to_string()));
+            res.insert_header(("x-page", ask.page.to_string()));
+        }
+        if ask.gzip {
+            res.insert_header((CONTENT_ENCODING, "gzip"));
+        }
     }
-    if gzip {
-        res.insert_header((CONTENT_ENCODING, "gzip"));
-    }
-    Ok(res.streaming(body))
+}
+
+/// The streamed rows as a body that holds the project's read slot until it ends. Cut short,
+/// the client sees the body end in an error, never a short file.
+fn slot_body<S: 'static>(
+    rx: tokio::sync::mpsc::Receiver<wharf_shared::export::upload::Piece>,
+    slot: S,
+) -> impl futures::Stream<Item = Result<Bytes, Error>> {
+    futures::stream::unfold((Some(rx), Some(slot)), |(rx, slot)| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Some(bytes)) => Some((Ok::<Bytes, Error>(bytes), (Some(rx), slot))),
+            // The end: the slot is freed with the stream.
+            Some(None) => None,
+            None => Some((
+                Err(Error::Unexpected(anyhow::anyhow!(
+                    "the read stopped midway"
+                ))),
+                (None, None),
+            )),
+        }
+    })
 }
