@@ -141,28 +141,14 @@ async fn import(
         rec.id.simple(),
         claim.attempt
     )));
-    tokio::fs::create_dir_all(&scratch.0)
-        .await
-        .map_err(|e| Error::Unexpected(e.into()))?;
+    tokio::fs::create_dir_all(&scratch.0).await.map_err(io)?;
     let _bundle_room = ctx
         .scratch
         .reserve(u64::try_from(file.size_bytes).unwrap_or(u64::MAX))
         .await?;
     let zip_path = scratch.0.join("bundle.zip");
-    let mut out = tokio::fs::File::create(&zip_path)
-        .await
-        .map_err(|e| Error::Unexpected(e.into()))?;
-    let mut body = ctx.store.get(&file.object_key, None).await?;
-    while let Some(chunk) = body.next().await {
-        out.write_all(&chunk?)
-            .await
-            .map_err(|e| Error::Unexpected(e.into()))?;
-    }
-    out.flush().await.map_err(|e| Error::Unexpected(e.into()))?;
-    drop(out);
-
-    let dir = scratch.0.clone();
-    let budget = ctx.scratch.clone();
+    download(ctx, &file.object_key, &zip_path).await?;
+    let (dir, budget) = (scratch.0.clone(), ctx.scratch.clone());
     let verified = tokio::task::spawn_blocking(move || verify(&zip_path, &dir, &budget))
         .await
         .map_err(|e| Error::Unexpected(e.into()))??;
@@ -176,64 +162,112 @@ async fn import(
         Some(id) => Some(target_workflow(ctx, rec.project_id, id, &verified).await?),
         None => None,
     };
-
     let mut conn = sqlx::PgConnection::connect_with(&ctx.pool.connect_options()).await?;
     let mut tx = conn.begin().await?;
-    let mut result = Vec::with_capacity(verified.workflows.len());
-    let mut written = 0u64;
-    let verified = Arc::new(verified);
-    for (w, vw) in verified.workflows.iter().enumerate() {
-        let wf = match &target {
-            Some(wf) => wf.clone(),
-            None => {
-                let name = match (&rec.import_name, verified.workflows.len()) {
-                    (Some(n), 1) => n.clone(),
-                    _ => vw.name.clone(),
-                };
-                workflows::create_in(&mut tx, rec.project_id, &name, &vw.fields).await?
-            }
-        };
-        let mut rows_of_wf = 0u64;
-        for r in 0..vw.runs.len() {
-            if cancel.is_cancelled() {
-                return Err(crate::export::stopped());
-            }
-            let first = imports::next_row_id(&mut tx, wf.id).await?;
-            let run_id = crate::domain::ids::new_id();
-            let n = copy_run(&mut tx, &wf, verified.clone(), w, r, run_id, first).await?;
-            let run = &vw.runs[r];
-            if n as i64 != run.rows {
-                return Err(refuse(
-                    FailureCode::SchemaMismatch,
-                    format!(
-                        "{}: read {n} rows, the manifest says {}",
-                        run.file, run.rows
-                    ),
-                ));
-            }
-            imports::add_run_with_id(&mut tx, wf.id, run_id, first, run.rows, run.executed_at)
-                .await?;
-            rows_of_wf += n;
-            written += n;
-            progress
-                .rows
-                .store(written, std::sync::atomic::Ordering::Relaxed);
-        }
-        result.push(serde_json::json!({
-            "sourceId": vw.source_id,
-            "workflowId": wf.id,
-            "name": wf.name,
-            "runs": vw.runs.len(),
-            "rows": rows_of_wf,
-        }));
-    }
-    let result = serde_json::json!({ "workflows": result });
+    let into = Landing {
+        rec,
+        target,
+        progress,
+        cancel,
+    };
+    let (written, result) = into.write(&mut tx, Arc::new(verified)).await?;
     if !imports::complete_import(&mut tx, claim, written as i64, &result).await? {
         tx.rollback().await.ok();
         return Ok(None);
     }
     tx.commit().await?;
     Ok(Some(written))
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Unexpected(e.into())
+}
+
+/// The uploaded bundle, from the store to the scratch disk.
+async fn download(ctx: &ExportContext, key: &str, path: &std::path::Path) -> Result<()> {
+    let mut out = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut body = ctx.store.get(key, None).await?;
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk?).await.map_err(io)?;
+    }
+    out.flush().await.map_err(io)
+}
+
+/// Where an import's verified workflows go, in its one transaction.
+struct Landing<'a> {
+    rec: &'a ExportRecord,
+    /// The existing workflow runs are added to (`workflowId`), or new workflows.
+    target: Option<Workflow>,
+    progress: &'a Progress,
+    cancel: &'a CancellationToken,
+}
+
+impl Landing<'_> {
+    /// Every workflow and run of the bundle: the rows written and the import's result.
+    async fn write(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        verified: Arc<Verified>,
+    ) -> Result<(u64, serde_json::Value)> {
+        let mut result = Vec::with_capacity(verified.workflows.len());
+        let mut written = 0u64;
+        for (w, vw) in verified.workflows.iter().enumerate() {
+            let wf = match &self.target {
+                Some(wf) => wf.clone(),
+                None => {
+                    let name = match (&self.rec.import_name, verified.workflows.len()) {
+                        (Some(n), 1) => n.clone(),
+                        _ => vw.name.clone(),
+                    };
+                    workflows::create_in(tx, self.rec.project_id, &name, &vw.fields).await?
+                }
+            };
+            let before = written;
+            for r in 0..vw.runs.len() {
+                written += self.run(tx, &wf, verified.clone(), (w, r), written).await?;
+            }
+            result.push(serde_json::json!({
+                "sourceId": vw.source_id,
+                "workflowId": wf.id,
+                "name": wf.name,
+                "runs": vw.runs.len(),
+                "rows": written - before,
+            }));
+        }
+        Ok((written, serde_json::json!({ "workflows": result })))
+    }
+
+    /// One run of the bundle (workflow `w`, run `r`) as a new run of `wf`.
+    async fn run(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        wf: &Workflow,
+        verified: Arc<Verified>,
+        (w, r): (usize, usize),
+        written: u64,
+    ) -> Result<u64> {
+        if self.cancel.is_cancelled() {
+            return Err(crate::export::stopped());
+        }
+        let first = imports::next_row_id(tx, wf.id).await?;
+        let run_id = crate::domain::ids::new_id();
+        let n = copy_run(tx, wf, verified.clone(), w, r, run_id, first).await?;
+        let run = &verified.workflows[w].runs[r];
+        if n as i64 != run.rows {
+            return Err(refuse(
+                FailureCode::SchemaMismatch,
+                format!(
+                    "{}: read {n} rows, the manifest says {}",
+                    run.file, run.rows
+                ),
+            ));
+        }
+        imports::add_run_with_id(tx, wf.id, run_id, first, run.rows, run.executed_at).await?;
+        self.progress
+            .rows
+            .store(written + n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// The workflow an import adds runs to: the bundle must hold one workflow, of the same schema.
