@@ -184,17 +184,10 @@ fn encode(
     let mut zip = Some(ZipStream::new(sink, header.created_at));
     let mut definitions: Vec<EntryDone> = Vec::with_capacity(items.len());
     for item in items {
-        let wf = &item.wf;
-        let definition = json!({
-            "id": wf.id,
-            "name": wf.name,
-            "schema": wf.fields,
-            "createdAt": bundle_time(wf.created_at),
-        });
-        let bytes =
-            serde_json::to_vec_pretty(&definition).map_err(|e| Error::Unexpected(e.into()))?;
+        let bytes = serde_json::to_vec_pretty(&definition(&item.wf))
+            .map_err(|e| Error::Unexpected(e.into()))?;
         let z = zip.as_mut().ok_or_else(stopped)?;
-        definitions.push(z.put(&definition_path(wf.id), &bytes).map_err(io)?);
+        definitions.push(z.put(&definition_path(item.wf.id), &bytes).map_err(io)?);
     }
     let mut files: Vec<Vec<(EntryDone, u64)>> = items.iter().map(|_| Vec::new()).collect();
     // Parts arrive in the order of `items` and their runs.
@@ -206,23 +199,62 @@ fn encode(
     let mut rows = 0u64;
     while let Some(part) = pipeline::next_part(rx)? {
         let &(w, r) = order.get(part).ok_or_else(stopped)?;
-        let (item, run) = (&items[w], &items[w].runs[r]);
-        let mut z = zip.take().ok_or_else(stopped)?;
-        z.begin(&run_path(item.wf.id, run.id)).map_err(io)?;
-        let mut pw = ParquetWriter::new(z, &item.plan_columns, Compression::Zstd)?;
-        let n = pipeline::decode_part(rx, progress, rows, |buf, f| pw.row(buf, f))?;
+        let z = zip.take().ok_or_else(stopped)?;
+        let (z, entry, n) = run_entry(z, &items[w], r, rx, progress, rows)?;
         rows += n;
-        if i64::try_from(n).ok() != Some(run.row_count) {
-            return Err(Error::Unexpected(anyhow::anyhow!(
-                "run {} holds {n} rows, its record says {}",
-                run.id,
-                run.row_count
-            )));
-        }
-        let mut z = pw.close()?;
-        files[w].push((z.end().map_err(io)?, n));
+        files[w].push((entry, n));
         zip = Some(z);
     }
+    let bytes = serde_json::to_vec_pretty(&manifest(header, items, definitions, files))
+        .map_err(|e| Error::Unexpected(e.into()))?;
+    let mut z = zip.take().ok_or_else(stopped)?;
+    z.put(MANIFEST, &bytes).map_err(io)?;
+    let sink = z.finish().map_err(io)?;
+    Ok((sink.finish().map_err(io)?, rows))
+}
+
+fn definition(wf: &Workflow) -> serde_json::Value {
+    json!({
+        "id": wf.id,
+        "name": wf.name,
+        "schema": wf.fields,
+        "createdAt": bundle_time(wf.created_at),
+    })
+}
+
+/// One run's rows as a Parquet entry of the ZIP: the entry and its row count (which must be
+/// the run's own).
+fn run_entry(
+    mut z: ZipStream<ChunkSink>,
+    item: &Item,
+    r: usize,
+    rx: &mut Feed,
+    progress: &Progress,
+    rows_before: u64,
+) -> Result<(ZipStream<ChunkSink>, EntryDone, u64)> {
+    let run = &item.runs[r];
+    z.begin(&run_path(item.wf.id, run.id)).map_err(io)?;
+    let mut pw = ParquetWriter::new(z, &item.plan_columns, Compression::Zstd)?;
+    let n = pipeline::decode_part(rx, progress, rows_before, |buf, f| pw.row(buf, f))?;
+    if i64::try_from(n).ok() != Some(run.row_count) {
+        return Err(Error::Unexpected(anyhow::anyhow!(
+            "run {} holds {n} rows, its record says {}",
+            run.id,
+            run.row_count
+        )));
+    }
+    let mut z = pw.close()?;
+    let entry = z.end().map_err(io)?;
+    Ok((z, entry, n))
+}
+
+/// `manifest.json`: every workflow's definition and runs, with their entries' sha256 and size.
+fn manifest(
+    header: &Header,
+    items: &[Item],
+    definitions: Vec<EntryDone>,
+    files: Vec<Vec<(EntryDone, u64)>>,
+) -> serde_json::Value {
     let workflows: Vec<serde_json::Value> = items
         .iter()
         .zip(definitions)
@@ -253,17 +285,12 @@ fn encode(
             })
         })
         .collect();
-    let manifest = json!({
+    json!({
         "format": "wharf-bundle",
         "version": BUNDLE_VERSION,
         "scope": header.scope.as_str(),
         "createdAt": bundle_time(header.created_at),
         "source": {"project": header.project},
         "workflows": workflows,
-    });
-    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Unexpected(e.into()))?;
-    let mut z = zip.take().ok_or_else(stopped)?;
-    z.put(MANIFEST, &bytes).map_err(io)?;
-    let sink = z.finish().map_err(io)?;
-    Ok((sink.finish().map_err(io)?, rows))
+    })
 }
