@@ -46,6 +46,27 @@ chromium_up() {
   fi
 }
 
+# promtool, for the metrics test: only the binary, unpacked from Debian's prometheus package into
+# the cache (installing the package would also install and start a Prometheus server).
+promtool_up() {
+  local dir="$CACHE/promtool"
+  if [ ! -x "$dir/usr/bin/promtool" ] && ! command -v promtool >/dev/null 2>&1; then
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 ||
+          { apt-get update -q >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } &&
+          dpkg -x prometheus_*.deb "$dir"); then
+      rm -rf "$tmp"
+      echo "services: fetching promtool (Debian's prometheus package) failed" >&2
+      return 1
+    fi
+    rm -rf "$tmp"
+  fi
+  if [ -x "$dir/usr/bin/promtool" ]; then
+    export WHARF_TEST_PROMTOOL="$dir/usr/bin/promtool"
+  fi
+}
+
 # s3s-fs: installed from the registry once (a release build of its own, ~5 minutes on 2 cores),
 # in the background, so it compiles while the caller builds Wharf; `s3_up` waits for it and
 # starts it. Callers that need S3 call `s3_up` after their own build.

@@ -205,8 +205,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, queue figures fresh within `QUEUE_CACHE`.
-    pub async fn render(&self, pool: &PgPool) -> Result<String> {
+    /// The exposition in `format`, queue figures fresh within `QUEUE_CACHE`.
+    pub async fn render(&self, pool: &PgPool, format: Exposition) -> Result<String> {
         let stale = self
             .read_at
             .lock()
@@ -230,9 +230,108 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| crate::error::Error::Unexpected(anyhow::anyhow!("metrics: {e}")))?;
-        Ok(out)
+        Ok(match format {
+            Exposition::OpenMetrics => out,
+            Exposition::Prometheus => classic(&out),
+        })
     }
 }
 
-/// The exposition's content type.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The two text formats scrapers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0, as `prometheus-client` encodes it.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4: what a scraper gets unless it asks for OpenMetrics
+    /// (promtool, the classic parser, most agents).
+    Prometheus,
+}
+
+impl Exposition {
+    /// The format an `Accept` header asks for: OpenMetrics only when it names it.
+    pub fn from_accept(accept: Option<&str>) -> Exposition {
+        match accept {
+            Some(a)
+                if a.to_ascii_lowercase()
+                    .contains("application/openmetrics-text") =>
+            {
+                Exposition::OpenMetrics
+            }
+            _ => Exposition::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => OPENMETRICS,
+            Exposition::Prometheus => PROMETHEUS,
+        }
+    }
+}
+
+/// The OpenMetrics exposition's content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format's.
+pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The library's OpenMetrics exposition as the Prometheus text format 0.0.4. The samples are
+/// the same; the formats differ in three things only: a counter's family is named with its
+/// `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family without it, so classic
+/// parsers see `x_total` samples with no help and no type), there is no `# UNIT`, and no
+/// `# EOF`.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_with_their_suffix() {
+        let om = "# HELP a_rows Rows.\n# TYPE a_rows counter\na_rows_total 3\n\
+                  # HELP a_q Queued.\n# TYPE a_q gauge\na_q{status=\"queued\"} 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP a_rows_total Rows.\n# TYPE a_rows_total counter\na_rows_total 3\n\
+             # HELP a_q Queued.\n# TYPE a_q gauge\na_q{status=\"queued\"} 1\n"
+        );
+        assert_eq!(Exposition::from_accept(None), Exposition::Prometheus);
+        assert_eq!(
+            Exposition::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Exposition::OpenMetrics
+        );
+        assert_eq!(
+            Exposition::from_accept(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")),
+            Exposition::Prometheus
+        );
+    }
+}

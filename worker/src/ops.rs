@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio_util::sync::CancellationToken;
+use wharf_shared::metrics::Exposition;
 use wharf_shared::repo::ops;
 
 use crate::startup::Worker;
@@ -48,10 +49,16 @@ pub async fn serve_metrics(
     Ok(bound)
 }
 
-async fn metrics(worker: web::Data<Worker>) -> HttpResponse {
-    match worker.ctx.metrics.render(&worker.ctx.pool).await {
+async fn metrics(req: actix_web::HttpRequest, worker: web::Data<Worker>) -> HttpResponse {
+    let format = Exposition::from_accept(
+        req.headers()
+            .get(actix_web::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match worker.ctx.metrics.render(&worker.ctx.pool, format).await {
         Ok(text) => HttpResponse::Ok()
-            .content_type(wharf_shared::metrics::CONTENT_TYPE)
+            .content_type(format.content_type())
+            .insert_header((actix_web::http::header::VARY, "Accept"))
             .body(text),
         Err(e) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")

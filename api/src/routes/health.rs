@@ -3,6 +3,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 use wharf_shared::ErrorCode;
+use wharf_shared::metrics::Exposition;
 
 use crate::error::{ApiError, envelope_response};
 use crate::state::AppState;
@@ -55,17 +56,27 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
-/// Metrics in the Prometheus/OpenMetrics text format: queue depth and oldest age (from
-/// PostgreSQL, cached for a second), this process's HTTP requests and latency by route pattern,
-/// and its connection pool.
+/// Metrics: queue depth and oldest age (from PostgreSQL, cached for a second), this process's
+/// HTTP requests and latency by route pattern, and its connection pool. The Prometheus text
+/// format 0.0.4, or OpenMetrics 1.0.0 when `Accept` asks for it.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+    responses((status = 200, description = "Prometheus text 0.0.4 (`text/plain; version=0.0.4`), or OpenMetrics text when Accept names application/openmetrics-text",
+        content((String = "text/plain"), (String = "application/openmetrics-text"))),
         (status = 503, body = crate::error::ErrorEnvelope)))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let body = state.metrics.render(&state.pool).await?;
+pub async fn metrics(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let format = Exposition::from_accept(
+        req.headers()
+            .get(actix_web::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let body = state.metrics.render(&state.pool, format).await?;
     Ok(HttpResponse::Ok()
-        .content_type(wharf_shared::metrics::CONTENT_TYPE)
+        .content_type(format.content_type())
+        .insert_header((actix_web::http::header::VARY, "Accept"))
         .body(body))
 }
 

@@ -320,3 +320,104 @@ async fn screenshot(app: &TestApp) -> Option<std::path::PathBuf> {
     assert!(dom.contains("Running exports"), "{dom}");
     Some(png)
 }
+
+/// promtool: `WHARF_TEST_PROMTOOL` (scripts/test unpacks Debian's into its cache), else PATH.
+fn promtool() -> String {
+    std::env::var("WHARF_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into())
+}
+
+/// `promtool check metrics` of an exposition: its exit status and what it printed.
+fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool ({}): {e}; scripts/test fetches it (Debian's prometheus package)",
+                promtool()
+            )
+        });
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// Both processes answer the Prometheus text format 0.0.4 by default, which promtool (the
+/// classic parser) accepts with every series typed and described, and OpenMetrics when the
+/// scraper asks for it.
+#[tokio::test]
+async fn metrics_pass_promtool_and_speak_openmetrics_when_asked() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_METRICS_LISTEN", "127.0.0.1:0")]).await;
+    let worker = app.start_worker().await;
+    let wurl = format!("http://{}/metrics", worker.metrics_addr().await);
+    let (p, wf) = app.one_row_workflow().await;
+    let done = app
+        .export_and_wait(&p.key, &wf, &json!({"format": "csv"}))
+        .await;
+    assert_eq!(done["status"], "COMPLETED");
+    worker.idle().await;
+    let api_counters = ["wharf_http_requests_total"].as_slice();
+    let worker_counters = [
+        "wharf_exports_finished_total",
+        "wharf_export_rows_total",
+        "wharf_export_bytes_total",
+    ];
+    for (url, counters) in [
+        (app.url("/metrics"), api_counters),
+        (wurl, worker_counters.as_slice()),
+    ] {
+        let res = app.client.get(&url).send().await.expect("scraped");
+        assert_eq!(res.status(), 200, "{url}");
+        let ct = res.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{url}: {ct}");
+        let text = res.text().await.expect("text");
+        let (ok, said) = promtool_check(&text);
+        assert!(ok, "promtool on {url}: {said}\n{text}");
+        assert!(said.trim().is_empty(), "promtool on {url} found: {said}");
+        for counter in counters {
+            assert!(
+                text.contains(&format!("# TYPE {counter} counter"))
+                    && text.contains(&format!("# HELP {counter} ")),
+                "{url}: {counter} typed and described\n{text}"
+            );
+        }
+        assert!(!text.contains("# EOF"), "{url}");
+
+        let res = app
+            .client
+            .get(&url)
+            .header(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )
+            .send()
+            .await
+            .expect("scraped");
+        let ct = res.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            ct.starts_with("application/openmetrics-text"),
+            "{url}: {ct}"
+        );
+        let text = res.text().await.expect("text");
+        assert!(text.ends_with("# EOF\n"), "{url}: {text}");
+        assert!(text.contains("# TYPE wharf_export_rows counter"), "{text}");
+    }
+}
