@@ -67,6 +67,23 @@ promtool_up() {
   fi
 }
 
+# Python tools the tests and CI run, pinned, in a virtualenv of the cache (once): the Standard
+# Webhooks library (the webhook test verifies deliveries with it), the OpenAPI validator and
+# openapi-python-client (scripts/openapi-client). Exports WHARF_TEST_PYTHON.
+PYTOOLS="$CACHE/pytools"
+PYTOOLS_PINS="standardwebhooks==1.1.0 openapi-spec-validator==0.9.0 openapi-python-client==0.29.1"
+python_tools_up() {
+  if [ ! -f "$PYTOOLS/.pins" ] || [ "$(cat "$PYTOOLS/.pins")" != "$PYTOOLS_PINS" ]; then
+    echo "services: installing the Python test tools (once; cached in $PYTOOLS)"
+    rm -rf "$PYTOOLS"
+    python3 -m venv "$PYTOOLS"
+    # shellcheck disable=SC2086
+    "$PYTOOLS/bin/pip" install -q $PYTOOLS_PINS
+    echo "$PYTOOLS_PINS" >"$PYTOOLS/.pins"
+  fi
+  export WHARF_TEST_PYTHON="$PYTOOLS/bin/python"
+}
+
 # s3s-fs: installed from the registry once (a release build of its own, ~5 minutes on 2 cores),
 # in the background, so it compiles while the caller builds Wharf; `s3_up` waits for it and
 # starts it. Callers that need S3 call `s3_up` after their own build.

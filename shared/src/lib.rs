@@ -17,6 +17,7 @@ pub mod repo;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod webhooks;
 
 pub use error::{Error, ErrorCode, Result};

@@ -22,8 +22,9 @@ pub struct Worker {
     pub timing: Timing,
     /// `WHARF_METRICS_LISTEN`, and the address bound there once running.
     pub metrics: MetricsEndpoint,
+    /// What webhook events need: the public URL and signing keys of their links,
     /// `WHARF_WEBHOOK_ALLOW_PRIVATE`.
-    pub webhook_allow_private: bool,
+    pub settings: Arc<Settings>,
     inflight: Arc<AtomicUsize>,
     /// Set when the process was told to stop: new jobs are passed on, not started.
     draining: CancellationToken,
@@ -112,7 +113,7 @@ impl Worker {
                 listen: settings.metrics_listen.clone(),
                 addr: Arc::default(),
             },
-            webhook_allow_private: settings.webhook_allow_private,
+            settings: Arc::new(settings.clone()),
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: CancellationToken::new(),
         })

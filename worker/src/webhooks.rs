@@ -13,11 +13,11 @@ use wharf_shared::Error;
 use wharf_shared::jobs::{Job, JobError, Kind};
 use wharf_shared::repo::exports;
 use wharf_shared::repo::webhooks::{self, Failure};
+use wharf_shared::webhooks::{Event, SendError, event_data, send};
 
 use crate::startup::Worker;
 
-/// Per attempt: connect, send, and the receiver's answer.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+use wharf_shared::webhooks::TIMEOUT;
 /// Deliveries in flight per worker.
 const IN_FLIGHT: usize = 32;
 /// Endpoints of one project in flight at once: a quarter of a worker's slots, so one
@@ -170,44 +170,21 @@ async fn attempt(worker: &Worker, d: &webhooks::Delivery) -> Result<u16, JobErro
     let job = exports::get_any(pool, d.job_id)
         .await?
         .ok_or(Error::NotFound("export"))?;
-    // Checked again at delivery: a name may resolve elsewhere now than at registration.
-    let (target, addrs) = wharf_shared::webhooks::resolve(&hook.url, worker.webhook_allow_private)
-        .await
-        .map_err(|e| retry(e.public_message()))?;
-    let body = serde_json::json!({
-        "id": format!("evt_{}", d.event_id.simple()),
-        "type": d.event_type,
-        "createdAt": d.created_at,
-        "data": wharf_shared::webhooks::event_data(&job),
-    });
-    let body = serde_json::to_vec(&body).map_err(|e| retry(e.to_string()))?;
-    let t = chrono::Utc::now().timestamp();
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        // Connect where the check looked, not where a second lookup might point.
-        .resolve_to_addrs(&target.host, &addrs)
-        .build()
-        .map_err(|e| retry(e.to_string()))?;
-    // The URL as checked (normalized), to the addresses checked.
-    let res = client
-        .post(target.url.clone())
-        .header("content-type", "application/json")
-        .header("user-agent", "wharf-webhooks/1")
-        .header("wharf-event-id", format!("evt_{}", d.event_id.simple()))
-        .header(
-            "wharf-signature",
-            wharf_shared::webhooks::signature(&hook.secret, t, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            retry(if e.is_timeout() {
-                format!("no answer within {} s", TIMEOUT.as_secs())
-            } else {
-                "could not connect or send".to_string()
-            })
-        })?;
-    Ok(res.status().as_u16())
+    let event = Event {
+        id: format!("evt_{}", d.event_id.simple()),
+        kind: &d.event_type,
+        created_at: d.created_at,
+        data: event_data(&worker.settings, &job),
+    };
+    send(
+        &hook.url,
+        worker.settings.webhook_allow_private,
+        &hook.secret,
+        &event,
+    )
+    .await
+    .map_err(|e| match e {
+        SendError::Refused(e) => retry(e.public_message()),
+        SendError::Failed(why) => retry(why),
+    })
 }

@@ -2,7 +2,7 @@
 //! (from memory when finished), wait for a final status, sign its keyless link, and where a
 //! waiting export stands.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sha2::{Digest, Sha256};
 use wharf_shared::Error;
 use wharf_shared::auth::Principal;
@@ -10,7 +10,6 @@ use wharf_shared::domain::export::ExportRequest;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::{ExportScope, ExportStatus};
 use wharf_shared::repo::exports::{self, Created, ExportRecord, NewExport};
-use wharf_shared::signing::{self, LinkClaims};
 
 use super::workflows::find;
 use crate::auth::parse_id;
@@ -70,22 +69,6 @@ pub(crate) async fn wait_final(
         };
         tokio::time::timeout(tick, notified).await.ok();
     }
-}
-
-/// The export's signed, keyless file link (`WHARF_LINK_TTL` from now) and when it expires.
-pub fn signed_link(state: &AppState, r: &ExportRecord) -> Option<(String, DateTime<Utc>)> {
-    let expires = Utc::now().timestamp() + state.settings.link_ttl.as_secs() as i64;
-    let claims = LinkClaims {
-        export_id: r.id,
-        workflow_id: r.link_workflow(),
-        format: &r.format,
-        expires,
-    };
-    signing::signed_url(
-        &state.settings.public_url,
-        &state.settings.signing_keys,
-        &claims,
-    )
 }
 
 /// Creates the export job and a hash that identifies its parameters.

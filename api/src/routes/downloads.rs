@@ -12,11 +12,12 @@ use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, ExportRecord};
 use wharf_shared::signing::{self, LinkClaims};
 
-use crate::app::exports::{find_export, signed_link};
+use crate::app::exports::find_export;
 use crate::app::files::{meta_of, stream};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use wharf_shared::views::signed_link;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -92,7 +93,7 @@ async fn redirect_or_stream(
             // A store without download URLs (a local directory): the API's own signed link.
             let url = match presigned {
                 Some(url) => url,
-                None => signed_link(&state, &rec)
+                None => signed_link(&state.settings, &rec)
                     .map(|(url, _)| url)
                     .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?,
             };

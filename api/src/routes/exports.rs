@@ -92,8 +92,8 @@ pub async fn post_export(
     )
     .await?
     {
-        Created::New(rec) => Ok(HttpResponse::Accepted().json(created_dto(&state, &rec))),
-        Created::Existing(rec) => Ok(HttpResponse::Ok().json(created_dto(&state, &rec))),
+        Created::New(rec) => Ok(HttpResponse::Accepted().json(created_dto(&state.settings, &rec))),
+        Created::Existing(rec) => Ok(HttpResponse::Ok().json(created_dto(&state.settings, &rec))),
     }
 }
 
@@ -117,7 +117,12 @@ pub async fn get_export(
             return Err(Error::NotFound("export").into());
         }
         require_for(principal, &hit.rec)?;
-        return Ok(HttpResponse::Ok().json(status_dto(&state, &hit.rec, hit.position, hit.eta)));
+        return Ok(HttpResponse::Ok().json(status_dto(
+            &state.settings,
+            &hit.rec,
+            hit.position,
+            hit.eta,
+        )));
     }
     let mut rec = find_export(&state, principal, &path).await?;
     if let Some(raw) = &query.wait {
@@ -133,7 +138,7 @@ pub async fn get_export(
     }
     let (position, eta) = standing(&state, &rec).await?;
     state.waiters.remember_running(&rec, position, eta);
-    Ok(HttpResponse::Ok().json(status_dto(&state, &rec, position, eta)))
+    Ok(HttpResponse::Ok().json(status_dto(&state.settings, &rec, position, eta)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -181,7 +186,9 @@ pub async fn list_exports(
     let (rows, next) =
         exports::list(&state.pool, principal.project_id, wf.id, status, page).await?;
     Ok(HttpResponse::Ok().json(List::new(
-        rows.iter().map(|r| export_dto(&state, r)).collect(),
+        rows.iter()
+            .map(|r| export_dto(&state.settings, r))
+            .collect(),
         next,
     )))
 }
@@ -207,7 +214,7 @@ pub async fn cancel_export(
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
             tracing::info!(export_id = %id, "export cancelled");
-            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
+            Ok(HttpResponse::Accepted().json(export_dto(&state.settings, &rec)))
         }
         Some(Cancelled::Finished(status)) => Err(Error::Conflict(format!(
             "export is {status} and can no longer be cancelled"

@@ -69,7 +69,7 @@ pub struct ImportDto {
 }
 
 fn import_dto(state: &AppState, rec: &ExportRecord) -> ImportDto {
-    let e = export_dto(state, rec);
+    let e = export_dto(&state.settings, rec);
     let workflows = imported_workflows(rec)
         .iter()
         .map(|w| ImportedWorkflow {

@@ -66,7 +66,9 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(webhooks::create)
         .service(webhooks::list)
         .service(webhooks::remove)
-        .service(webhooks::deliveries);
+        .service(webhooks::deliveries)
+        .service(webhooks::test)
+        .service(webhooks::retry);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

@@ -1,5 +1,5 @@
-//! Webhook endpoints (admin scope): register (the URL checked against SSRF), list, remove, and
-//! the recent deliveries of one.
+//! Webhook endpoints (admin scope): register (the URL checked against SSRF), list, remove, send
+//! a test event, the recent deliveries of one, and a delivery sent again.
 
 use actix_web::{HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::webhooks::{self, Webhook};
-use wharf_shared::webhooks::{EVENTS, resolve};
+use wharf_shared::webhooks::{EVENTS, Event, SendError, new_secret, resolve, send};
 
 use super::{List, ListQuery};
 use crate::auth::{Auth, parse_id};
@@ -42,7 +42,8 @@ pub struct WebhookCreated {
     pub id: uuid::Uuid,
     pub url: String,
     pub events: Vec<String>,
-    /// `whsec_…`: the HMAC key of `Wharf-Signature`, shown only here.
+    /// `whsec_…` and the base64 of 32 bytes: the HMAC key of `Wharf-Signature` (the whole
+    /// string) and of the Standard Webhooks `webhook-signature` (the bytes), shown only here.
     pub secret: String,
     pub created_at: DateTime<Utc>,
 }
@@ -94,7 +95,7 @@ pub async fn create(
         }
     }
     resolve(&req.url, state.settings.webhook_allow_private).await?;
-    let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let secret = new_secret();
     let hook = webhooks::create(
         &state.pool,
         principal.project_id,
@@ -159,6 +160,8 @@ pub async fn remove(
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryDto {
+    /// The delivery (one event to this endpoint): what `…/deliveries/{deliveryId}/retry` takes.
+    pub id: uuid::Uuid,
     /// `evt_…`, as the receiver saw it.
     pub event_id: String,
     pub event: String,
@@ -196,20 +199,114 @@ pub async fn deliveries(
         .ok_or(Error::NotFound("webhook"))?;
     let rows = webhooks::deliveries(&state.pool, hook.id, 100).await?;
     Ok(HttpResponse::Ok().json(DeliveryList {
-        data: rows
-            .into_iter()
-            .map(|d| DeliveryDto {
-                event_id: format!("evt_{}", d.event_id.simple()),
-                event: d.event_type,
-                job_id: d.job_id,
-                next_attempt_at: d.next_attempt_at.filter(|_| d.state == "PENDING"),
-                state: d.state,
-                attempts: d.attempts,
-                last_status_code: d.last_status,
-                last_error: d.last_error,
-                created_at: d.created_at,
-                delivered_at: d.delivered_at,
-            })
-            .collect(),
+        data: rows.into_iter().map(DeliveryDto::from).collect(),
     }))
+}
+
+impl From<webhooks::Delivery> for DeliveryDto {
+    fn from(d: webhooks::Delivery) -> Self {
+        DeliveryDto {
+            id: d.id,
+            event_id: format!("evt_{}", d.event_id.simple()),
+            event: d.event_type,
+            job_id: d.job_id,
+            next_attempt_at: d.next_attempt_at.filter(|_| d.state == "PENDING"),
+            state: d.state,
+            attempts: d.attempts,
+            last_status_code: d.last_status,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+/// What a test event got.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSent {
+    /// The `ping` event's id (`evt_…`).
+    pub event_id: String,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    /// What the receiver answered, if it answered.
+    pub status_code: Option<u16>,
+    /// Why there was no answer (no connection, no answer within 10 s, an address the rules
+    /// refuse now).
+    pub error: Option<String>,
+}
+
+/// Sends a `ping` event to the endpoint at once, signed as every delivery, and answers with what
+/// the receiver said (admin scope). Not retried, not recorded as a delivery.
+#[utoipa::path(post, operation_id = "test_webhook", path = "/v1/webhooks/{webhookId}/test", tag = "webhooks", params(("webhookId" = uuid::Uuid, Path)),
+    responses((status = 200, body = TestSent), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+#[post("/v1/webhooks/{webhookId}/test")]
+pub async fn test(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let id = parse_id("webhookId", &path)?;
+    let hook = webhooks::get(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("webhook"))?;
+    let event = Event {
+        id: format!("evt_{}", wharf_shared::domain::ids::new_id().simple()),
+        kind: "ping",
+        created_at: Utc::now(),
+        data: serde_json::json!({"webhookId": hook.id, "url": hook.url}),
+    };
+    let sent = send(
+        &hook.url,
+        state.settings.webhook_allow_private,
+        &hook.secret,
+        &event,
+    )
+    .await;
+    tracing::info!(webhook_id = %hook.id, outcome = ?sent.as_ref().ok(), "webhook test sent");
+    let (status_code, error) = match sent {
+        Ok(code) => (Some(code), None),
+        Err(SendError::Refused(e)) => (None, Some(e.public_message())),
+        Err(SendError::Failed(why)) => (None, Some(why)),
+    };
+    Ok(HttpResponse::Ok().json(TestSent {
+        event_id: event.id,
+        delivered: status_code.is_some_and(|c| (200..300).contains(&c)),
+        status_code,
+        error,
+    }))
+}
+
+/// Sends a delivery again: QUEUED at once with a day of attempts of its own, whatever its state
+/// (receivers dedupe by the event's id); the endpoint's pause after failures ends (admin scope).
+#[utoipa::path(post, operation_id = "retry_webhook_delivery", path = "/v1/webhooks/{webhookId}/deliveries/{deliveryId}/retry", tag = "webhooks",
+    params(("webhookId" = uuid::Uuid, Path), ("deliveryId" = uuid::Uuid, Path)),
+    responses((status = 202, body = DeliveryDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, description = "The delivery is being made right now", body = crate::error::ErrorEnvelope)))]
+#[post("/v1/webhooks/{webhookId}/deliveries/{deliveryId}/retry")]
+pub async fn retry(
+    auth: Auth,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = auth.require(Scope::Admin)?;
+    let id = parse_id("webhookId", &path.0)?;
+    let delivery = parse_id("deliveryId", &path.1)?;
+    let hook = webhooks::get(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("webhook"))?;
+    match webhooks::retry(&state.pool, hook.id, delivery).await? {
+        webhooks::Retried::Queued(d) => {
+            tracing::info!(webhook_id = %hook.id, delivery_id = %d.id, "webhook delivery retried");
+            Ok(HttpResponse::Accepted().json(DeliveryDto::from(d)))
+        }
+        webhooks::Retried::InFlight => Err(Error::Conflict(
+            "the delivery is being made right now; see its outcome in the deliveries".into(),
+        )
+        .into()),
+        webhooks::Retried::NotFound => Err(Error::NotFound("delivery").into()),
+    }
 }

@@ -296,6 +296,53 @@ pub async fn failed(pool: &PgPool, d: &Delivery, f: &Failure<'_>) -> Result<bool
     Ok(done.rows_affected() == 1)
 }
 
+/// What a retry found.
+pub enum Retried {
+    /// QUEUED again, due now, with a day of attempts of its own (and the endpoint unpaused).
+    Queued(Delivery),
+    /// Being made right now: nothing to do.
+    InFlight,
+    NotFound,
+}
+
+/// Sends a delivery of `webhook_id` again (delivered, dead or waiting alike: receivers dedupe
+/// by the event's id).
+pub async fn retry(pool: &PgPool, webhook_id: Uuid, delivery_id: Uuid) -> Result<Retried> {
+    let done = sqlx::query(
+        "WITH d AS (
+             SELECT id FROM webhook_deliveries WHERE id = $2 AND webhook_id = $1
+         ), job AS (
+             UPDATE jobs SET status = 'QUEUED', due_at = now(), lease_token = NULL,
+                 lease_expires_at = NULL, worker_id = NULL, updated_at = now(),
+                 -- a day of attempts from now: the DEAD rule counts from created_at
+                 created_at = now(), max_attempts = greatest(max_attempts, attempts + 1)
+             WHERE id IN (SELECT id FROM d) AND status <> 'RUNNING' RETURNING id
+         ), delivery AS (
+             UPDATE webhook_deliveries SET state = 'PENDING'
+             WHERE id IN (SELECT id FROM job) RETURNING webhook_id
+         )
+         UPDATE webhooks SET paused_until = NULL, failures = 0
+         WHERE id IN (SELECT webhook_id FROM delivery)",
+    )
+    .bind(webhook_id)
+    .bind(delivery_id)
+    .execute(pool)
+    .await?;
+    let found: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY} FROM webhook_deliveries d JOIN jobs j ON j.id = d.id
+         WHERE d.id = $1 AND d.webhook_id = $2"
+    )))
+    .bind(delivery_id)
+    .bind(webhook_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match found {
+        None => Retried::NotFound,
+        Some(d) if done.rows_affected() == 1 => Retried::Queued(d),
+        Some(_) => Retried::InFlight,
+    })
+}
+
 /// An endpoint of any project (workers delivering), unless removed.
 pub async fn get_any(pool: &PgPool, id: Uuid) -> Result<Option<Webhook>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

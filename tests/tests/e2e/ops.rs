@@ -117,6 +117,11 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/exports/{exportId}/download", "head"),
         ("/v1/exports/{exportId}/file", "head"),
         ("/openapi.json", "get"),
+        ("/v1/webhooks/{webhookId}/test", "post"),
+        (
+            "/v1/webhooks/{webhookId}/deliveries/{deliveryId}/retry",
+            "post",
+        ),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -346,3 +346,173 @@ async fn an_endpoint_failing_repeatedly_is_backed_off_as_a_whole() {
         .expect("q");
     assert_eq!(failures, 0);
 }
+
+/// Python with the `standardwebhooks` library: `WHARF_TEST_PYTHON` (scripts/test makes a
+/// virtualenv of the test tools in its cache), else `python3` if it has it.
+fn python() -> String {
+    std::env::var("WHARF_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether the Standard Webhooks library, unchanged, verifies what the receiver got.
+fn standardwebhooks_verifies(secret: &str, got: &wharf_tests::receiver::Got) -> Result<(), String> {
+    let (headers, body) = got;
+    let script = "import json,sys\n\
+        from standardwebhooks.webhooks import Webhook\n\
+        a = json.loads(sys.stdin.read())\n\
+        Webhook(a['secret']).verify(a['body'], a['headers'])\n";
+    let input = json!({
+        "secret": secret,
+        "body": String::from_utf8_lossy(body),
+        "headers": headers,
+    });
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}; scripts/test makes WHARF_TEST_PYTHON", python()));
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("to python");
+    }
+    let out = child.wait_with_output().expect("python ran");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// Every delivery carries the Standard Webhooks headers, which the `standardwebhooks` library
+/// verifies unchanged; the event's data is the export's whole status (its links included, the
+/// signed one downloading the file with no key); a test event is answered with the receiver's
+/// status; a delivery can be sent again.
+#[tokio::test]
+async fn standard_webhooks_verify_and_deliveries_can_be_tested_and_retried() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(db.pool.clone(), &[("WHARF_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let rx = Receiver::start(vec![Some(200), Some(418)]).await;
+    let (p, wf) = app.one_row_workflow().await;
+    let (code, hook) = register(&app, &p.key, &rx.url, json!(["export.completed"])).await;
+    assert_eq!(code, 201, "{hook}");
+    let secret = hook["secret"].as_str().expect("secret").to_string();
+    let hook_id = hook["id"].as_str().expect("id").to_string();
+
+    // A test event: sent at once, the receiver's answer returned; then one it refuses.
+    let test_path = format!("/v1/webhooks/{hook_id}/test");
+    let empty = json!({});
+    let res = app.post_json(&test_path, &p.key, &empty).await;
+    assert_eq!(res.status(), 200);
+    let sent: Value = res.json().await.expect("json");
+    assert_eq!(
+        (sent["delivered"].as_bool(), sent["statusCode"].as_u64()),
+        (Some(true), Some(200)),
+        "{sent}"
+    );
+    let ping = rx.get(0);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&ping.1).expect("event")["type"],
+        "ping"
+    );
+    assert_eq!(
+        ping.0["webhook-id"],
+        sent["eventId"].as_str().unwrap_or_default()
+    );
+    standardwebhooks_verifies(&secret, &ping).expect("the library verifies the ping");
+    assert!(
+        standardwebhooks_verifies("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &ping).is_err(),
+        "another secret does not verify"
+    );
+    let sent: Value = app
+        .post_json(&test_path, &p.key, &empty)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (sent["delivered"].as_bool(), sent["statusCode"].as_u64()),
+        (Some(false), Some(418)),
+        "{sent}"
+    );
+    let (code, listed) =
+        json_get(&app, &p.key, &format!("/v1/webhooks/{hook_id}/deliveries")).await;
+    assert_eq!(
+        (code, listed["data"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "tests are not deliveries"
+    );
+
+    // A real delivery: verified by the library, its data the export's status with its links.
+    let _worker = app.start_worker().await;
+    let export_id = app.create_export(&p.key, &wf, &json!({})).await;
+    assert_eq!(
+        app.wait_done(&p.key, &export_id).await["status"],
+        "COMPLETED"
+    );
+    rx.wait_for(3, Duration::from_secs(20)).await;
+    let got = rx.get(2);
+    standardwebhooks_verifies(&secret, &got).expect("the library verifies the delivery");
+    let event: Value = serde_json::from_slice(&got.1).expect("event");
+    let data = &event["data"];
+    assert_eq!(data["exportId"], export_id.as_str());
+    assert_eq!(data["status"], "COMPLETED");
+    assert_eq!(
+        data["statusUrl"],
+        app.url(&format!("/v1/exports/{export_id}")),
+        "{data}"
+    );
+    assert_eq!(
+        data["downloadUrl"],
+        app.url(&format!("/v1/exports/{export_id}/download"))
+    );
+    let link = data["url"].as_str().expect("a signed link in the event");
+    let file = app.client.get(link).send().await.expect("sent");
+    assert_eq!(file.status(), 200);
+    assert_eq!(
+        file.bytes().await.expect("bytes").len() as i64,
+        data["sizeBytes"].as_i64().unwrap_or(-1)
+    );
+
+    // Sent again on request: the same event, a new attempt.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = json_get(&app, &p.key, &format!("/v1/webhooks/{hook_id}/deliveries"))
+            .await
+            .1;
+        if listed["data"][0]["state"] == "DELIVERED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed["data"][0]["state"], "DELIVERED", "{listed}");
+    let delivery = listed["data"][0]["id"]
+        .as_str()
+        .expect("delivery id")
+        .to_string();
+    let retry = format!("/v1/webhooks/{hook_id}/deliveries/{delivery}/retry");
+    let res = app.post_json(&retry, &p.key, &json!({})).await;
+    assert_eq!(res.status(), 202);
+    rx.wait_for(4, Duration::from_secs(20)).await;
+    assert_eq!(
+        rx.get(3).0["webhook-id"],
+        got.0["webhook-id"],
+        "the same event again"
+    );
+    let missing = format!(
+        "/v1/webhooks/{hook_id}/deliveries/{}/retry",
+        uuid::Uuid::now_v7()
+    );
+    assert_eq!(
+        app.post_json(&missing, &p.key, &json!({})).await.status(),
+        404
+    );
+    let other = app.create_project("other").await;
+    assert_eq!(
+        app.post_json(&retry, &other.key, &json!({})).await.status(),
+        404,
+        "another project's"
+    );
+}

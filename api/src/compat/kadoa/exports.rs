@@ -12,13 +12,14 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::Created;
 
-use crate::app::exports::{create_export, find_export, signed_link, wait_final};
+use crate::app::exports::{create_export, find_export, wait_final};
 use crate::app::files::stream;
 use crate::app::views::{ExportDto, export_dto};
 use crate::auth::{Auth, parse_id};
 use crate::compat::kadoa::{KadoaQuery, MAX_WAIT_SECS};
 use crate::error::ApiError;
 use crate::state::AppState;
+use wharf_shared::views::signed_link;
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -76,10 +77,10 @@ pub async fn kadoa_create(
     };
     match rec.effective_status(Utc::now()) {
         ExportStatus::Queued | ExportStatus::InProgress => {
-            Ok(HttpResponse::Accepted().json(export_dto(&state, &rec)))
+            Ok(HttpResponse::Accepted().json(export_dto(&state.settings, &rec)))
         }
         ExportStatus::Completed => {
-            let (url, expires_at) = signed_link(&state, &rec)
+            let (url, expires_at) = signed_link(&state.settings, &rec)
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,

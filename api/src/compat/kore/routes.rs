@@ -12,7 +12,7 @@ use wharf_shared::domain::states::{DockStatus, ExportScope, JobKind};
 use wharf_shared::files;
 use wharf_shared::repo::exports;
 
-use crate::app::exports::{require_for, signed_link};
+use crate::app::exports::require_for;
 use crate::app::jobs::{
     content_length_over, create_job, new_job, small_json, upload_limits, uploaded_file,
 };
@@ -22,6 +22,7 @@ use crate::auth::{Auth, parse_id};
 use crate::error::ApiError;
 use crate::request_id;
 use crate::state::AppState;
+use wharf_shared::views::signed_link;
 
 /// A Kore id: `PREFIX<uuid>` or the bare UUID; anything else is 400 naming the parameter.
 fn kore_id(name: &str, prefix: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
@@ -93,7 +94,7 @@ pub async fn kore_export(
         ),
     )
     .await?;
-    let url = signed_link(&state, &rec).map(|(u, _)| u);
+    let url = signed_link(&state.settings, &rec).map(|(u, _)| u);
     Ok(no_store(HttpResponse::Ok()).json(KoreJob {
         dock_status_id: format!("ds-{}", rec.dock_status_id),
         workflow_id: Some(wf.id),
@@ -149,7 +150,7 @@ pub async fn kore_dock_status(
     let dock = dock_dto(&state, &rec);
     let export = rec.kind == JobKind::Export;
     let url = if export {
-        signed_link(&state, &rec).map(|(u, _)| u)
+        signed_link(&state.settings, &rec).map(|(u, _)| u)
     } else {
         None
     };

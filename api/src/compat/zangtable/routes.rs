@@ -51,7 +51,7 @@ fn zang_status(s: ExportStatus) -> &'static str {
 }
 
 fn zang_export(state: &AppState, slug: &str, rec: &ExportRecord) -> Value {
-    let e = export_dto(state, rec);
+    let e = export_dto(&state.settings, rec);
     let base = &state.settings.public_url;
     json!({
         "export_id": exp_id(rec.id),
