@@ -301,7 +301,7 @@ pub async fn retry(
     match webhooks::retry(&state.pool, hook.id, delivery).await? {
         webhooks::Retried::Queued(d) => {
             tracing::info!(webhook_id = %hook.id, delivery_id = %d.id, "webhook delivery retried");
-            Ok(HttpResponse::Accepted().json(DeliveryDto::from(d)))
+            Ok(HttpResponse::Accepted().json(DeliveryDto::from(*d)))
         }
         webhooks::Retried::InFlight => Err(Error::Conflict(
             "the delivery is being made right now; see its outcome in the deliveries".into(),

@@ -299,7 +299,7 @@ pub async fn failed(pool: &PgPool, d: &Delivery, f: &Failure<'_>) -> Result<bool
 /// What a retry found.
 pub enum Retried {
     /// QUEUED again, due now, with a day of attempts of its own (and the endpoint unpaused).
-    Queued(Delivery),
+    Queued(Box<Delivery>),
     /// Being made right now: nothing to do.
     InFlight,
     NotFound,
@@ -338,7 +338,7 @@ pub async fn retry(pool: &PgPool, webhook_id: Uuid, delivery_id: Uuid) -> Result
     .await?;
     Ok(match found {
         None => Retried::NotFound,
-        Some(d) if done.rows_affected() == 1 => Retried::Queued(d),
+        Some(d) if done.rows_affected() == 1 => Retried::Queued(Box::new(d)),
         Some(_) => Retried::InFlight,
     })
 }
