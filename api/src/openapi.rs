@@ -13,6 +13,11 @@ use crate::compat::zangtable as compat;
 use crate::error::{ErrorBody, ErrorEnvelope, ErrorMeta};
 use crate::routes;
 
+/// A file's bytes, as the document describes them (`type: string, format: binary`).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct FileBytes(#[allow(dead_code)] Vec<u8>);
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -50,9 +50,9 @@ fn body_format(req: &HttpRequest) -> Result<BodyFormat, Error> {
     params(("workflowId" = uuid::Uuid, Path)),
     request_body(description = "Rows as NDJSON, a JSON array of objects, or CSV with a header row (an empty CSV field is null)",
         content(
-            (String = "application/x-ndjson"),
+            (crate::openapi::FileBytes = "application/x-ndjson"),
             (Vec<serde_json::Value> = "application/json"),
-            (String = "text/csv"))),
+            (crate::openapi::FileBytes = "text/csv"))),
     responses((status = 201, body = RunDto), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope),

@@ -20,6 +20,7 @@ mod kadoa;
 mod limits;
 mod long_poll;
 mod numbers;
+mod openapi_client;
 mod operators;
 mod ops;
 mod queue_contract;

@@ -185,7 +185,8 @@ fn query_hash(parts: &[&str]) -> u64 {
 /// key: page 5,000 costs what page 1 costs (read scope; `WHARF_PROJECT_READS` at once).
 #[utoipa::path(get, operation_id = "kadoa_workflow_data", path = "/v4/workflows/{workflowId}/data", tag = "compat",
     params(("workflowId" = uuid::Uuid, Path), KadoaQuery),
-    responses((status = 200, description = "A page of rows: JSON {workflowId, runId, executedAt, data, pagination}, or CSV"),
+    responses((status = 200, description = "A page of rows: JSON {workflowId, runId, executedAt, data, pagination}, or CSV (format=csv); gzip-encoded with gzip=true",
+            content((serde_json::Value = "application/json"), (crate::openapi::FileBytes = "text/csv"))),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
         (status = 429, description = "WHARF_RATE_LIMIT, or WHARF_PROJECT_READS data reads of this project already running", body = crate::error::ErrorEnvelope)))]
 #[get("/v4/workflows/{workflowId}/data")]
