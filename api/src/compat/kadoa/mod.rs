@@ -2,6 +2,7 @@
 //! native export request), and the page keys that let deep pages seek instead of skip.
 
 mod exports;
+mod pages;
 mod routes;
 
 pub use exports::*;
