@@ -29,6 +29,11 @@ impl Application {
     /// Connects to PostgreSQL (retrying for a while: it may still be starting), applies
     /// pending migrations, and binds `WHARF_LISTEN`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if let Some(url) = &settings.redis_url
+            && let Some(why) = wharf_shared::queue::redis_refusal(url).await
+        {
+            anyhow::bail!("Redis refuses REDIS_URL: {why}");
+        }
         let pool = connect_with_retry(&settings).await?;
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("cannot listen on WHARF_LISTEN={}", settings.listen))?;

@@ -56,6 +56,27 @@ impl Redis {
     }
 }
 
+/// Checked at start: a Redis that answers but refuses what `REDIS_URL` asks of it (a database
+/// index out of range, a wrong password) is a setting to fix, named at once with Redis's own
+/// words; one that does not answer may come up later (readiness says so meanwhile), so it is
+/// not an error here.
+pub async fn redis_refusal(url: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    );
+    match conn.await {
+        Ok(Err(e)) if !is_unreachable(&e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// Redis did not answer (down, unreachable, dropped), as opposed to answered with a refusal.
+fn is_unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped()
+}
+
 /// A Redis connection that reconnects by itself and answers within bounded time.
 async fn connect(client: redis::Client) -> Result<ConnectionManager> {
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -68,7 +89,10 @@ async fn connect(client: redis::Client) -> Result<ConnectionManager> {
     )
     .await
     .map_err(|_| Error::Unavailable("redis"))?
-    .map_err(|_| Error::Unavailable("redis"))
+    .map_err(|e| {
+        tracing::warn!(error = %e, "cannot connect to REDIS_URL");
+        Error::Unavailable("redis")
+    })
 }
 
 async fn ping(conn: &mut ConnectionManager) -> Result<()> {

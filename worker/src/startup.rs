@@ -58,6 +58,11 @@ pub struct MetricsEndpoint {
 
 /// Connects (waiting for services that are not up yet) and runs until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(url) = &settings.redis_url
+        && let Some(why) = queue::redis_refusal(url).await
+    {
+        anyhow::bail!("Redis refuses REDIS_URL: {why}");
+    }
     let Some(pool) = wait_for_postgres(&settings, &shutdown).await else {
         return Ok(());
     };

@@ -51,6 +51,31 @@ fn a_missing_database_is_named_at_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
 }
 
+/// A Redis that answers but refuses the URL (database 99 of its 16) is named at start, by both
+/// binaries, in Redis's own words, before any other service is touched.
+#[test]
+fn a_redis_database_out_of_range_is_named_at_once() {
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    for bin in ["wharf-api", "wharf-worker"] {
+        let started = Instant::now();
+        let out = Command::new(binary(bin))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/wharf_never_touched")
+            .env("REDIS_URL", format!("{}/99", redis.trim_end_matches('/')))
+            .env("WHARF_SIGNING_KEYS", "k:s")
+            .env("WHARF_LISTEN", "127.0.0.1:0")
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{bin}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{bin}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("REDIS_URL") && err.contains("DB index is out of range"),
+            "{bin}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_short_admin_token_stops_the_api_at_start_naming_it() {
     let out = Command::new(binary("wharf-api"))
