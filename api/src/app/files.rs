@@ -57,8 +57,8 @@ fn parse_range(value: Option<&str>, size: u64) -> Range {
     }
 }
 
-/// The file through the API: Content-Type/-Length/-Disposition, ETag, Accept-Ranges, Range
-/// (206/416), HEAD and If-None-Match.
+/// The file through the API: Content-Type/-Length/-Disposition, ETag, Last-Modified (its
+/// completion), Accept-Ranges, Range (206/416), HEAD, If-None-Match and If-Modified-Since.
 pub async fn stream(
     state: &AppState,
     req: &HttpRequest,
@@ -81,15 +81,32 @@ pub async fn stream(
             return Ok(res);
         }
     }
-    if header_str(header::IF_NONE_MATCH).is_some_and(|v| {
+    // HTTP dates count whole seconds: the completion, truncated.
+    let modified = rec.completed_at.map(|t| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        header::HttpDate::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    });
+    let not_modified = match header_str(header::IF_NONE_MATCH) {
         // Weak comparison (RFC 9110, 13.1.2): W/"x" matches "x".
-        v.split(',')
+        Some(v) => v
+            .split(',')
             .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == etag || t == "*")
-    }) {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish());
+            .any(|t| t == etag || t == "*"),
+        // If-Modified-Since only without If-None-Match (RFC 9110, 13.1.3), to the second.
+        None => header_str(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.parse::<header::HttpDate>().ok())
+            .zip(modified)
+            .is_some_and(|(since, m)| {
+                std::time::SystemTime::from(m) <= std::time::SystemTime::from(since)
+            }),
+    };
+    if not_modified {
+        let mut res = HttpResponse::NotModified();
+        res.insert_header((header::ETAG, etag.clone()));
+        if let Some(m) = modified {
+            res.insert_header((header::LAST_MODIFIED, m));
+        }
+        return Ok(res.finish());
     }
     // If-Range with anything but the current strong ETag: the whole file, not a stale part.
     let range_header = match header_str(header::IF_RANGE) {
@@ -120,6 +137,9 @@ pub async fn stream(
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "private, max-age=0"));
+    if let Some(m) = modified {
+        res.insert_header((header::LAST_MODIFIED, m));
+    }
     if let Some((a, b)) = range {
         res.insert_header((header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}")));
     }

@@ -147,6 +147,34 @@ async fn all_three_paths_give_the_objects_bytes() {
         .await
         .expect("sent");
     assert_eq!(res.status(), 304);
+    // Last-Modified: the export's completion, to the second, on the stream and the link alike;
+    // If-Modified-Since at or after it is a 304, before it the file.
+    let completed =
+        chrono::DateTime::parse_from_rfc3339(status["completedAt"].as_str().expect("completedAt"))
+            .expect("a time");
+    let http_date = |t: chrono::DateTime<chrono::FixedOffset>| {
+        t.with_timezone(&chrono::Utc)
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    };
+    let streamed = app
+        .get(&format!("/v1/exports/{id}/download?mode=stream"), &p.key)
+        .await;
+    for res in [&streamed, &reqwest::get(url).await.expect("sent")] {
+        assert_eq!(
+            res.headers()["last-modified"].to_str().ok(),
+            Some(http_date(completed).as_str())
+        );
+    }
+    let since = |t| {
+        app.client
+            .get(url)
+            .header("if-modified-since", http_date(t))
+            .send()
+    };
+    assert_eq!(since(completed).await.expect("sent").status(), 304);
+    let before = completed - chrono::Duration::seconds(2);
+    assert_eq!(since(before).await.expect("sent").status(), 200);
 }
 
 #[tokio::test]

@@ -60,7 +60,10 @@ fn a_redis_database_out_of_range_is_named_at_once() {
         let started = Instant::now();
         let out = Command::new(binary(bin))
             .env_clear()
-            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/wharf_never_touched")
+            .env(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/wharf_never_touched",
+            )
             .env("REDIS_URL", format!("{}/99", redis.trim_end_matches('/')))
             .env("WHARF_SIGNING_KEYS", "k:s")
             .env("WHARF_LISTEN", "127.0.0.1:0")
