@@ -38,7 +38,8 @@ enum Cmd {
     Export {
         workflow: String,
         /// csv, tsv, json, ndjson or parquet.
-        #[arg(long, default_value = "csv")]
+        #[arg(long, default_value = "csv",
+              value_parser = ["csv", "tsv", "json", "ndjson", "parquet"])]
         format: String,
         /// FIELD:OP:VALUE (VALUE as JSON when it parses, else text), repeatable.
         #[arg(long = "filter")]

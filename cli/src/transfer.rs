@@ -167,6 +167,9 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
     } else {
         ProgressBar::hidden()
     };
+    bar.set_length(size);
+    bar.set_position(start);
+    let lines = plain_lines(c, &bar, "downloaded");
     let mut stream = res.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -181,6 +184,7 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
     file.flush().map_err(io)?;
     drop(file);
     bar.finish_and_clear();
+    lines.finish();
     let got = sha256_of(&part).map_err(io)?;
     if got != want_sha {
         std::fs::remove_file(&part).ok();
@@ -238,6 +242,8 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
     } else {
         ProgressBar::hidden()
     };
+    bar.set_length(size);
+    let lines = plain_lines(c, &bar, "uploaded");
     let counted = bar.clone();
     let body = futures::stream::unfold(f, |mut f| async move {
         use tokio::io::AsyncReadExt;
@@ -267,6 +273,9 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
         )
         .await;
     bar.finish_and_clear();
+    if run.is_ok() {
+        lines.finish();
+    }
     let run = run?;
     println!(
         "run {}\t{} rows",
@@ -274,4 +283,60 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
         run["rowCount"]
     );
     Ok(())
+}
+
+/// Off a terminal (a log, a pipe), progress as plain lines on stdout (as `say`): one every
+/// `PLAIN_EVERY` while bytes move, and one at the end.
+pub(crate) struct PlainLines {
+    bar: ProgressBar,
+    verb: &'static str,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+pub(crate) fn plain_lines(c: &Client, bar: &ProgressBar, verb: &'static str) -> PlainLines {
+    let ticker = (!c.tty).then(|| {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PLAIN_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                println!("{}", plain_line(&bar, verb));
+            }
+        })
+    });
+    PlainLines {
+        bar: bar.clone(),
+        verb,
+        ticker,
+    }
+}
+
+impl PlainLines {
+    pub(crate) fn finish(mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+            println!("{}", plain_line(&self.bar, self.verb));
+        }
+    }
+}
+
+impl Drop for PlainLines {
+    fn drop(&mut self) {
+        if let Some(t) = &self.ticker {
+            t.abort();
+        }
+    }
+}
+
+fn plain_line(bar: &ProgressBar, verb: &str) -> String {
+    let (done, total) = (bar.position(), bar.length().unwrap_or(0));
+    let pct = if total > 0 {
+        done as f64 * 100.0 / total as f64
+    } else {
+        100.0
+    };
+    format!("{verb} {done} of {total} bytes ({pct:.0} %)")
 }

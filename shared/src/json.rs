@@ -45,6 +45,17 @@ pub fn describe(e: &serde_json::Error) -> String {
     if e.is_eof() {
         return "the JSON ends too early".into();
     }
+    if text.starts_with("number out of range") {
+        // Valid JSON, but past what a reader can hold as a number (an IEEE 754 double, as
+        // JavaScript, Python's json and this parser read it): stored, it could not be read
+        // back as the number it says.
+        return format!(
+            "a number at line {} column {} is beyond ±1.7976931348623157e308, the largest a \
+             JSON reader holds as a number; write it as a string",
+            e.line(),
+            e.column()
+        );
+    }
     format!("invalid JSON at line {} column {}", e.line(), e.column())
 }
 

@@ -386,6 +386,13 @@ mod tests {
         );
         assert!(push_raw_value(&mut buf, FieldType::Json, "{\"a\":1,\"a\":2}").is_err());
         assert!(push_raw_value(&mut buf, FieldType::Number, "1e400").is_err());
+        let e = push_raw_value(&mut buf, FieldType::Json, "{\"n\":1e400}")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("beyond ±1.7976931348623157e308") && e.contains("as a string"),
+            "{e}"
+        );
         Ok(())
     }
 }

@@ -65,6 +65,14 @@ async fn export_builds_downloads_and_verifies_and_an_interrupted_download_resume
         "{}",
         text(&out.stdout)
     );
+    let size = std::fs::metadata(dir.join("rows.ndjson"))
+        .expect("size")
+        .len();
+    assert!(
+        text(&out.stdout).contains(&format!("uploaded {size} of {size} bytes (100 %)")),
+        "progress off a terminal: {}",
+        text(&out.stdout)
+    );
     let out = wharf(&app, &p.key, &["workflows"], &dir).await;
     assert!(text(&out.stdout).contains(&wf) && text(&out.stdout).contains("Products"));
 
@@ -83,6 +91,10 @@ async fn export_builds_downloads_and_verifies_and_an_interrupted_download_resume
     assert!(
         stdout.contains("created") && stdout.contains("COMPLETED"),
         "plain lines off a terminal: {stdout}"
+    );
+    assert!(
+        stdout.contains("downloaded ") && stdout.contains("bytes (100 %)"),
+        "download progress off a terminal: {stdout}"
     );
     let file = dir.join("out.csv");
     let body = std::fs::read_to_string(&file).expect("the file");
@@ -222,6 +234,7 @@ async fn failures_exit_1_with_the_servers_code_and_bad_usage_exits_2() {
         vec!["export"],
         vec!["frobnicate"],
         vec!["export", &wf, "--filter", "justone"],
+        vec!["export", &wf, "--format", "xml"],
     ] {
         let out = wharf(&app, &p.key, &args, &dir).await;
         assert_eq!(
