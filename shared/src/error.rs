@@ -54,6 +54,9 @@ pub enum Error {
     Invalid(String),
     #[error("invalid or missing API key")]
     Unauthorized,
+    /// A route of the operator's (`WHARF_ADMIN_TOKEN`), refused: what it wanted instead.
+    #[error("{0}")]
+    UnauthorizedOperator(&'static str),
     #[error("{0}")]
     Forbidden(String),
     /// The named resource does not exist or belongs to another project.
@@ -110,7 +113,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Invalid(_) | Error::Refused { .. } => ErrorCode::InvalidRequest,
-            Error::Unauthorized => ErrorCode::Unauthorized,
+            Error::Unauthorized | Error::UnauthorizedOperator(_) => ErrorCode::Unauthorized,
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Conflict(_) => ErrorCode::Conflict,

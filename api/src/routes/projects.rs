@@ -66,12 +66,17 @@ pub async fn create_project(
     let configured = state.settings.admin_token.as_ref().ok_or(Error::NotFound(
         "route (project creation is disabled: WHARF_ADMIN_TOKEN is not set)",
     ))?;
-    let presented = bearer(&req).ok_or(Error::Unauthorized)?;
+    let presented = bearer(&req).ok_or(Error::UnauthorizedOperator(
+        "project creation needs Authorization: Bearer <WHARF_ADMIN_TOKEN>",
+    ))?;
     let client = req.peer_addr().map(|a| a.ip());
     state.auth_failures.admit(client)?;
     if !admin_token_matches(configured, &presented) {
         state.auth_failures.failed(client);
-        return Err(Error::Unauthorized.into());
+        return Err(Error::UnauthorizedOperator(
+            "invalid admin token (project creation needs Authorization: Bearer <WHARF_ADMIN_TOKEN>)",
+        )
+        .into());
     }
     let body: CreateProject = body.parse()?;
     validate_slug(&body.slug)?;

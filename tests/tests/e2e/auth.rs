@@ -206,7 +206,12 @@ async fn project_bootstrap_needs_the_admin_token() {
         .send()
         .await
         .expect("sent");
-    assert_eq!(assert_envelope(res, 401).await.0, "UNAUTHORIZED");
+    let (code, message) = assert_envelope(res, 401).await;
+    assert_eq!(code, "UNAUTHORIZED");
+    assert!(
+        message.contains("admin token") && !message.contains("API key"),
+        "{message}"
+    );
     let res = app
         .client
         .post(app.url("/v1/projects"))
