@@ -119,13 +119,15 @@ async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
             Ok(pool) => return Ok(pool),
             Err(e) if attempt < 20 && !repo::is_permanent(&e) => {
                 let cause = repo::connect_cause(&e);
-                tracing::warn!(attempt, %cause, "cannot reach DATABASE_URL yet; retrying");
+                let at = repo::database_address(settings);
+                tracing::warn!(attempt, %cause, %at, "cannot reach DATABASE_URL ({at}) yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(3));
             }
             Err(e) => {
                 return Err(anyhow::anyhow!(
-                    "cannot connect to DATABASE_URL: {}",
+                    "cannot connect to DATABASE_URL ({}): {}",
+                    repo::database_address(settings),
                     repo::connect_cause(&e)
                 ));
             }

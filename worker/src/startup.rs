@@ -276,7 +276,8 @@ async fn wait_for_postgres(settings: &Settings, shutdown: &CancellationToken) ->
             Ok(_) => tracing::warn!("waiting for the API to apply the database migrations"),
             Err(e) => {
                 let cause = repo::connect_cause(&e);
-                tracing::warn!(%cause, "cannot reach DATABASE_URL yet; retrying");
+                let at = repo::database_address(settings);
+                tracing::warn!(%cause, %at, "cannot reach DATABASE_URL ({at}) yet; retrying");
             }
         }
         tokio::select! {

@@ -138,6 +138,21 @@ pub fn no_reaper(options: PgPoolOptions) -> PgPoolOptions {
 
 /// Why a connection failed, in words an operator can act on: `database "x" does not exist`,
 /// `password authentication failed for user "y"`, `connection refused`.
+/// Where `DATABASE_URL` points, for messages: host (or socket directory), port and database,
+/// never the credentials.
+pub fn database_address(settings: &Settings) -> String {
+    use std::str::FromStr;
+    match sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose_secret()) {
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        ),
+        Err(_) => "an unreadable URL".into(),
+    }
+}
+
 pub fn connect_cause(e: &crate::error::Error) -> String {
     match e {
         crate::error::Error::Database(sqlx::Error::Database(db)) => db.message().to_string(),

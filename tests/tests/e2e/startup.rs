@@ -42,6 +42,10 @@ fn a_missing_database_is_named_at_once() {
         err.contains("database \"wharf_no_such_database\" does not exist"),
         "{err}"
     );
+    assert!(
+        err.contains("/wharf_no_such_database): "),
+        "the address is named: {err}"
+    );
     let out = Command::new(binary("wharf-api"))
         .env_clear()
         .env("WHARF_SIGNING_KEYS", "k:s")
