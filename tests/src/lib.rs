@@ -4,6 +4,7 @@
 //! `services`, the TCP proxy that cuts a service off in `proxy`.
 
 pub mod bench;
+pub mod cluster;
 pub mod db;
 pub mod process;
 mod proxy;

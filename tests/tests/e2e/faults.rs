@@ -485,3 +485,85 @@ async fn a_postgres_outage_is_a_quick_503_and_heals_without_restart() {
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
+
+/// PostgreSQL at its connection limit (a cluster of the test's own with a small
+/// `max_connections`, filled by idle connections): every new connection is refused with SQLSTATE
+/// 53300 ("sorry, too many clients already"), which is a service out of resources, not a bad
+/// request. Exports that meet it while it lasts are retried with backoff, none FAILED; once
+/// connections free up all of them COMPLETE, the retries counted in their attempts.
+#[tokio::test]
+async fn postgres_at_its_connection_limit_delays_exports_and_fails_none() {
+    use sqlx::{Connection, Executor};
+    let cluster = wharf_tests::cluster::PgCluster::start(&[
+        ("max_connections", "30"),
+        ("superuser_reserved_connections", "0"),
+    ]);
+    let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .expect("the cluster");
+    admin.execute("CREATE DATABASE wharf").await.expect("db");
+    admin.close().await.ok();
+    let pool = wharf_shared::repo::no_reaper(sqlx::postgres::PgPoolOptions::new())
+        .max_connections(8)
+        .min_connections(8)
+        .connect(&cluster.url("wharf"))
+        .await
+        .expect("pool");
+    let app = spawn_app(pool.clone()).await;
+    let _worker = app.start_worker().await;
+    let (p, wf) = app.one_row_workflow().await;
+    // The pool back at its 8 connections (the ingest closed the one it lent to its COPY; the
+    // pool reopens to its minimum), so the API needs no new one while the server is full.
+    for _ in 0..100 {
+        if pool.size() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.size(), 8);
+
+    let mut fillers = Vec::new();
+    let refusal = loop {
+        match sqlx::PgConnection::connect(&cluster.url("postgres")).await {
+            Ok(c) => fillers.push(c),
+            Err(e) => break e,
+        }
+        assert!(fillers.len() < 40, "the limit never came");
+    };
+    let code = refusal
+        .as_database_error()
+        .and_then(|d| d.code().map(|c| c.to_string()));
+    assert_eq!(code.as_deref(), Some("53300"), "{refusal}");
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(app.create_export(&p.key, &wf, &json!({})).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let s: Value = app
+            .get(&format!("/v1/exports/{id}"), &p.key)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_ne!(s["status"], "FAILED", "failed at the limit: {s}");
+        assert_ne!(
+            s["status"], "COMPLETED",
+            "no connection, yet completed: {s}"
+        );
+    }
+    drop(fillers);
+    let mut attempts = Vec::new();
+    for id in &ids {
+        let done = app.wait_done(&p.key, id).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        attempts.push(done["attempts"].as_i64().unwrap_or(0));
+    }
+    assert!(
+        attempts.iter().all(|&a| a > 1),
+        "each met the limit and was retried: {attempts:?}"
+    );
+    drop(app);
+    pool.close().await;
+}
