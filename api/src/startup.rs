@@ -23,6 +23,7 @@ pub use crate::json::MAX_JSON_BYTES;
 pub struct Application {
     port: u16,
     server: Server,
+    audit: crate::app::audit::AuditLog,
 }
 
 impl Application {
@@ -59,7 +60,9 @@ impl Application {
         tokio::spawn(waiters.clone().listen(pool.clone()));
         let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
         tokio::spawn(keys.clone().listen(pool.clone()));
+        let audit = crate::app::audit::AuditLog::start(pool.clone());
         let state = AppState {
+            audit: audit.clone(),
             keys,
             queue: wharf_shared::queue::from_settings(&settings, &pool)?,
             ingest_slots: IngestSlots::new(settings.project_ingests),
@@ -97,15 +100,28 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "wharf-api listening");
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            audit,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until stopped (SIGTERM, SIGINT: in-flight requests get `shutdown_timeout`), then
+    /// writes the audit events still buffered.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if tokio::time::timeout(Duration::from_secs(10), self.audit.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!("audit events still buffered after 10 s at stop; not all written");
+        }
+        served
     }
 }
 

@@ -11,6 +11,8 @@ use crate::limits::{AuthFailures, IngestSlots, KeyLimiter};
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
+    /// The audit log's writer (`app::audit`).
+    pub audit: crate::app::audit::AuditLog,
     pub pool: PgPool,
     /// Run uploads hold at most a few of the pool's connections, so reads and status never
     /// wait behind them.

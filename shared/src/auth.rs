@@ -45,6 +45,8 @@ pub fn hash_key(secret: &str) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: uuid::Uuid,
+    /// The key's public prefix (`wk_…`), what the audit log names it by.
+    pub key_prefix: String,
     pub project_id: uuid::Uuid,
     pub scopes: Vec<Scope>,
 }
@@ -184,6 +186,7 @@ pub async fn authenticate(pool: &PgPool, cache: &KeyCache, secret: &str) -> Resu
     }
     let principal = Principal {
         key_id: key.id,
+        key_prefix: key.prefix.clone(),
         project_id: key.project_id,
         scopes: key.scopes,
     };

@@ -108,6 +108,8 @@ pub struct Settings {
     pub auth_failures_per_minute: Option<u32>,
     /// `WHARF_IMPORT_SCRATCH`: bytes of extracted bundles one worker may hold on disk at once.
     pub import_scratch: u64,
+    /// `WHARF_AUDIT_TTL`: how long the audit log keeps an event.
+    pub audit_ttl: Duration,
 }
 
 /// The shortest `WHARF_ADMIN_TOKEN` accepted: a token that guards project creation and the
@@ -257,6 +259,7 @@ impl Settings {
                     invalid("WHARF_AUTH_FAILURES", "expected N/min such as 20/min, or 0")
                 })?,
             },
+            audit_ttl: duration_var(&var, "WHARF_AUDIT_TTL", "90d")?,
             import_scratch: match var("WHARF_IMPORT_SCRATCH") {
                 None => 64 << 30,
                 Some(v) => parse_bytes(&v)

@@ -310,6 +310,7 @@ impl TestApp {
             stop: tokio_util::sync::CancellationToken::new(),
             metrics: std::sync::Arc::new(wharf_shared::metrics::Metrics::new()),
             scratch: wharf_shared::export::scratch::ScratchBudget::new(1 << 30),
+            audit_ttl: self.settings.audit_ttl,
         };
         wharf_shared::export::run(&ctx, &mut None)
             .await

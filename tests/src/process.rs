@@ -30,6 +30,22 @@ impl ApiProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and waits up to `secs` for the process to exit; whether it did, cleanly.
+    pub fn terminate(&mut self, secs: u64) -> bool {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .ok();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Log lines at ERROR level (the JSON log format).
     pub fn error_lines(&self) -> Vec<String> {
         self.log_text()

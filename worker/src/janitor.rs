@@ -23,6 +23,11 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
         tracing::warn!(error = %e, "expired uploads not all deleted; retried next pass");
         0
     });
+    match wharf_shared::repo::audit::expire(&ctx.pool, ctx.audit_ttl, 10_000).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "audit events past WHARF_AUDIT_TTL removed"),
+        Err(e) => tracing::warn!(error = %e, "audit events not expired; retried next pass"),
+    }
     let swept = tokio::task::spawn_blocking(wharf_shared::export::import::sweep_scratch)
         .await
         .unwrap_or(0);

@@ -82,6 +82,7 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         stop: CancellationToken::new(),
         metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
         scratch: wharf_shared::export::scratch::ScratchBudget::new(settings.import_scratch),
+        audit_ttl: settings.audit_ttl,
     }
 }
 

@@ -74,12 +74,13 @@ pub(crate) async fn wait_final(
 /// Creates the export job and a hash that identifies its parameters.
 pub async fn create_export(
     state: &AppState,
-    project_id: uuid::Uuid,
+    by: &crate::app::audit::By,
     workflow_raw: &str,
     request: &ExportRequest,
     canonical: &serde_json::Value,
     idempotency_key: Option<&str>,
 ) -> Result<Created, ApiError> {
+    let project_id = by.project_id;
     let wf = find(state, project_id, workflow_raw).await?;
     let spec = request.validate(&wf.fields)?;
     let run_id = match request.run_id {
@@ -104,6 +105,7 @@ pub async fn create_export(
     };
     let created = exports::create(&state.pool, new).await?;
     if let Created::New(rec) = &created {
+        crate::app::audit::created(&state.audit, by, rec).await;
         wharf_shared::queue::wake_for(
             state.queue.as_ref(),
             &state.pool,

@@ -7,7 +7,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use wharf_shared::domain::export::content_disposition;
 use wharf_shared::repo::exports::ExportRecord;
 use wharf_shared::store::ObjectMeta;
@@ -63,6 +63,7 @@ pub async fn stream(
     state: &AppState,
     req: &HttpRequest,
     rec: &ExportRecord,
+    by: Download<'_>,
 ) -> Result<HttpResponse, ApiError> {
     let key = rec.downloadable(Utc::now())?.to_string();
     let size = rec.size_bytes.unwrap_or(0).max(0) as u64;
@@ -149,12 +150,50 @@ pub async fn stream(
             futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let body = state.store.get(&key, range).await?.map_err(|e| {
-        // actix-http's own log of a failed body is silenced (see telemetry): say it here.
-        tracing::warn!(error = %e, "download stream failed midway; the client gets a cut body");
-        std::io::Error::other(e)
-    });
+    let mut event = crate::app::audit::event(req, rec.project_id, "export.downloaded", by.actor);
+    event.export_id = Some(rec.id);
+    event.route = Some(by.route.to_string());
+    event.range = range.map(|(a, b)| format!("bytes={a}-{b}"));
+    let mut sent = crate::app::audit::Sent::new(state.audit.clone(), event);
+    let body = state
+        .store
+        .get(&key, range)
+        .await?
+        .map(move |chunk| {
+            if let Ok(b) = &chunk {
+                sent.add(b.len());
+            }
+            chunk
+        })
+        .map_err(|e| {
+            // actix-http's own log of a failed body is silenced (see telemetry): say it here.
+            tracing::warn!(error = %e, "download stream failed midway; the client gets a cut body");
+            std::io::Error::other(e)
+        });
     Ok(res.body(SizedStream::new(len, body)))
+}
+
+/// Who downloads, and by which route, for the audit log.
+#[derive(Clone, Copy)]
+pub struct Download<'a> {
+    /// The key's prefix, or "signed link".
+    pub actor: &'a str,
+    /// stream, signed link, or a seed product's route.
+    pub route: &'a str,
+}
+
+impl<'a> Download<'a> {
+    pub fn streamed_by(principal: &'a wharf_shared::auth::Principal) -> Download<'a> {
+        Download {
+            actor: &principal.key_prefix,
+            route: "stream",
+        }
+    }
+
+    pub const SIGNED_LINK: Download<'static> = Download {
+        actor: "signed link",
+        route: "signed link",
+    };
 }
 
 enum Range {

@@ -26,8 +26,13 @@ pub async fn enqueue(state: &AppState, id: uuid::Uuid) {
 }
 
 /// Records a bundle (or import) job and enqueues it.
-pub async fn create_job(state: &AppState, new: NewJob<'_>) -> Result<ExportRecord, ApiError> {
+pub async fn create_job(
+    state: &AppState,
+    by: &crate::app::audit::By,
+    new: NewJob<'_>,
+) -> Result<ExportRecord, ApiError> {
     let rec = exports::create_job(&state.pool, new).await?;
+    crate::app::audit::created(&state.audit, by, &rec).await;
     enqueue(state, rec.id).await;
     tracing::info!(job_id = %rec.id, kind = rec.kind.as_str(), scope = rec.scope.as_str(), "job created");
     Ok(rec)

@@ -2,6 +2,7 @@
 //! parse a request, call one of these and shape the answer; they never import each other, and
 //! nothing here knows a route.
 
+pub mod audit;
 pub mod exports;
 pub mod files;
 pub mod jobs;

@@ -12,8 +12,9 @@ use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, ExportRecord};
 use wharf_shared::signing::{self, LinkClaims};
 
+use crate::app::audit;
 use crate::app::exports::find_export;
-use crate::app::files::{meta_of, stream};
+use crate::app::files::{Download, meta_of, stream};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -90,7 +91,7 @@ async fn redirect_or_stream(
     let principal = auth.require(Scope::Read)?;
     let rec = find_export(&state, principal, &path).await?;
     match query.mode.as_deref() {
-        Some("stream") => stream(&state, &req, &rec).await,
+        Some("stream") => stream(&state, &req, &rec, Download::streamed_by(principal)).await,
         None | Some("redirect") => {
             let key = rec.downloadable(Utc::now())?;
             let presigned = state
@@ -104,6 +105,12 @@ async fn redirect_or_stream(
                     .map(|(url, _)| url)
                     .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?,
             };
+            if req.method() == actix_web::http::Method::GET {
+                let mut event = audit::by_key(&req, principal, "export.downloaded");
+                event.export_id = Some(rec.id);
+                event.route = Some("redirect".into());
+                state.audit.record(event).await;
+            }
             Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, url))
                 .finish())
@@ -155,7 +162,7 @@ pub async fn signed_file(
     query: web::Query<FileQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let rec = verify_link(&state, &path, &query, req.query_string()).await?;
-    stream(&state, &req, &rec).await
+    stream(&state, &req, &rec, Download::SIGNED_LINK).await
 }
 
 /// The headers `GET` of the signed link would send, no body.
@@ -174,7 +181,7 @@ pub async fn signed_file_headers(
     query: web::Query<FileQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let rec = verify_link(&state, &path, &query, req.query_string()).await?;
-    stream(&state, &req, &rec).await
+    stream(&state, &req, &rec, Download::SIGNED_LINK).await
 }
 
 /// Every failure is the same 403, so a link reveals nothing about other exports. Only the

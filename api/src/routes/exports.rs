@@ -9,6 +9,7 @@ use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::{self, Cancelled, Created};
 
 use super::{List, ListQuery};
+use crate::app::audit::By;
 use crate::app::exports::{create_export, find_export, require_for, standing, wait_final};
 use crate::app::views::{
     DockStatusDto, ExportCreated, ExportDto, created_dto, dock_dto, export_dto, status_dto,
@@ -84,7 +85,7 @@ pub async fn post_export(
     let key = idempotency_key(&req)?;
     match create_export(
         &state,
-        principal.project_id,
+        &By::key(&req, principal),
         &path,
         &request,
         &canonical,
@@ -202,6 +203,7 @@ pub async fn list_exports(
 #[post("/v1/exports/{exportId}/cancel")]
 pub async fn cancel_export(
     auth: Auth,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -214,6 +216,9 @@ pub async fn cancel_export(
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
             tracing::info!(export_id = %id, "export cancelled");
+            let mut event = crate::app::audit::by_key(&req, principal, "export.cancelled");
+            event.export_id = Some(id);
+            state.audit.record(event).await;
             Ok(HttpResponse::Accepted().json(export_dto(&state.settings, &rec)))
         }
         Some(Cancelled::Finished(status)) => Err(Error::Conflict(format!(

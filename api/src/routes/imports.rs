@@ -13,6 +13,7 @@ use wharf_shared::domain::states::{ExportScope, ExportStatus, JobKind};
 use wharf_shared::files;
 use wharf_shared::repo::exports::{self, ExportRecord};
 
+use crate::app::audit::By;
 use crate::app::jobs::{content_length_over, create_job, new_job, upload_limits};
 use crate::app::views::{ExportErrorDto, ProgressDto, export_dto, imported_workflows};
 use crate::app::workflows::find;
@@ -161,7 +162,7 @@ pub async fn create_import(
         &rid,
     );
     new.file_id = Some(file.id);
-    let rec = create_job(&state, new).await?;
+    let rec = create_job(&state, &By::key(&req, principal), new).await?;
     Ok(HttpResponse::Accepted().json(ImportCreated {
         import_id: rec.id,
         dock_status_id: rec.dock_status_id,

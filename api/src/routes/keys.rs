@@ -7,6 +7,7 @@ use wharf_shared::auth::mint_key;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::keys;
 
+use crate::app::audit;
 use crate::app::views::KeyCreated;
 use crate::auth::{Auth, parse_id};
 use crate::error::ApiError;
@@ -32,6 +33,7 @@ pub struct CreateKey {
 #[post("/v1/api-keys")]
 pub async fn create_key(
     auth: Auth,
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
@@ -63,6 +65,9 @@ pub async fn create_key(
     )
     .await?;
     tracing::info!(key_id = %key.id, project_id = %key.project_id, "api key created");
+    let detail =
+        serde_json::json!({"keyId": key.id, "prefix": new_key.prefix, "scopes": key.scopes});
+    audit::changed(&state, &req, principal, "key.created", detail).await;
     Ok(HttpResponse::Created().json(KeyCreated {
         id: key.id,
         key: new_key.secret,
@@ -123,13 +128,17 @@ pub async fn list_keys(
 #[delete("/v1/api-keys/{keyId}")]
 pub async fn revoke_key(
     auth: Auth,
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let key_id = parse_id("keyId", &path)?;
     match keys::revoke(&state.pool, principal.project_id, key_id).await? {
-        keys::Revoked::Done => {}
+        keys::Revoked::Done => {
+            let detail = serde_json::json!({"keyId": key_id});
+            audit::changed(&state, &req, principal, "key.revoked", detail).await;
+        }
         keys::Revoked::NotFound => return Err(Error::NotFound("api key").into()),
         keys::Revoked::LastAdmin => {
             return Err(Error::Conflict(

@@ -1,6 +1,7 @@
 //! The route table: the native API's handlers (one module a resource) and the seed dialects'
 //! (`compat::<name>::routes`), all registered here once.
 
+pub mod audit;
 pub mod downloads;
 pub mod exports;
 pub mod health;
@@ -68,7 +69,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(webhooks::remove)
         .service(webhooks::deliveries)
         .service(webhooks::test)
-        .service(webhooks::retry);
+        .service(webhooks::retry)
+        .service(audit::list_audit);
 }
 
 pub const DEFAULT_LIMIT: i64 = 50;

@@ -11,6 +11,7 @@ use wharf_shared::repo::webhooks::{self, Webhook};
 use wharf_shared::webhooks::{EVENTS, Event, SendError, new_secret, resolve, send};
 
 use super::{List, ListQuery};
+use crate::app::audit;
 use crate::auth::{Auth, parse_id};
 use crate::error::ApiError;
 use crate::json::JsonBody;
@@ -67,12 +68,13 @@ impl From<Webhook> for WebhookDto {
 #[post("/v1/webhooks")]
 pub async fn create(
     auth: Auth,
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
-    let req: CreateWebhook = body.parse()?;
-    if req.events.is_empty() || req.events.len() > EVENTS.len() {
+    let ask: CreateWebhook = body.parse()?;
+    if ask.events.is_empty() || ask.events.len() > EVENTS.len() {
         return Err(Error::invalid(format!(
             "events: 1 to {} of {}",
             EVENTS.len(),
@@ -80,8 +82,8 @@ pub async fn create(
         ))
         .into());
     }
-    let mut events = Vec::with_capacity(req.events.len());
-    for e in &req.events {
+    let mut events = Vec::with_capacity(ask.events.len());
+    for e in &ask.events {
         if !EVENTS.contains(&e.as_str()) {
             return Err(Error::invalid(format!(
                 "events: \"{}\" is not an event ({})",
@@ -94,12 +96,12 @@ pub async fn create(
             events.push(e.clone());
         }
     }
-    resolve(&req.url, state.settings.webhook_allow_private).await?;
+    resolve(&ask.url, state.settings.webhook_allow_private).await?;
     let secret = new_secret();
     let hook = webhooks::create(
         &state.pool,
         principal.project_id,
-        &req.url,
+        &ask.url,
         &events,
         &secret,
     )
@@ -111,6 +113,8 @@ pub async fn create(
         ))
     })?;
     tracing::info!(webhook_id = %hook.id, "webhook registered");
+    let detail = serde_json::json!({"webhookId": hook.id, "url": hook.url, "events": hook.events});
+    audit::changed(&state, &req, principal, "webhook.created", detail).await;
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .json(WebhookCreated {
@@ -146,6 +150,7 @@ pub async fn list(
 #[delete("/v1/webhooks/{webhookId}")]
 pub async fn remove(
     auth: Auth,
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -154,6 +159,8 @@ pub async fn remove(
     if !webhooks::delete(&state.pool, principal.project_id, id).await? {
         return Err(Error::NotFound("webhook").into());
     }
+    let detail = serde_json::json!({"webhookId": id});
+    audit::changed(&state, &req, principal, "webhook.deleted", detail).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

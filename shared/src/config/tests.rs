@@ -84,6 +84,7 @@ fn defaults_follow_the_contract() -> Result<(), ConfigError> {
     assert!(s.admin_token.is_none());
     assert_eq!(s.auth_failures_per_minute, Some(20));
     assert_eq!(s.import_scratch, 64 << 30);
+    assert_eq!(s.audit_ttl, Duration::from_secs(90 * 86_400));
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub struct ExportContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `WHARF_IMPORT_SCRATCH`: the disk this process's imports may fill at once.
     pub scratch: scratch::ScratchBudget,
+    /// `WHARF_AUDIT_TTL`: the janitor removes audit events older than this.
+    pub audit_ttl: Duration,
 }
 
 #[derive(Debug)]

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_deliveries_on_the_ledger",
         include_str!("../../../migrations/20261205000001_webhook_deliveries_on_the_ledger.sql"),
     ),
+    (
+        20261205000002,
+        "audit",
+        include_str!("../../../migrations/20261205000002_audit.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

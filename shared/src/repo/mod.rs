@@ -25,6 +25,7 @@ macro_rules! pg_row {
     };
 }
 
+pub mod audit;
 pub mod export_query;
 pub mod exports;
 pub mod imports;

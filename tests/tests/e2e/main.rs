@@ -1,5 +1,6 @@
 //! End-to-end tests: real PostgreSQL (a database per test), Redis, and S3 (s3s-fs).
 
+mod audit;
 mod auth;
 mod bundles;
 mod claims;

@@ -12,8 +12,9 @@ use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
 use wharf_shared::repo::exports::Created;
 
+use crate::app::audit::By;
 use crate::app::exports::{create_export, find_export, wait_final};
-use crate::app::files::stream;
+use crate::app::files::{Download, stream};
 use crate::app::views::{ExportDto, export_dto};
 use crate::auth::{Auth, parse_id};
 use crate::compat::kadoa::{KadoaQuery, MAX_WAIT_SECS};
@@ -47,6 +48,7 @@ pub struct KadoaExport {
 #[get("/v4/workflows/{workflowId}/data/export")]
 pub async fn kadoa_create(
     auth: Auth,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<KadoaQuery>,
@@ -59,7 +61,7 @@ pub async fn kadoa_create(
     let (request, canonical) = query.to_request()?;
     let rec = match create_export(
         &state,
-        principal.project_id,
+        &By::key(&req, principal),
         &path,
         &request,
         &canonical,
@@ -125,5 +127,5 @@ pub async fn kadoa_download(
     if rec.workflow_id != Some(workflow_id) {
         return Err(Error::NotFound("export").into());
     }
-    stream(&state, &req, &rec).await
+    stream(&state, &req, &rec, Download::streamed_by(principal)).await
 }

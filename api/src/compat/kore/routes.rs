@@ -12,6 +12,7 @@ use wharf_shared::domain::states::{DockStatus, ExportScope, JobKind};
 use wharf_shared::files;
 use wharf_shared::repo::exports;
 
+use crate::app::audit::By;
 use crate::app::exports::require_for;
 use crate::app::jobs::{
     content_length_over, create_job, new_job, small_json, upload_limits, uploaded_file,
@@ -73,6 +74,7 @@ pub struct KoreJob {
 #[post("/api/public/workflows/{workflowId}/export")]
 pub async fn kore_export(
     auth: Auth,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     _query: web::Query<KoreExportQuery>,
@@ -83,6 +85,7 @@ pub async fn kore_export(
     let rid = request_id::current();
     let rec = create_job(
         &state,
+        &By::key(&req, principal),
         new_job(
             &state,
             principal,
@@ -280,7 +283,7 @@ async fn kore_import_inner(
     );
     new.file_id = Some(file.id);
     new.import_name = request.workflow_name.as_deref();
-    let rec = create_job(state, new).await?;
+    let rec = create_job(state, &By::key(req, principal), new).await?;
     Ok(HttpResponse::Ok().json(KoreJob {
         dock_status_id: format!("ds-{}", rec.dock_status_id),
         workflow_id: target,

@@ -13,8 +13,9 @@ use wharf_shared::domain::states::{ExportScope, ExportStatus, JobKind};
 use wharf_shared::repo::exports::{self, Created, ExportRecord};
 use wharf_shared::repo::{projects, workflows};
 
+use crate::app::audit::By;
 use crate::app::exports::{create_export, require_for};
-use crate::app::files::stream;
+use crate::app::files::{Download, stream};
 use crate::app::jobs::{create_job, new_job, small_json};
 use crate::app::views::export_dto;
 use crate::app::workflows::find;
@@ -147,7 +148,7 @@ async fn zang_create_inner(
         let request: ExportRequest = crate::json::from_value(value.clone())?;
         match create_export(
             state,
-            principal.project_id,
+            &By::key(req, &principal),
             &wf.id.to_string(),
             &request,
             &value,
@@ -169,6 +170,7 @@ async fn zang_create_inner(
         let rid = request_id::current();
         create_job(
             state,
+            &By::key(req, &principal),
             new_job(
                 state,
                 &principal,
@@ -322,5 +324,5 @@ async fn project_download_inner(
         .await?
         .ok_or(Error::NotFound("export"))?;
     require_for(&principal, &rec)?;
-    stream(state, req, &rec).await
+    stream(state, req, &rec, Download::streamed_by(&principal)).await
 }
