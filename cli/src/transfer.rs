@@ -153,21 +153,11 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
     if start > 0 {
         c.say(&format!("resuming at byte {start} of {size}"));
     }
-    let bar = if c.tty {
-        let b = ProgressBar::new(size);
-        b.set_style(
-            ProgressStyle::with_template(
-                "downloading [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_position(start);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_length(size);
+    let bar = byte_bar(
+        c,
+        size,
+        "downloading [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    );
     bar.set_position(start);
     let lines = plain_lines(c, &bar, "downloaded");
     let mut stream = res.bytes_stream();
@@ -229,20 +219,11 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
     let f = tokio::fs::File::open(file)
         .await
         .map_err(|e| usage(format!("{}: {e}", file.display())))?;
-    let bar = if c.tty {
-        let b = ProgressBar::new(size);
-        b.set_style(
-            ProgressStyle::with_template(
-                "uploading [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_length(size);
+    let bar = byte_bar(
+        c,
+        size,
+        "uploading [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec}",
+    );
     let lines = plain_lines(c, &bar, "uploaded");
     let counted = bar.clone();
     let body = futures::stream::unfold(f, |mut f| async move {
@@ -283,6 +264,25 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
         run["rowCount"]
     );
     Ok(())
+}
+
+/// A bar of `size` bytes drawn with `template` on a terminal; hidden (but counting, for
+/// `plain_lines`) off one.
+fn byte_bar(c: &Client, size: u64, template: &str) -> ProgressBar {
+    let bar = if c.tty {
+        ProgressBar::new(size)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_length(size);
+    if c.tty {
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+    }
+    bar
 }
 
 /// Off a terminal (a log, a pipe), progress as plain lines on stdout (as `say`): one every

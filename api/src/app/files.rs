@@ -67,80 +67,28 @@ pub async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let key = rec.downloadable(Utc::now())?.to_string();
     let size = rec.size_bytes.unwrap_or(0).max(0) as u64;
-    let etag = format!("\"{}\"", rec.sha256.as_deref().unwrap_or_default());
-    let meta = meta_of(rec);
-    let header_str =
-        |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let Some(v) = header_str(header::IF_MATCH) {
-        // Strong comparison: a weak tag never matches (RFC 9110, 13.1.1).
-        if !v.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-            let mut res = envelope_response(
-                ErrorCode::InvalidRequest,
-                format!("If-Match: the file's ETag is {etag}"),
-            );
-            *res.status_mut() = StatusCode::PRECONDITION_FAILED;
-            return Ok(res);
-        }
-    }
-    // HTTP dates count whole seconds: the completion, truncated.
-    let modified = rec.completed_at.map(|t| {
-        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
-        header::HttpDate::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-    });
-    let not_modified = match header_str(header::IF_NONE_MATCH) {
-        // Weak comparison (RFC 9110, 13.1.2): W/"x" matches "x".
-        Some(v) => v
-            .split(',')
-            .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == etag || t == "*"),
-        // If-Modified-Since only without If-None-Match (RFC 9110, 13.1.3), to the second.
-        None => header_str(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.parse::<header::HttpDate>().ok())
-            .zip(modified)
-            .is_some_and(|(since, m)| {
-                std::time::SystemTime::from(m) <= std::time::SystemTime::from(since)
-            }),
-    };
-    if not_modified {
-        let mut res = HttpResponse::NotModified();
-        res.insert_header((header::ETAG, etag.clone()));
-        if let Some(m) = modified {
-            res.insert_header((header::LAST_MODIFIED, m));
-        }
-        return Ok(res.finish());
+    let v = Validators::of(rec);
+    if let Some(answer) = v.preconditions(req) {
+        return Ok(answer);
     }
     // If-Range with anything but the current strong ETag: the whole file, not a stale part.
-    let range_header = match header_str(header::IF_RANGE) {
-        Some(tag) if tag.trim() != etag => None,
-        _ => header_str(header::RANGE),
+    let range_header = match header_str(req, header::IF_RANGE) {
+        Some(tag) if tag.trim() != v.etag => None,
+        _ => header_str(req, header::RANGE),
     };
     let (status, range) = match parse_range(range_header, size) {
         Range::Full => (StatusCode::OK, None),
         Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
-        Range::Unsatisfiable => {
-            let mut res = envelope_response(
-                ErrorCode::InvalidRequest,
-                format!("Range not satisfiable: the file has {size} bytes"),
-            );
-            *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            res.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{size}"))
-                    .map_err(|e| Error::Unexpected(e.into()))?,
-            );
-            return Ok(res);
-        }
+        Range::Unsatisfiable => return unsatisfiable(size),
     };
     let len = range.map_or(size, |(a, b)| b - a + 1);
+    let meta = meta_of(rec);
     let mut res = HttpResponse::build(status);
     res.insert_header((header::CONTENT_TYPE, meta.content_type))
         .insert_header((header::CONTENT_DISPOSITION, meta.content_disposition))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "private, max-age=0"));
-    if let Some(m) = modified {
-        res.insert_header((header::LAST_MODIFIED, m));
-    }
+    v.headers(&mut res);
     if let Some((a, b)) = range {
         res.insert_header((header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}")));
     }
@@ -171,6 +119,86 @@ pub async fn stream(
             std::io::Error::other(e)
         });
     Ok(res.body(SizedStream::new(len, body)))
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// 416, with the size the range missed.
+fn unsatisfiable(size: u64) -> Result<HttpResponse, ApiError> {
+    let mut res = envelope_response(
+        ErrorCode::InvalidRequest,
+        format!("Range not satisfiable: the file has {size} bytes"),
+    );
+    *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    res.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}"))
+            .map_err(|e| Error::Unexpected(e.into()))?,
+    );
+    Ok(res)
+}
+
+/// A file's validators: its strong ETag (the sha256) and Last-Modified (its completion; HTTP
+/// dates count whole seconds, so truncated).
+struct Validators {
+    etag: String,
+    modified: Option<header::HttpDate>,
+}
+
+impl Validators {
+    fn of(rec: &ExportRecord) -> Validators {
+        Validators {
+            etag: format!("\"{}\"", rec.sha256.as_deref().unwrap_or_default()),
+            modified: rec.completed_at.map(|t| {
+                let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+                header::HttpDate::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            }),
+        }
+    }
+
+    fn headers(&self, res: &mut actix_web::HttpResponseBuilder) {
+        res.insert_header((header::ETAG, self.etag.clone()));
+        if let Some(m) = self.modified {
+            res.insert_header((header::LAST_MODIFIED, m));
+        }
+    }
+
+    /// The answer the conditional headers call for instead of the file: 412 when If-Match
+    /// does not match (strong comparison, RFC 9110 13.1.1), 304 when If-None-Match matches
+    /// (weak comparison, 13.1.2) or, without it, If-Modified-Since is not before the
+    /// completion (13.1.3).
+    fn preconditions(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        let etag = self.etag.as_str();
+        if let Some(v) = header_str(req, header::IF_MATCH)
+            && !v.split(',').any(|t| t.trim() == etag || t.trim() == "*")
+        {
+            let mut res = envelope_response(
+                ErrorCode::InvalidRequest,
+                format!("If-Match: the file's ETag is {etag}"),
+            );
+            *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+            return Some(res);
+        }
+        let not_modified = match header_str(req, header::IF_NONE_MATCH) {
+            Some(v) => v
+                .split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == etag || t == "*"),
+            None => header_str(req, header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.parse::<header::HttpDate>().ok())
+                .zip(self.modified)
+                .is_some_and(|(since, m)| {
+                    std::time::SystemTime::from(m) <= std::time::SystemTime::from(since)
+                }),
+        };
+        not_modified.then(|| {
+            let mut res = HttpResponse::NotModified();
+            self.headers(&mut res);
+            res.finish()
+        })
+    }
 }
 
 /// Who downloads, and by which route, for the audit log.

@@ -118,46 +118,10 @@ async fn zang_create_inner(
     let obj = value
         .as_object_mut()
         .ok_or_else(|| Error::invalid("the body must be a JSON object"))?;
-    let scope_raw = match obj.remove("scope") {
-        None => "table".to_string(),
-        Some(Value::String(s)) => s,
-        Some(_) => return Err(Error::invalid("scope: expected a string").into()),
-    };
-    let scope = match ExportScope::parse(&scope_raw) {
-        Some(s @ (ExportScope::Table | ExportScope::Schema | ExportScope::Database)) => s,
-        _ => {
-            return Err(Error::invalid(format!(
-                "scope: \"{}\" is not a scope (table, schema or database)",
-                printable(&scope_raw)
-            ))
-            .into());
-        }
-    };
+    let (scope_raw, scope) = scope_of(obj)?;
+    let by = By::key(req, &principal);
     let rec = if scope == ExportScope::Table {
-        let table = match obj.remove("table") {
-            Some(Value::String(s)) => s,
-            Some(_) => return Err(Error::invalid("table: expected a string").into()),
-            None => return Err(Error::invalid("table: required for a table export").into()),
-        };
-        let wf = match uuid::Uuid::parse_str(&table) {
-            Ok(_) => find(state, principal.project_id, &table).await?,
-            Err(_) => workflows::get_by_name(&state.pool, principal.project_id, &table)
-                .await?
-                .ok_or(Error::NotFound("table"))?,
-        };
-        let request: ExportRequest = crate::json::from_value(value.clone())?;
-        match create_export(
-            state,
-            &By::key(req, &principal),
-            &wf.id.to_string(),
-            &request,
-            &value,
-            None,
-        )
-        .await?
-        {
-            Created::New(r) | Created::Existing(r) => *r,
-        }
+        table_export(req, state, &principal, value).await?
     } else {
         principal.require(Scope::Admin)?;
         if let Some(k) = obj.keys().next() {
@@ -168,20 +132,16 @@ async fn zang_create_inner(
             .into());
         }
         let rid = request_id::current();
-        create_job(
+        let new = new_job(
             state,
-            &By::key(req, &principal),
-            new_job(
-                state,
-                &principal,
-                JobKind::Export,
-                scope,
-                None,
-                "EXPORT",
-                &rid,
-            ),
-        )
-        .await?
+            &principal,
+            JobKind::Export,
+            scope,
+            None,
+            "EXPORT",
+            &rid,
+        );
+        create_job(state, &by, new).await?
     };
     let z = zang_export(state, slug, &rec);
     Ok(envelope(
@@ -194,6 +154,58 @@ async fn zang_create_inner(
             "download_url": z["download_url"],
         }),
     ))
+}
+
+/// `scope` taken out of the body: table (the default), schema or database.
+fn scope_of(obj: &mut serde_json::Map<String, Value>) -> Result<(String, ExportScope), ApiError> {
+    let scope_raw = match obj.remove("scope") {
+        None => "table".to_string(),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(Error::invalid("scope: expected a string").into()),
+    };
+    match ExportScope::parse(&scope_raw) {
+        Some(s @ (ExportScope::Table | ExportScope::Schema | ExportScope::Database)) => {
+            Ok((scope_raw, s))
+        }
+        _ => Err(Error::invalid(format!(
+            "scope: \"{}\" is not a scope (table, schema or database)",
+            printable(&scope_raw)
+        ))
+        .into()),
+    }
+}
+
+/// A table export: `table` (a workflow's id or name) and the export's own parameters.
+async fn table_export(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: &Principal,
+    mut value: Value,
+) -> Result<ExportRecord, ApiError> {
+    let table = match value.as_object_mut().and_then(|o| o.remove("table")) {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(Error::invalid("table: expected a string").into()),
+        None => return Err(Error::invalid("table: required for a table export").into()),
+    };
+    let wf = match uuid::Uuid::parse_str(&table) {
+        Ok(_) => find(state, principal.project_id, &table).await?,
+        Err(_) => workflows::get_by_name(&state.pool, principal.project_id, &table)
+            .await?
+            .ok_or(Error::NotFound("table"))?,
+    };
+    let request: ExportRequest = crate::json::from_value(value.clone())?;
+    let created = create_export(
+        state,
+        &By::key(req, principal),
+        &wf.id.to_string(),
+        &request,
+        &value,
+        None,
+    )
+    .await?;
+    Ok(match created {
+        Created::New(r) | Created::Existing(r) => *r,
+    })
 }
 
 /// Zangtable: the project's exports, newest first (read; schema and database exports are
