@@ -43,59 +43,10 @@ pub struct AuditParams {
     pub format: Option<String>,
 }
 
-/// One event of the log.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEventDto {
-    pub id: uuid::Uuid,
-    pub at: DateTime<Utc>,
-    /// What happened: export.created, export.cancelled, export.downloaded, import.created,
-    /// key.created, key.revoked, webhook.created, webhook.deleted.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The key's prefix (wk_…), or "signed link".
-    pub actor: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub export_id: Option<uuid::Uuid>,
-    /// Downloads: stream, redirect (302 to the store) or signed link.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
-    /// Downloads through the API: the bytes sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<i64>,
-    /// The byte range served (`bytes=FIRST-LAST`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub range: Option<String>,
-    /// The client's address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    /// What else the event names (a key's or webhook's id, an export's format).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
-}
-
-impl From<AuditEvent> for AuditEventDto {
-    fn from(e: AuditEvent) -> Self {
-        let detail = Some(e.detail.0).filter(|d| d.as_object().is_some_and(|o| !o.is_empty()));
-        AuditEventDto {
-            id: e.id,
-            at: e.at,
-            kind: e.kind,
-            actor: e.actor,
-            export_id: e.export_id,
-            route: e.route,
-            bytes: e.bytes,
-            range: e.range,
-            client: e.client,
-            detail,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditPage {
-    pub data: Vec<AuditEventDto>,
+    pub data: Vec<AuditEvent>,
     pub next_cursor: Option<String>,
 }
 
@@ -151,7 +102,7 @@ impl AuditParams {
 /// `WHARF_AUDIT_TTL` (90 days); events appear within a second.
 #[utoipa::path(get, operation_id = "list_audit_events", path = "/v1/audit", tag = "audit", params(AuditParams),
     responses((status = 200, description = "A page (JSON), or every matching event as NDJSON with format=ndjson",
-            content((AuditPage = "application/json"), (AuditEventDto = "application/x-ndjson"))),
+            content((AuditPage = "application/json"), (AuditEvent = "application/x-ndjson"))),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope)))]
 #[get("/v1/audit")]
@@ -170,7 +121,7 @@ pub async fn list_audit(
                 .then(|| rows.last().map(|e| e.id.to_string()))
                 .flatten();
             Ok(HttpResponse::Ok().json(AuditPage {
-                data: rows.into_iter().map(AuditEventDto::from).collect(),
+                data: rows,
                 next_cursor: next,
             }))
         }
@@ -188,7 +139,7 @@ pub async fn list_audit(
                     q.before = rows.last().map(|e| e.id);
                     let mut out = Vec::new();
                     for e in rows {
-                        serde_json::to_writer(&mut out, &AuditEventDto::from(e))
+                        serde_json::to_writer(&mut out, &e)
                             .map_err(|e| Error::Unexpected(e.into()))?;
                         out.push(b'\n');
                     }

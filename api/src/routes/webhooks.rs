@@ -184,6 +184,18 @@ pub struct DeliveryDto {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
+/// The project's endpoint named by the path's `webhookId` (404 for another project's).
+async fn endpoint(
+    state: &AppState,
+    principal: &wharf_shared::auth::Principal,
+    raw: &str,
+) -> Result<Webhook, ApiError> {
+    let id = parse_id("webhookId", raw)?;
+    Ok(webhooks::get(&state.pool, principal.project_id, id)
+        .await?
+        .ok_or(Error::NotFound("webhook"))?)
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
     pub data: Vec<DeliveryDto>,
@@ -200,10 +212,7 @@ pub async fn deliveries(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
-    let id = parse_id("webhookId", &path)?;
-    let hook = webhooks::get(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("webhook"))?;
+    let hook = endpoint(&state, principal, &path).await?;
     let rows = webhooks::deliveries(&state.pool, hook.id, 100).await?;
     Ok(HttpResponse::Ok().json(DeliveryList {
         data: rows.into_iter().map(DeliveryDto::from).collect(),
@@ -255,10 +264,7 @@ pub async fn test(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
-    let id = parse_id("webhookId", &path)?;
-    let hook = webhooks::get(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("webhook"))?;
+    let hook = endpoint(&state, principal, &path).await?;
     let event = Event {
         id: format!("evt_{}", wharf_shared::domain::ids::new_id().simple()),
         kind: "ping",
@@ -300,11 +306,8 @@ pub async fn retry(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
-    let id = parse_id("webhookId", &path.0)?;
+    let hook = endpoint(&state, principal, &path.0).await?;
     let delivery = parse_id("deliveryId", &path.1)?;
-    let hook = webhooks::get(&state.pool, principal.project_id, id)
-        .await?
-        .ok_or(Error::NotFound("webhook"))?;
     match webhooks::retry(&state.pool, hook.id, delivery).await? {
         webhooks::Retried::Queued(d) => {
             tracing::info!(webhook_id = %hook.id, delivery_id = %d.id, "webhook delivery retried");

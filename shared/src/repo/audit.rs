@@ -21,18 +21,23 @@ pub const TYPES: [&str; 8] = [
 ];
 
 pg_row! {
-    /// One event: who (`actor`) did what (`type`), when, and for downloads how (route, bytes,
-    /// Range, client address).
-    #[derive(Debug, Clone, Serialize)]
+    /// One event: who (`actor`: the key's prefix `wk_…`, or "signed link") did what (`type`),
+    /// when, and for downloads how (`route`: stream, redirect or signed link; the `bytes`
+    /// sent; the `range` served, `bytes=FIRST-LAST`; the `client`'s address). As stored, and
+    /// as `GET /v1/audit` shows it.
+    #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
     pub struct AuditEvent {
         pub id: Uuid,
         #[serde(skip)]
+        #[schema(ignore)]
         pub project_id: Uuid,
         pub at: DateTime<Utc>,
         #[serde(rename = "type")]
+        #[schema(rename = "type")]
         pub kind: String,
         pub actor: String,
         #[serde(rename = "exportId", skip_serializing_if = "Option::is_none")]
+        #[schema(rename = "exportId")]
         pub export_id: Option<Uuid>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub route: Option<String>,
@@ -42,7 +47,9 @@ pg_row! {
         pub range: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub client: Option<String>,
+        /// What else the event names (a key's or webhook's id, an export's format).
         #[serde(skip_serializing_if = "is_empty")]
+        #[schema(value_type = Option<Object>)]
         pub detail: sqlx::types::Json<serde_json::Value>,
     }
 }
