@@ -18,7 +18,8 @@ use crate::request_id;
 use crate::state::AppState;
 
 /// Where a waiting export stands: its place in its project's queue, and once its row count is
-/// known, the seconds left at the recent pace of its format. Finished exports cost nothing.
+/// known, the seconds left (at its own pace once it has one, else the recent pace of its
+/// format). Finished exports cost nothing.
 pub async fn standing(
     state: &AppState,
     r: &ExportRecord,
@@ -30,10 +31,14 @@ pub async fn standing(
         None
     };
     let eta = match (status.is_active(), r.rows_total) {
-        (true, Some(total)) => exports::recent_rows_per_second(&state.pool, &r.format)
-            .await?
-            .filter(|rate| *rate > 0.0)
-            .map(|rate| ((total - r.rows_written).max(0) as f64 / rate * 10.0).round() / 10.0),
+        // Its own pace when it has one; the format's recent pace (a query) only when not.
+        (true, Some(_)) => match r.eta_seconds(Utc::now(), None) {
+            Some(eta) => Some(eta),
+            None => {
+                let recent = exports::recent_rows_per_second(&state.pool, &r.format).await?;
+                r.eta_seconds(Utc::now(), recent)
+            }
+        },
         _ => None,
     };
     Ok((position, eta))
