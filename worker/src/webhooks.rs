@@ -1,7 +1,7 @@
 //! Webhook delivery: every worker claims due deliveries from the outbox (jobs of the ledger,
-//! kind `webhook`, leased, so a killed worker's are retried), posts each signed event in a task of its own (a slow or dead receiver
-//! holds only its own slot, for at most `TIMEOUT`), and records the answer: delivered on 2xx,
-//! else retried with backoff until the event is a day old.
+//! kind `webhook`, leased, so a killed worker's are retried), posts each signed event in a task
+//! of its own (a slow or dead receiver holds only its own slot, for at most `TIMEOUT`), and
+//! records the answer: delivered on 2xx, else retried with backoff until the event is a day old.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +13,10 @@ use wharf_shared::Error;
 use wharf_shared::jobs::{Job, JobError, Kind};
 use wharf_shared::repo::exports;
 use wharf_shared::repo::webhooks::{self, Failure};
-use wharf_shared::webhooks::{Event, SendError, event_data, send};
+use wharf_shared::webhooks::{Event, SendError, TIMEOUT, event_data, send};
 
 use crate::startup::Worker;
 
-use wharf_shared::webhooks::TIMEOUT;
 /// Deliveries in flight per worker.
 const IN_FLIGHT: usize = 32;
 /// Endpoints of one project in flight at once: a quarter of a worker's slots, so one

@@ -42,10 +42,22 @@ impl AuditLog {
         AuditLog { tx }
     }
 
+    /// Records an event of what the request did. With room in the buffer, at once; when it is
+    /// full the request waits for room (backpressure), but through a task of its own, so a
+    /// client that drops its request meanwhile cannot drop the event of what already happened.
     pub async fn record(&self, event: AuditEvent) {
-        if self.tx.send(Msg::Event(Box::new(event))).await.is_err() {
-            tracing::error!("audit writer gone; an event was not recorded");
-        }
+        let msg = match self.tx.try_send(Msg::Event(Box::new(event))) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer gone; an event was not recorded");
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move { tx.send(msg).await.ok() })
+            .await
+            .ok();
     }
 
     /// Records without waiting (from a `Drop`): into the buffer at once when it has room, else
