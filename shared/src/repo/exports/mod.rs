@@ -1,16 +1,18 @@
-//! Exports (and bundles and imports) and their dock statuses, by concern: what the API reads
-//! and writes (`api`), their jobs in the ledger (`jobs`: claims, leases, heartbeats, fenced
-//! completion, the reconciler; `ledger`), the uploads
-//! of attempts (`uploads`) and retention (`retention`). Every state change is a conditional
+//! Exports (and bundles and imports) and their dock statuses, by concern: what the API writes
+//! (`create`) and reads (`reads`), their jobs in the ledger (claims, leases, heartbeats, fenced
+//! completion, the reconciler; `ledger`), the uploads of attempts (`uploads`) and retention
+//! (`retention`). Every state change is a conditional
 //! update; callers use `repo::exports::…` whichever file holds it.
 
-mod api;
+mod create;
 mod ledger;
+mod reads;
 mod retention;
 mod uploads;
 
-pub use api::*;
+pub use create::*;
 pub use ledger::*;
+pub use reads::*;
 pub use retention::*;
 pub use uploads::*;
 
