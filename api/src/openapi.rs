@@ -72,18 +72,6 @@ struct CommonResponses;
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let envelope = |schema: &str, what: &str| {
-            ResponseBuilder::new()
-                .description(what)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name(schema)))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let unkeyed = ["/healthz", "/metrics", "/readyz"].contains(&path.as_str());
             let schema = if path.starts_with("/projects/") {
@@ -101,38 +89,8 @@ impl Modify for CommonResponses {
             ];
             for op in ops.into_iter().flatten() {
                 let keyed = op.security.is_none() && !unkeyed;
-                let mut common = vec![
-                    (
-                        "400",
-                        "Malformed request or invalid parameters (the message names them)",
-                    ),
-                    ("414", "Request URI over 8 KiB"),
-                    ("431", "More than 64 request headers"),
-                ];
-                if !unkeyed {
-                    common.push((
-                        "503",
-                        "A backing service is unavailable; retry (Retry-After)",
-                    ));
-                }
-                if keyed {
-                    common.extend([
-                        ("401", "Missing, unknown or revoked API key"),
-                        ("403", "The key lacks the scope this route needs"),
-                        (
-                            "429",
-                            "Over the key's rate limit (WHARF_RATE_LIMIT), or too many failed \
-                             authentications from this address (WHARF_AUTH_FAILURES); see Retry-After",
-                        ),
-                    ]);
-                }
-                if op.request_body.is_some() {
-                    common.extend([
-                        ("413", "Request body too large"),
-                        ("415", "Unsupported Content-Type"),
-                    ]);
-                }
-                for (code, what) in common {
+                for (code, what) in common_answers(unkeyed, keyed, op.request_body.is_some()) {
+                    // The HTTP layer's own answers are in the plain envelope on every route.
                     let schema = if ["414", "431"].contains(&code) {
                         "ErrorEnvelope"
                     } else {
@@ -146,6 +104,57 @@ impl Modify for CommonResponses {
             }
         }
     }
+}
+
+/// The common answers of an operation: the HTTP layer's; a backing service's unless `unkeyed`
+/// (health and metrics); the key's and the rate limit's when `keyed`; a body's when it takes one.
+fn common_answers(unkeyed: bool, keyed: bool, body: bool) -> Vec<(&'static str, &'static str)> {
+    let mut common = vec![
+        (
+            "400",
+            "Malformed request or invalid parameters (the message names them)",
+        ),
+        ("414", "Request URI over 8 KiB"),
+        ("431", "More than 64 request headers"),
+    ];
+    if !unkeyed {
+        common.push((
+            "503",
+            "A backing service is unavailable; retry (Retry-After)",
+        ));
+    }
+    if keyed {
+        common.extend([
+            ("401", "Missing, unknown or revoked API key"),
+            ("403", "The key lacks the scope this route needs"),
+            (
+                "429",
+                "Over the key's rate limit (WHARF_RATE_LIMIT), or too many failed \
+                 authentications from this address (WHARF_AUTH_FAILURES); see Retry-After",
+            ),
+        ]);
+    }
+    if body {
+        common.extend([
+            ("413", "Request body too large"),
+            ("415", "Unsupported Content-Type"),
+        ]);
+    }
+    common
+}
+
+/// An error answer in the envelope named `schema`.
+fn envelope(schema: &str, what: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(what)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .build(),
+        )
+        .build()
 }
 
 /// The methods the API serves on `path` (from this document), when the path is one of its

@@ -53,35 +53,8 @@ impl Application {
             // Not fatal: /readyz reports the store until it is reachable.
             tracing::warn!(store = %settings.store, error = %e, "the object store is not ready yet");
         }
-        let limiter = KeyLimiter::new(settings.rate_limit);
-        let auth_failures = AuthFailures::new(settings.auth_failures_per_minute);
-        tokio::spawn(shrink_now_and_then(limiter.clone(), auth_failures.clone()));
-        let waiters = crate::waiters::Waiters::new();
-        tokio::spawn(waiters.clone().listen(pool.clone()));
-        let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
-        tokio::spawn(keys.clone().listen(pool.clone()));
-        let audit = crate::app::audit::AuditLog::start(pool.clone());
-        let state = AppState {
-            audit: audit.clone(),
-            keys,
-            queue: wharf_shared::queue::from_settings(&settings, &pool)?,
-            ingest_slots: IngestSlots::new(settings.project_ingests),
-            read_slots: IngestSlots::named(
-                settings.project_reads,
-                "data reads",
-                "WHARF_PROJECT_READS",
-            ),
-            long_polls: IngestSlots::named(MAX_LONG_POLLS, "long polls", "at most 500 per project"),
-            auth_failures,
-            page_keys: crate::compat::kadoa::PageKeys::default(),
-            metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
-            waiters: waiters.clone(),
-            settings: Arc::new(settings),
-            pool,
-            ingest_gate: repo::IngestGate::default(),
-            store,
-            limiter,
-        };
+        let state = app_state(settings, pool, store)?;
+        let audit = state.audit.clone();
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
@@ -150,6 +123,39 @@ async fn connect_with_retry(settings: &Settings) -> anyhow::Result<PgPool> {
         }
     }
     unreachable!("the retry loop returns")
+}
+
+/// What every request shares: the pool, store and queue, the caches that follow PostgreSQL's
+/// notifications, the per-project slots and the limiters (their sweeper started here).
+fn app_state(
+    settings: Settings,
+    pool: PgPool,
+    store: Arc<dyn wharf_shared::store::ObjectStore>,
+) -> anyhow::Result<AppState> {
+    let limiter = KeyLimiter::new(settings.rate_limit);
+    let auth_failures = AuthFailures::new(settings.auth_failures_per_minute);
+    tokio::spawn(shrink_now_and_then(limiter.clone(), auth_failures.clone()));
+    let waiters = crate::waiters::Waiters::new();
+    tokio::spawn(waiters.clone().listen(pool.clone()));
+    let keys = wharf_shared::auth::KeyCache::new(settings.key_cache_ttl);
+    tokio::spawn(keys.clone().listen(pool.clone()));
+    Ok(AppState {
+        audit: crate::app::audit::AuditLog::start(pool.clone()),
+        keys,
+        queue: wharf_shared::queue::from_settings(&settings, &pool)?,
+        ingest_slots: IngestSlots::new(settings.project_ingests),
+        read_slots: IngestSlots::named(settings.project_reads, "data reads", "WHARF_PROJECT_READS"),
+        long_polls: IngestSlots::named(MAX_LONG_POLLS, "long polls", "at most 500 per project"),
+        auth_failures,
+        page_keys: crate::compat::kadoa::PageKeys::default(),
+        metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
+        waiters,
+        settings: Arc::new(settings),
+        pool,
+        ingest_gate: repo::IngestGate::default(),
+        store,
+        limiter,
+    })
 }
 
 /// Drops the limiters' full buckets every minute (memory bounded by active keys and by the

@@ -35,29 +35,7 @@ enum Cmd {
     /// Uploads FILE as a run of WORKFLOW (NDJSON, JSON or CSV, by its extension).
     Ingest { workflow: String, file: PathBuf },
     /// Creates an export, waits for it with a progress bar, downloads and verifies it.
-    Export {
-        workflow: String,
-        /// csv, tsv, json, ndjson or parquet.
-        #[arg(long, default_value = "csv",
-              value_parser = ["csv", "tsv", "json", "ndjson", "parquet"])]
-        format: String,
-        /// FIELD:OP:VALUE (VALUE as JSON when it parses, else text), repeatable.
-        #[arg(long = "filter")]
-        filters: Vec<String>,
-        #[arg(long)]
-        sort: Option<String>,
-        /// asc or desc.
-        #[arg(long)]
-        order: Option<String>,
-        /// Comma-separated columns.
-        #[arg(long, value_delimiter = ',')]
-        columns: Vec<String>,
-        /// gzip for text formats; snappy, zstd or none for parquet.
-        #[arg(long)]
-        compression: Option<String>,
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
+    Export(ExportArgs),
     /// An export's status, as JSON.
     Status { export: String },
     /// Downloads a completed export (resuming a partial file) and verifies its sha256.
@@ -66,6 +44,55 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    workflow: String,
+    /// csv, tsv, json, ndjson or parquet.
+    #[arg(long, default_value = "csv",
+          value_parser = ["csv", "tsv", "json", "ndjson", "parquet"])]
+    format: String,
+    /// FIELD:OP:VALUE (VALUE as JSON when it parses, else text), repeatable.
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    #[arg(long)]
+    sort: Option<String>,
+    /// asc or desc.
+    #[arg(long)]
+    order: Option<String>,
+    /// Comma-separated columns.
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// gzip for text formats; snappy, zstd or none for parquet.
+    #[arg(long)]
+    compression: Option<String>,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// The create request's body: only what was given, the server's defaults for the rest.
+    fn body(&self) -> Outcome<Value> {
+        let mut body = json!({"format": self.format});
+        if !self.filters.is_empty() {
+            let filters = self.filters.iter().map(|f| parse_filter(f));
+            body["filters"] = Value::Array(filters.collect::<Outcome<_>>()?);
+        }
+        if !self.columns.is_empty() {
+            body["columns"] = json!(self.columns);
+        }
+        for (name, value) in [
+            ("sortBy", &self.sort),
+            ("order", &self.order),
+            ("compression", &self.compression),
+        ] {
+            if let Some(v) = value {
+                body[name] = json!(v);
+            }
+        }
+        Ok(body)
+    }
 }
 
 #[tokio::main]
@@ -105,47 +132,13 @@ async fn run(c: &Client, cmd: Cmd) -> Outcome<()> {
             Ok(())
         }
         Cmd::Ingest { workflow, file } => ingest(c, &workflow, &file).await,
-        Cmd::Export {
-            workflow,
-            format,
-            filters,
-            sort,
-            order,
-            columns,
-            compression,
-            output,
-        } => {
-            let mut body = json!({"format": format});
-            if !filters.is_empty() {
-                body["filters"] = Value::Array(
-                    filters
-                        .iter()
-                        .map(|f| parse_filter(f))
-                        .collect::<Outcome<_>>()?,
-                );
-            }
-            if let Some(s) = sort {
-                body["sortBy"] = json!(s);
-            }
-            if let Some(o) = order {
-                body["order"] = json!(o);
-            }
-            if !columns.is_empty() {
-                body["columns"] = json!(columns);
-            }
-            if let Some(z) = compression {
-                body["compression"] = json!(z);
-            }
-            let created = c
-                .json(
-                    c.post(&format!("/v1/workflows/{workflow}/exports"))
-                        .json(&body),
-                )
-                .await?;
+        Cmd::Export(args) => {
+            let path = format!("/v1/workflows/{}/exports", args.workflow);
+            let created = c.json(c.post(&path).json(&args.body()?)).await?;
             let id = created["exportId"].as_str().unwrap_or_default().to_string();
             c.say(&format!("export {id} created"));
             let status = watch(c, &id).await?;
-            download(c, &status, output).await
+            download(c, &status, args.output).await
         }
         Cmd::Status { export } => {
             let body = c.json(c.get(&format!("/v1/exports/{export}"))).await?;

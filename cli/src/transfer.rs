@@ -13,72 +13,144 @@ use sha2::{Digest, Sha256};
 use crate::client::*;
 use crate::finished_badly;
 
-/// Waits for the export with long polls, showing rows, percent and ETA; returns its final
-/// status, or the failure it ended in.
+/// Where a running export is, as a watcher can tell from its status.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Phase {
+    /// Queued (with the exports ahead of it, when the API says), or claimed but not counted.
+    Waiting(String),
+    /// Rows counted, none written yet: the worker is reading (and sorting) them.
+    Sorting {
+        total: u64,
+    },
+    Writing {
+        rows: u64,
+        total: u64,
+    },
+    /// Every row written: the file is being finished and stored.
+    Storing {
+        total: u64,
+    },
+    Done {
+        rows: u64,
+    },
+}
+
+pub(crate) fn phase_of(s: &Value) -> Phase {
+    let p = &s["progress"];
+    let rows = p["rowsWritten"].as_u64().unwrap_or(0);
+    let total = p["rowsTotal"].as_u64().unwrap_or(0);
+    match s["status"].as_str().unwrap_or("") {
+        "QUEUED" => Phase::Waiting(match s["queuePosition"].as_i64() {
+            Some(n) => format!("queued, {n} ahead"),
+            None => "queued".into(),
+        }),
+        "IN_PROGRESS" if total == 0 && rows == 0 => Phase::Waiting("starting".into()),
+        "IN_PROGRESS" if rows == 0 => Phase::Sorting { total },
+        "IN_PROGRESS" if rows >= total => Phase::Storing { total: rows },
+        "IN_PROGRESS" => Phase::Writing { rows, total },
+        _ => Phase::Done { rows },
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Waiting(what) => f.write_str(what),
+            Phase::Sorting { total } => write!(f, "reading and sorting {total} rows"),
+            Phase::Writing { rows, total } => {
+                write!(
+                    f,
+                    "writing {rows}/{total} rows {}%",
+                    rows * 100 / total.max(&1)
+                )
+            }
+            Phase::Storing { total } => write!(f, "storing the file ({total} rows)"),
+            Phase::Done { rows } => write!(f, "{rows} rows"),
+        }
+    }
+}
+
+/// Waits for the export with long polls, showing its phase (a bar with rows, percent and ETA
+/// only while rows are written); returns its final status, or the failure it ended in.
 pub(crate) async fn watch(c: &Client, id: &str) -> Outcome<Value> {
-    // Until the row count is known (queued, or counting), a spinner; then the bar.
-    let waiting = ProgressStyle::with_template("{spinner} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let counting = ProgressStyle::with_template(
-        "{spinner} building  [{bar:32}] {pos}/{len} rows {percent:>3}%  {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    let bar = if c.tty {
-        let b = ProgressBar::new(0);
-        b.set_style(waiting.clone());
-        b.set_message("starting");
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let display = PhaseDisplay::new(c.tty);
     let mut last_line = String::new();
     loop {
         let s = c.json(c.get(&format!("/v1/exports/{id}?wait=1"))).await?;
         let state = s["status"].as_str().unwrap_or("UNKNOWN");
-        let (rows, total) = (
-            s["progress"]["rowsWritten"].as_u64().unwrap_or(0),
-            s["progress"]["rowsTotal"].as_u64().unwrap_or(0),
-        );
         let eta = s["etaSeconds"]
             .as_f64()
-            .map(|e| format!("ETA {e:.0} s"))
+            .map(|e| format!(" ETA {e:.0} s"))
             .unwrap_or_default();
-        let queued = s["queuePosition"]
-            .as_i64()
-            .map(|p| format!("queued, {p} ahead"))
-            .unwrap_or_default();
-        if total == 0 {
-            bar.set_style(waiting.clone());
-            bar.set_message(if queued.is_empty() {
-                "starting".to_string()
-            } else {
-                queued.clone()
-            });
+        let phase = phase_of(&s);
+        display.show(&phase, &eta);
+        let eta = if matches!(phase, Phase::Writing { .. }) {
+            eta
         } else {
-            bar.set_style(counting.clone());
-            bar.set_length(total.max(rows));
-            bar.set_position(rows);
-            bar.set_message(eta.clone());
-        }
-        let line = format!(
-            "{state} {rows}/{total} rows {:.0}% {queued}{eta}",
-            s["progress"]["percent"].as_f64().unwrap_or(0.0)
-        );
+            String::new()
+        };
+        let line = format!("{state} {phase}{eta}");
         if line != last_line {
-            c.say(line.trim_end());
+            c.say(&line);
             last_line = line;
         }
         match state {
             "QUEUED" | "IN_PROGRESS" => continue,
             "COMPLETED" => {
-                bar.finish_and_clear();
+                display.bar.finish_and_clear();
                 return Ok(s);
             }
             _ => {
-                bar.abandon();
+                display.bar.abandon();
                 return Err(finished_badly(&s));
+            }
+        }
+    }
+}
+
+/// A spinner naming the phase, and the bar while rows are written (hidden off a TTY).
+struct PhaseDisplay {
+    bar: ProgressBar,
+    spinner: ProgressStyle,
+    counting: ProgressStyle,
+}
+
+impl PhaseDisplay {
+    fn new(tty: bool) -> Self {
+        let spinner = ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let counting = ProgressStyle::with_template(
+            "{spinner} writing  [{bar:32}] {pos}/{len} rows {percent:>3}%  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bar = if tty {
+            let b = ProgressBar::new(0);
+            b.set_style(spinner.clone());
+            b.set_message("starting");
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        PhaseDisplay {
+            bar,
+            spinner,
+            counting,
+        }
+    }
+
+    fn show(&self, phase: &Phase, eta: &str) {
+        match phase {
+            Phase::Writing { rows, total } => {
+                self.bar.set_style(self.counting.clone());
+                self.bar.set_length(*total);
+                self.bar.set_position(*rows);
+                self.bar.set_message(eta.trim().to_string());
+            }
+            other => {
+                self.bar.set_style(self.spinner.clone());
+                self.bar.set_message(other.to_string());
             }
         }
     }
@@ -115,19 +187,10 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
     let size = status["sizeBytes"].as_u64().unwrap_or(0);
     let io = |e: std::io::Error| fail("IO", e.to_string());
     // Find the name first (HEAD), so a resumed download writes to the same place.
-    let head = c
-        .http
-        .head(format!("{}/v1/exports/{id}/download?mode=stream", c.base))
-        .header("x-api-key", &c.key)
-        .send()
-        .await
-        .map_err(net)?;
-    let disposition = head
-        .headers()
-        .get("content-disposition")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let out = output.unwrap_or_else(|| default_name(status, disposition.as_deref()));
+    let out = match output {
+        Some(out) => out,
+        None => default_name(status, served_name(c, id).await?.as_deref()),
+    };
     let part = part_path(&out);
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let mut req = c.get(&format!("/v1/exports/{id}/download?mode=stream"));
@@ -135,8 +198,7 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
         req = req.header("range", format!("bytes={have}-"));
     }
     let res = req.send().await.map_err(net)?;
-    let code = res.status().as_u16();
-    let (mut file, start) = match code {
+    let (file, start) = match res.status().as_u16() {
         206 => (
             std::fs::OpenOptions::new()
                 .append(true)
@@ -145,7 +207,7 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
             have,
         ),
         200 => (std::fs::File::create(&part).map_err(io)?, 0),
-        _ => {
+        code => {
             let body: Value = res.json().await.unwrap_or(Value::Null);
             return Err(server_error(code, &body));
         }
@@ -153,6 +215,45 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
     if start > 0 {
         c.say(&format!("resuming at byte {start} of {size}"));
     }
+    receive(c, res, file, start, size).await?;
+    let got = sha256_of(&part).map_err(io)?;
+    if got != want_sha {
+        std::fs::remove_file(&part).ok();
+        return Err(fail(
+            "CHECKSUM_MISMATCH",
+            format!("the file's sha256 is {got}, the export's {want_sha}; removed, run again"),
+        ));
+    }
+    std::fs::rename(&part, &out).map_err(io)?;
+    println!("{}\t{size} bytes\tsha256 {got}", out.display());
+    Ok(())
+}
+
+/// The file name the API serves the export under (its Content-Disposition), from a HEAD.
+async fn served_name(c: &Client, id: &str) -> Outcome<Option<String>> {
+    let head = c
+        .http
+        .head(format!("{}/v1/exports/{id}/download?mode=stream", c.base))
+        .header("x-api-key", &c.key)
+        .send()
+        .await
+        .map_err(net)?;
+    Ok(head
+        .headers()
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
+}
+
+/// The response's body appended to `file`, with a byte bar from `start` of `size`.
+async fn receive(
+    c: &Client,
+    res: reqwest::Response,
+    mut file: std::fs::File,
+    start: u64,
+    size: u64,
+) -> Outcome<()> {
+    let io = |e: std::io::Error| fail("IO", e.to_string());
     let bar = byte_bar(
         c,
         size,
@@ -172,19 +273,8 @@ pub(crate) async fn download(c: &Client, status: &Value, output: Option<PathBuf>
         bar.inc(chunk.len() as u64);
     }
     file.flush().map_err(io)?;
-    drop(file);
     bar.finish_and_clear();
     lines.finish();
-    let got = sha256_of(&part).map_err(io)?;
-    if got != want_sha {
-        std::fs::remove_file(&part).ok();
-        return Err(fail(
-            "CHECKSUM_MISMATCH",
-            format!("the file's sha256 is {got}, the export's {want_sha}; removed, run again"),
-        ));
-    }
-    std::fs::rename(&part, &out).map_err(io)?;
-    println!("{}\t{size} bytes\tsha256 {got}", out.display());
     Ok(())
 }
 
@@ -197,28 +287,10 @@ pub(crate) fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 /// Streams FILE as a run, with a byte bar.
 pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<()> {
-    let ct = match file
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("ndjson" | "jsonl") => "application/x-ndjson",
-        Some("json") => "application/json",
-        Some("csv") => "text/csv",
-        _ => {
-            return Err(usage(format!(
-                "{}: expected a .ndjson, .jsonl, .json or .csv file",
-                file.display()
-            )));
-        }
-    };
-    let size = std::fs::metadata(file)
-        .map_err(|e| usage(format!("{}: {e}", file.display())))?
-        .len();
-    let f = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let ct = content_type_of(file)?;
+    let unreadable = |e: std::io::Error| usage(format!("{}: {e}", file.display()));
+    let size = std::fs::metadata(file).map_err(unreadable)?.len();
+    let f = tokio::fs::File::open(file).await.map_err(unreadable)?;
     let bar = byte_bar(
         c,
         size,
@@ -226,22 +298,7 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
     );
     let lines = plain_lines(c, &bar, "uploaded");
     let counted = bar.clone();
-    let body = futures::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((
-                    Ok::<bytes::Bytes, std::io::Error>(bytes::Bytes::from(buf)),
-                    f,
-                ))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    })
-    .inspect(move |c| {
+    let body = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |c| {
         if let Ok(b) = c {
             counted.inc(b.len() as u64);
         }
@@ -264,6 +321,20 @@ pub(crate) async fn ingest(c: &Client, workflow: &str, file: &Path) -> Outcome<(
         run["rowCount"]
     );
     Ok(())
+}
+
+/// A run file's media type, by its extension.
+fn content_type_of(file: &Path) -> Outcome<&'static str> {
+    let ext = file.extension().and_then(|e| e.to_str());
+    match ext.map(str::to_ascii_lowercase).as_deref() {
+        Some("ndjson" | "jsonl") => Ok("application/x-ndjson"),
+        Some("json") => Ok("application/json"),
+        Some("csv") => Ok("text/csv"),
+        _ => Err(usage(format!(
+            "{}: expected a .ndjson, .jsonl, .json or .csv file",
+            file.display()
+        ))),
+    }
 }
 
 /// A bar of `size` bytes drawn with `template` on a terminal; hidden (but counting, for
@@ -339,4 +410,37 @@ fn plain_line(bar: &ProgressBar, verb: &str) -> String {
         100.0
     };
     format!("{verb} {done} of {total} bytes ({pct:.0} %)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(status: &str, rows: u64, total: u64) -> Phase {
+        phase_of(&json!({
+            "status": status, "queuePosition": 2,
+            "progress": {"rowsWritten": rows, "rowsTotal": total}
+        }))
+    }
+
+    #[test]
+    fn a_watcher_sees_the_phase_not_a_percentage_that_stands_still() {
+        assert_eq!(at("QUEUED", 0, 0).to_string(), "queued, 2 ahead");
+        assert_eq!(at("IN_PROGRESS", 0, 0).to_string(), "starting");
+        // Counted, nothing written: the sort, not "0 %".
+        assert_eq!(
+            at("IN_PROGRESS", 0, 3_000_000).to_string(),
+            "reading and sorting 3000000 rows"
+        );
+        assert_eq!(
+            at("IN_PROGRESS", 750, 3_000).to_string(),
+            "writing 750/3000 rows 25%"
+        );
+        assert_eq!(
+            at("IN_PROGRESS", 3_000, 3_000).to_string(),
+            "storing the file (3000 rows)"
+        );
+        assert_eq!(at("COMPLETED", 3_000, 3_000).to_string(), "3000 rows");
+    }
 }

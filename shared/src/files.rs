@@ -56,35 +56,8 @@ where
 {
     let id = new_id();
     let key = format!("uploads/{project_id}/{id}");
-    let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, StoreError>>(4);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed();
-    let meta = ObjectMeta {
-        content_type: "application/zip".into(),
-        content_disposition: crate::domain::export::content_disposition(file_name),
-    };
-    let writer = {
-        let (store, key) = (store.clone(), key.clone());
-        tokio::spawn(async move { store.write(&key, &meta, stream, &crate::store::NoLog).await })
-    };
-    let pumped = pump(body, &tx, &limits).await;
-    if pumped.is_err() {
-        tx.send(Err(StoreError::Interrupted)).await.ok();
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| Error::Unexpected(e.into()))?;
-    let size = pumped?;
-    let written = written?;
-    if written.size != size {
-        store.delete(&key).await.ok();
-        return Err(Error::Unexpected(anyhow::anyhow!(
-            "stored {} of {size} bytes",
-            written.size
-        )));
-    }
-    let size_bytes = i64::try_from(size).map_err(|e| Error::Unexpected(e.into()))?;
+    let written = store_body(store, &key, file_name, body, &limits).await?;
+    let size_bytes = i64::try_from(written.size).map_err(|e| Error::Unexpected(e.into()))?;
     let recorded = imports::create_file(
         pool,
         NewFile {
@@ -102,6 +75,49 @@ where
         store.delete(&key).await.ok();
     }
     recorded
+}
+
+/// The body as the object `key`, all of it (a body cut short or over the limit stores nothing).
+async fn store_body<S, E>(
+    store: &std::sync::Arc<dyn ObjectStore>,
+    key: &str,
+    file_name: &str,
+    body: S,
+    limits: &UploadLimits,
+) -> Result<crate::store::Written>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, StoreError>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let meta = ObjectMeta {
+        content_type: "application/zip".into(),
+        content_disposition: crate::domain::export::content_disposition(file_name),
+    };
+    let writer = {
+        let (store, key) = (store.clone(), key.to_string());
+        tokio::spawn(async move { store.write(&key, &meta, stream, &crate::store::NoLog).await })
+    };
+    let pumped = pump(body, &tx, limits).await;
+    if pumped.is_err() {
+        tx.send(Err(StoreError::Interrupted)).await.ok();
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::Unexpected(e.into()))?;
+    let size = pumped?;
+    let written = written?;
+    if written.size != size {
+        store.delete(key).await.ok();
+        return Err(Error::Unexpected(anyhow::anyhow!(
+            "stored {} of {size} bytes",
+            written.size
+        )));
+    }
+    Ok(written)
 }
 
 async fn pump<S, E>(

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use sqlx::PgPool;
 
 use crate::error::Result;
@@ -59,19 +59,34 @@ fn request_buckets() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
+    gauges: Gauges,
+    pub exports: ExportCounts,
+    http: HttpCounts,
+    /// When the queue figures were last read.
+    read_at: Mutex<Option<Instant>>,
+}
+
+/// Figures read at scrape time: the queue (from PostgreSQL) and the process's pool.
+struct Gauges {
     queue: Family<StatusLabel, Gauge>,
     oldest: Gauge<f64, AtomicU64>,
+    pool_size: Gauge<i64, AtomicI64>,
+    pool_idle: Gauge<i64, AtomicI64>,
+}
+
+/// What workers count of the exports they run.
+pub struct ExportCounts {
     pub finished: Family<FinishedLabels, Counter>,
     pub duration: HistogramFamily<FormatLabel>,
     pub rows: Counter,
     pub bytes: Counter,
     pub pickup: Histogram,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: HistogramFamily<RouteLabel>,
-    pool_size: Gauge<i64, AtomicI64>,
-    pool_idle: Gauge<i64, AtomicI64>,
-    /// When the queue figures were last read.
-    read_at: Mutex<Option<Instant>>,
+}
+
+/// What an API counts of the requests it answers.
+struct HttpCounts {
+    requests: Family<HttpLabels, Counter>,
+    duration: HistogramFamily<RouteLabel>,
 }
 
 /// How long queue figures read from PostgreSQL are reused.
@@ -83,96 +98,115 @@ impl Default for Metrics {
     }
 }
 
+/// `metric`, registered under `name` with its help text.
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+impl Gauges {
+    fn register(r: &mut Registry) -> Self {
+        Gauges {
+            queue: add(
+                r,
+                "wharf_exports",
+                "Exports by status: queued (waiting) and running (claimed); from PostgreSQL",
+                Family::default(),
+            ),
+            oldest: add(
+                r,
+                "wharf_export_oldest_queued_seconds",
+                "Age of the oldest queued export (0 when none waits)",
+                Gauge::default(),
+            ),
+            pool_size: add(
+                r,
+                "wharf_db_pool_connections",
+                "Connections the process's PostgreSQL pool holds",
+                Gauge::default(),
+            ),
+            pool_idle: add(
+                r,
+                "wharf_db_pool_idle_connections",
+                "Idle connections of the pool",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+impl ExportCounts {
+    fn register(r: &mut Registry) -> Self {
+        let help =
+            "Export attempts that ended, by format and status (completed, failed, cancelled)";
+        ExportCounts {
+            finished: add(r, "wharf_exports_finished", help, Family::default()),
+            duration: add(
+                r,
+                "wharf_export_duration_seconds",
+                "Claim to completion of completed exports, by format",
+                Family::new_with_constructor(seconds_buckets),
+            ),
+            rows: add(
+                r,
+                "wharf_export_rows",
+                "Rows written by completed exports",
+                Counter::default(),
+            ),
+            bytes: add(
+                r,
+                "wharf_export_bytes",
+                "Bytes stored by completed exports",
+                Counter::default(),
+            ),
+            pickup: add(
+                r,
+                "wharf_queue_pickup_seconds",
+                "Created to claimed, for first attempts",
+                seconds_buckets(),
+            ),
+        }
+    }
+}
+
+impl HttpCounts {
+    fn register(r: &mut Registry) -> Self {
+        HttpCounts {
+            requests: add(
+                r,
+                "wharf_http_requests",
+                "HTTP requests by route pattern and status",
+                Family::default(),
+            ),
+            duration: add(
+                r,
+                "wharf_http_request_duration_seconds",
+                "HTTP request latency by route pattern",
+                Family::new_with_constructor(request_buckets),
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let queue = Family::<StatusLabel, Gauge>::default();
-        registry.register(
-            "wharf_exports",
-            "Exports by status: queued (waiting) and running (claimed); from PostgreSQL",
-            queue.clone(),
-        );
-        let oldest = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "wharf_export_oldest_queued_seconds",
-            "Age of the oldest queued export (0 when none waits)",
-            oldest.clone(),
-        );
-        let finished = Family::<FinishedLabels, Counter>::default();
-        registry.register(
-            "wharf_exports_finished",
-            "Export attempts that ended, by format and status (completed, failed, cancelled)",
-            finished.clone(),
-        );
-        let duration: HistogramFamily<FormatLabel> = Family::new_with_constructor(seconds_buckets);
-        registry.register(
-            "wharf_export_duration_seconds",
-            "Claim to completion of completed exports, by format",
-            duration.clone(),
-        );
-        let rows = Counter::default();
-        registry.register(
-            "wharf_export_rows",
-            "Rows written by completed exports",
-            rows.clone(),
-        );
-        let bytes = Counter::default();
-        registry.register(
-            "wharf_export_bytes",
-            "Bytes stored by completed exports",
-            bytes.clone(),
-        );
-        let pickup = seconds_buckets();
-        registry.register(
-            "wharf_queue_pickup_seconds",
-            "Created to claimed, for first attempts",
-            pickup.clone(),
-        );
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "wharf_http_requests",
-            "HTTP requests by route pattern and status",
-            http_requests.clone(),
-        );
-        let http_duration: HistogramFamily<RouteLabel> =
-            Family::new_with_constructor(request_buckets);
-        registry.register(
-            "wharf_http_request_duration_seconds",
-            "HTTP request latency by route pattern",
-            http_duration.clone(),
-        );
-        let pool_size = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "wharf_db_pool_connections",
-            "Connections the process's PostgreSQL pool holds",
-            pool_size.clone(),
-        );
-        let pool_idle = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "wharf_db_pool_idle_connections",
-            "Idle connections of the pool",
-            pool_idle.clone(),
-        );
+        let gauges = Gauges::register(&mut registry);
+        let exports = ExportCounts::register(&mut registry);
+        let http = HttpCounts::register(&mut registry);
         Metrics {
             registry,
-            queue,
-            oldest,
-            finished,
-            duration,
-            rows,
-            bytes,
-            pickup,
-            http_requests,
-            http_duration,
-            pool_size,
-            pool_idle,
+            gauges,
+            exports,
+            http,
             read_at: Mutex::new(None),
         }
     }
 
     /// An export attempt that ended: `status` is completed, failed or cancelled.
     pub fn finished(&self, format: &str, status: &'static str) {
-        self.finished
+        self.exports
+            .finished
             .get_or_create(&FinishedLabels {
                 format: format.to_string(),
                 status,
@@ -182,23 +216,26 @@ impl Metrics {
 
     pub fn completed(&self, format: &str, rows: u64, bytes: u64, seconds: f64) {
         self.finished(format, "completed");
-        self.duration
+        self.exports
+            .duration
             .get_or_create(&FormatLabel {
                 format: format.to_string(),
             })
             .observe(seconds);
-        self.rows.inc_by(rows);
-        self.bytes.inc_by(bytes);
+        self.exports.rows.inc_by(rows);
+        self.exports.bytes.inc_by(bytes);
     }
 
     pub fn http(&self, route: &str, status: u16, seconds: f64) {
-        self.http_requests
+        self.http
+            .requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
                 status,
             })
             .inc();
-        self.http_duration
+        self.http
+            .duration
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
             })
@@ -214,19 +251,21 @@ impl Metrics {
             .unwrap_or(true);
         if stale {
             let q = crate::repo::ops::queue_figures(pool).await?;
-            self.queue
+            self.gauges
+                .queue
                 .get_or_create(&StatusLabel { status: "queued" })
                 .set(q.queued);
-            self.queue
+            self.gauges
+                .queue
                 .get_or_create(&StatusLabel { status: "running" })
                 .set(q.running);
-            self.oldest.set(q.oldest_queued_seconds);
+            self.gauges.oldest.set(q.oldest_queued_seconds);
             if let Ok(mut t) = self.read_at.lock() {
                 *t = Some(Instant::now());
             }
         }
-        self.pool_size.set(i64::from(pool.size()));
-        self.pool_idle.set(pool.num_idle() as i64);
+        self.gauges.pool_size.set(i64::from(pool.size()));
+        self.gauges.pool_idle.set(pool.num_idle() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| crate::error::Error::Unexpected(anyhow::anyhow!("metrics: {e}")))?;

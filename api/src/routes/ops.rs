@@ -154,6 +154,34 @@ fn refusal(req: &HttpRequest, state: &AppState) -> Result<Option<HttpResponse>, 
     Ok(None)
 }
 
+/// The page's style sheet: system fonts, tiles, tables and bars; no script, nothing fetched.
+const STYLE: &str = r#":root { --ink:#1d2430; --muted:#6b7280; --line:#e5e7eb; --bg:#f7f8fa; --accent:#2563eb; --bad:#b42318; --ok:#067647; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--ink); background:var(--bg); }
+header { display:flex; align-items:baseline; gap:16px; padding:14px 24px; background:#fff; border-bottom:1px solid var(--line); }
+header h1 { font-size:18px; margin:0; }
+header .when { color:var(--muted); font-size:12px; margin-left:auto; }
+main { display:grid; grid-template-columns:repeat(auto-fit,minmax(460px,1fr)); gap:16px; padding:16px 24px 32px; }
+section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; min-width:0; }
+section.wide { grid-column:1/-1; }
+h2 { font-size:13px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted); margin:0 0 10px; }
+.tiles { display:flex; gap:12px; flex-wrap:wrap; }
+.tile { flex:1; min-width:140px; background:var(--bg); border-radius:6px; padding:10px 12px; }
+.tile b { display:block; font-size:24px; }
+.tile span { color:var(--muted); font-size:12px; }
+table { width:100%; border-collapse:collapse; }
+th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
+th { font-weight:600; color:var(--muted); font-size:12px; }
+td.num { text-align:right; font-variant-numeric:tabular-nums; }
+code { font:12px ui-monospace,SFMono-Regular,Menlo,monospace; }
+.bar { position:relative; height:8px; background:var(--line); border-radius:4px; min-width:120px; }
+.bar i { position:absolute; left:0; top:0; bottom:0; background:var(--accent); border-radius:4px; }
+.code { color:var(--bad); font-weight:600; }
+.empty { color:var(--muted); font-style:italic; }
+.msg { color:var(--muted); max-width:420px; overflow-wrap:anywhere; }
+svg text { font-size:10px; fill:var(--muted); }
+"#;
+
 /// The page's head, style and the queue's tiles.
 fn head(
     now: chrono::DateTime<Utc>,
@@ -169,32 +197,7 @@ fn head(
 <meta http-equiv="refresh" content="{REFRESH_SECS}">
 <title>Wharf · ops</title>
 <style>
-:root {{ --ink:#1d2430; --muted:#6b7280; --line:#e5e7eb; --bg:#f7f8fa; --accent:#2563eb; --bad:#b42318; --ok:#067647; }}
-* {{ box-sizing: border-box; }}
-body {{ margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--ink); background:var(--bg); }}
-header {{ display:flex; align-items:baseline; gap:16px; padding:14px 24px; background:#fff; border-bottom:1px solid var(--line); }}
-header h1 {{ font-size:18px; margin:0; }}
-header .when {{ color:var(--muted); font-size:12px; margin-left:auto; }}
-main {{ display:grid; grid-template-columns:repeat(auto-fit,minmax(460px,1fr)); gap:16px; padding:16px 24px 32px; }}
-section {{ background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 16px; min-width:0; }}
-section.wide {{ grid-column:1/-1; }}
-h2 {{ font-size:13px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted); margin:0 0 10px; }}
-.tiles {{ display:flex; gap:12px; flex-wrap:wrap; }}
-.tile {{ flex:1; min-width:140px; background:var(--bg); border-radius:6px; padding:10px 12px; }}
-.tile b {{ display:block; font-size:24px; }}
-.tile span {{ color:var(--muted); font-size:12px; }}
-table {{ width:100%; border-collapse:collapse; }}
-th, td {{ text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top; }}
-th {{ font-weight:600; color:var(--muted); font-size:12px; }}
-td.num {{ text-align:right; font-variant-numeric:tabular-nums; }}
-code {{ font:12px ui-monospace,SFMono-Regular,Menlo,monospace; }}
-.bar {{ position:relative; height:8px; background:var(--line); border-radius:4px; min-width:120px; }}
-.bar i {{ position:absolute; left:0; top:0; bottom:0; background:var(--accent); border-radius:4px; }}
-.code {{ color:var(--bad); font-weight:600; }}
-.empty {{ color:var(--muted); font-style:italic; }}
-.msg {{ color:var(--muted); max-width:420px; overflow-wrap:anywhere; }}
-svg text {{ font-size:10px; fill:var(--muted); }}
-</style></head><body>
+{STYLE}</style></head><body>
 <header><h1>Wharf · operations</h1><span class="when">{} UTC · refreshes every {REFRESH_SECS} s</span></header>
 <main>
 <section class="wide"><h2>Queue</h2><div class="tiles">

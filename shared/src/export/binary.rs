@@ -57,20 +57,8 @@ impl TupleReader {
         fields: &mut Vec<Option<(usize, usize)>>,
         mut f: impl FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()>,
     ) -> Result<u64> {
-        if !self.header_done {
-            if self.buf.len() - self.pos < SIGNATURE.len() + 8 {
-                return Ok(0);
-            }
-            let h = &self.buf[self.pos..];
-            if &h[..SIGNATURE.len()] != SIGNATURE {
-                return Err(corrupt("bad signature"));
-            }
-            let ext = be_i32(&h[SIGNATURE.len() + 4..]) as usize;
-            if h.len() < SIGNATURE.len() + 8 + ext {
-                return Ok(0);
-            }
-            self.pos += SIGNATURE.len() + 8 + ext;
-            self.header_done = true;
+        if !self.header_done && !self.read_header()? {
+            return Ok(0);
         }
         let mut n = 0;
         loop {
@@ -84,36 +72,63 @@ impl TupleReader {
                 self.pos += 2;
                 return Ok(n);
             }
-            fields.clear();
-            let mut off = 2;
-            let mut complete = true;
-            for _ in 0..count {
-                if avail.len() < off + 4 {
-                    complete = false;
-                    break;
-                }
-                let len = be_i32(&avail[off..]);
-                off += 4;
-                if len < 0 {
-                    fields.push(None);
-                    continue;
-                }
-                let len = len as usize;
-                if avail.len() < off + len {
-                    complete = false;
-                    break;
-                }
-                fields.push(Some((self.pos + off, len)));
-                off += len;
-            }
-            if !complete {
+            let Some(len) = tuple_fields(avail, self.pos, count, fields) else {
                 return Ok(n);
-            }
+            };
             f(&self.buf, fields)?;
-            self.pos += off;
+            self.pos += len;
             n += 1;
         }
     }
+
+    /// Steps over the COPY header once it is all there; false: not yet.
+    fn read_header(&mut self) -> Result<bool> {
+        if self.buf.len() - self.pos < SIGNATURE.len() + 8 {
+            return Ok(false);
+        }
+        let h = &self.buf[self.pos..];
+        if &h[..SIGNATURE.len()] != SIGNATURE {
+            return Err(corrupt("bad signature"));
+        }
+        let ext = be_i32(&h[SIGNATURE.len() + 4..]) as usize;
+        if h.len() < SIGNATURE.len() + 8 + ext {
+            return Ok(false);
+        }
+        self.pos += SIGNATURE.len() + 8 + ext;
+        self.header_done = true;
+        Ok(true)
+    }
+}
+
+/// The spans (offsets from the buffer's start, `base` being `avail`'s) of the `count` fields of
+/// the tuple `avail` starts with, into `fields`; its length, or None when it is not all there.
+#[inline]
+fn tuple_fields(
+    avail: &[u8],
+    base: usize,
+    count: i16,
+    fields: &mut Vec<Option<(usize, usize)>>,
+) -> Option<usize> {
+    fields.clear();
+    let mut off = 2;
+    for _ in 0..count {
+        if avail.len() < off + 4 {
+            return None;
+        }
+        let len = be_i32(&avail[off..]);
+        off += 4;
+        if len < 0 {
+            fields.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if avail.len() < off + len {
+            return None;
+        }
+        fields.push(Some((base + off, len)));
+        off += len;
+    }
+    Some(off)
 }
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).

@@ -131,7 +131,10 @@ pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcom
         let waited = (chrono::Utc::now() - rec.created_at)
             .num_microseconds()
             .unwrap_or(0);
-        ctx.metrics.pickup.observe(waited.max(0) as f64 / 1e6);
+        ctx.metrics
+            .exports
+            .pickup
+            .observe(waited.max(0) as f64 / 1e6);
     }
     let kind = claimed.kind;
     let outcome = job_of(kind)?.run(ctx, &claimed, read_conn).await;

@@ -43,19 +43,23 @@ pub struct Streamed {
     pub last_id: oneshot::Receiver<Option<i64>>,
 }
 
+/// How a read's bytes are made: the format, gzip or not, and what goes around the rows.
+pub struct Encoding {
+    pub format: PageFormat,
+    pub gzip: bool,
+    pub framing: Framing,
+}
+
 /// Starts streaming the rows `plan` selects, from `seek`, at most `limit` (None: all). The
 /// plan's bindings are applied (errors come back here, before any byte is sent); the rest runs
 /// in tasks of its own. A reader that sends nothing for `stall` (a client that stopped
 /// reading) is stopped and its connection closed, never given back mid-COPY.
-#[allow(clippy::too_many_arguments)]
 pub async fn stream_rows(
     pool: &PgPool,
     plan: Plan,
     seek: Seek,
     limit: Option<u64>,
-    format: PageFormat,
-    gzip: bool,
-    framing: Framing,
+    encoding: Encoding,
     stall: Duration,
 ) -> Result<Streamed> {
     // A connection of its own for the read: it goes back to the pool only after the COPY ran
@@ -72,8 +76,7 @@ pub async fn stream_rows(
     let columns = plan.columns.clone();
     tokio::task::spawn_blocking(move || {
         let sink = ChunkSink::new(piece_tx, Arc::new(AtomicU64::new(0)));
-        let encoded = encode(sink, &columns, format, gzip, &framing, &mut chunk_rx);
-        match encoded {
+        match encode(sink, &columns, &encoding, &mut chunk_rx) {
             Ok(last) => {
                 last_tx.send(last).ok();
             }
@@ -83,25 +86,7 @@ pub async fn stream_rows(
         }
     });
     tokio::spawn(async move {
-        let read = async {
-            let mut batch = BytesMut::with_capacity(256 * 1024);
-            {
-                let mut stream = lent.copy_out_raw(&sql).await?;
-                while let Some(chunk) = stream.next().await {
-                    batch.extend_from_slice(&chunk?);
-                    if batch.len() >= 128 * 1024 {
-                        send(&chunk_tx, Some(batch.split().freeze()), stall).await?;
-                    }
-                }
-            }
-            // The COPY is over: the connection is given back before the last bytes go out,
-            // so a client that stops reading now holds no connection.
-            lent.rollback().await?;
-            send(&chunk_tx, Some(batch.freeze()), stall).await?;
-            send(&chunk_tx, None, stall).await?;
-            Ok::<(), Error>(())
-        };
-        if let Err(e) = read.await {
+        if let Err(e) = copy_out(lent, &sql, &chunk_tx, stall).await {
             tracing::debug!(error = %e, "data read ended early");
         }
     });
@@ -109,6 +94,30 @@ pub async fn stream_rows(
         body: piece_rx,
         last_id: last_rx,
     })
+}
+
+/// The COPY's bytes to the encoder in batches of ~128 KiB, then `None` for its end.
+async fn copy_out(
+    mut lent: CopyConnection,
+    sql: &str,
+    chunk_tx: &mpsc::Sender<Option<Bytes>>,
+    stall: Duration,
+) -> Result<()> {
+    let mut batch = BytesMut::with_capacity(256 * 1024);
+    {
+        let mut stream = lent.copy_out_raw(sql).await?;
+        while let Some(chunk) = stream.next().await {
+            batch.extend_from_slice(&chunk?);
+            if batch.len() >= 128 * 1024 {
+                send(chunk_tx, Some(batch.split().freeze()), stall).await?;
+            }
+        }
+    }
+    // The COPY is over: the connection is given back before the last bytes go out, so a
+    // client that stops reading now holds no connection.
+    lent.rollback().await?;
+    send(chunk_tx, Some(batch.freeze()), stall).await?;
+    send(chunk_tx, None, stall).await
 }
 
 async fn send(
@@ -136,13 +145,11 @@ type RowFn<'a> = dyn FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()> + 'a;
 fn encode(
     sink: ChunkSink,
     columns: &[crate::repo::export_query::OutColumn],
-    format: PageFormat,
-    gzip: bool,
-    framing: &Framing,
+    encoding: &Encoding,
     rx: &mut mpsc::Receiver<Option<Bytes>>,
 ) -> Result<Option<i64>> {
-    let mut out = Output::new(sink, gzip);
-    out.write_all(&framing.prefix).map_err(io)?;
+    let mut out = Output::new(sink, encoding.gzip);
+    out.write_all(&encoding.framing.prefix).map_err(io)?;
     let id_first = columns.first().is_some_and(|c| c.field_type.is_none());
     let mut last = None;
     let mut reader = TupleReader::new();
@@ -164,7 +171,7 @@ fn encode(
             }
         }
     };
-    let mut out = match format {
+    let mut out = match encoding.format {
         PageFormat::Json => {
             let mut w = JsonWriter::new(out, columns, true);
             feed(&mut |buf, f| w.row(buf, f))?;
@@ -176,7 +183,7 @@ fn encode(
             w.close()?
         }
     };
-    out.write_all(&framing.suffix).map_err(io)?;
+    out.write_all(&encoding.framing.suffix).map_err(io)?;
     out.finish().map_err(io)?;
     Ok(last)
 }

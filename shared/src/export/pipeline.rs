@@ -93,18 +93,10 @@ pub(super) async fn run(
     progress.total.set(total).ok();
     Phases::mark(&progress.phases.counted, started);
 
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Msg>(8);
+    let (msg_tx, msg_rx) = mpsc::channel::<Msg>(8);
     let (piece_tx, piece_rx) = mpsc::channel::<upload::Piece>(4);
     let sink = ChunkSink::new(piece_tx, progress.bytes.clone());
-    let encoder = {
-        let (progress, span) = (progress.clone(), tracing::Span::current());
-        tokio::task::spawn_blocking(move || {
-            let _enter = span.enter();
-            let encoded = encode(sink, &mut msg_rx, &progress);
-            Phases::mark(&progress.phases.encode_done, started);
-            encoded
-        })
-    };
+    let encoder = spawn_encoder(encode, sink, msg_rx, progress, started);
     let reader = async {
         let feeder = Feeder {
             tx: &msg_tx,
@@ -141,6 +133,23 @@ pub(super) async fn run(
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     settle(at, target, read, encoded, uploaded).await
+}
+
+/// The encoder on a blocking thread, in the attempt's span.
+fn spawn_encoder(
+    encode: Encode,
+    sink: ChunkSink,
+    mut feed: Feed,
+    progress: &Arc<Progress>,
+    started: Instant,
+) -> tokio::task::JoinHandle<Result<(u64, u64)>> {
+    let (progress, span) = (progress.clone(), tracing::Span::current());
+    tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        let encoded = encode(sink, &mut feed, &progress);
+        Phases::mark(&progress.phases.encode_done, started);
+        encoded
+    })
 }
 
 /// The verdict on an attempt's three stages: the stored file when all three succeeded and

@@ -79,28 +79,20 @@ where
     let (ask_tx, ask_rx) = oneshot::channel();
     let (first_tx, first_rx) = oneshot::channel();
     let (verdict_tx, verdict_rx) = oneshot::channel();
-    let fields = wf.fields.clone();
     let wide = WideRows::default();
-    let parser_wide = wide.clone();
-    let max_row = limits.max_row;
-    let parser = tokio::task::spawn_blocking(move || {
-        let first_id = FirstId {
+    let parser = Parser {
+        fields: wf.fields.clone(),
+        run_id,
+        first_id: FirstId {
             ask: Some(ask_tx),
             answer: first_rx,
-        };
-        let mut w = writer::RowWriter::new(&fields, run_id, first_id, batch_tx);
-        w.wide = parser_wide;
-        let reader = ChunkReader {
-            rx: chunk_rx,
-            cur: Bytes::new(),
-        };
-        match format {
-            BodyFormat::Ndjson => parse::ndjson(reader, &mut w, max_row)?,
-            BodyFormat::JsonArray => parse::json_array(reader, &mut w, max_row)?,
-            BodyFormat::Csv => parse::csv(reader, &mut w, max_row)?,
-        }
-        w.finish()
-    });
+        },
+        batches: batch_tx,
+        wide: wide.clone(),
+        format,
+        max_row: limits.max_row,
+    }
+    .spawn(chunk_rx);
     let feed = RunFeed {
         ask: ask_rx,
         first_row_id: first_tx,
@@ -111,18 +103,7 @@ where
     let input = async move {
         let pumped = pump(body, chunk_tx, limits).await;
         let parsed = parser.await.map_err(|e| Error::Unexpected(e.into()));
-        let verdict = match (pumped, parsed) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(Err(RowError::Bad(msg)))) => Err(Error::Invalid(msg)),
-            (Ok(()), Ok(Err(e @ RowError::TooLarge { .. }))) => {
-                Err(Error::RowTooLarge(e.to_string()))
-            }
-            (Ok(()), Ok(Err(RowError::Aborted))) => {
-                Err(Error::Unexpected(anyhow::anyhow!("ingest aborted")))
-            }
-            (Ok(()), Ok(Ok(rows))) => Ok(rows),
-        };
+        let verdict = pumped.and_then(|()| verdict_of(parsed?));
         verdict_tx
             .send(verdict.as_ref().map(|r| *r).map_err(|_| ()))
             .ok();
@@ -144,6 +125,59 @@ where
         (Err(e), Ok(_)) => Err(e),
         (Ok(_), Ok(Some(run))) => Ok(run),
         (Ok(_), Ok(None)) => Err(Error::Unexpected(anyhow::anyhow!("run not stored"))),
+    }
+}
+
+/// What the body's parser needs: the schema, the run's ids and where its batches go.
+struct Parser {
+    fields: Vec<crate::domain::schema::Field>,
+    run_id: uuid::Uuid,
+    first_id: FirstId,
+    batches: mpsc::Sender<Vec<u8>>,
+    wide: WideRows,
+    format: BodyFormat,
+    max_row: usize,
+}
+
+impl Parser {
+    /// The parser on a blocking thread, reading the chunks `pump` sends it.
+    fn spawn(
+        self,
+        chunks: mpsc::Receiver<Bytes>,
+    ) -> tokio::task::JoinHandle<std::result::Result<u64, RowError>> {
+        tokio::task::spawn_blocking(move || {
+            let Parser {
+                fields,
+                run_id,
+                first_id,
+                batches,
+                wide,
+                format,
+                max_row,
+            } = self;
+            let mut w = writer::RowWriter::new(&fields, run_id, first_id, batches);
+            w.wide = wide;
+            let reader = ChunkReader {
+                rx: chunks,
+                cur: Bytes::new(),
+            };
+            match format {
+                BodyFormat::Ndjson => parse::ndjson(reader, &mut w, max_row)?,
+                BodyFormat::JsonArray => parse::json_array(reader, &mut w, max_row)?,
+                BodyFormat::Csv => parse::csv(reader, &mut w, max_row)?,
+            }
+            w.finish()
+        })
+    }
+}
+
+/// What the parser's end means for the run: its row count, or the request's error.
+fn verdict_of(parsed: std::result::Result<u64, RowError>) -> Result<u64> {
+    match parsed {
+        Ok(rows) => Ok(rows),
+        Err(RowError::Bad(msg)) => Err(Error::Invalid(msg)),
+        Err(e @ RowError::TooLarge { .. }) => Err(Error::RowTooLarge(e.to_string())),
+        Err(RowError::Aborted) => Err(Error::Unexpected(anyhow::anyhow!("ingest aborted"))),
     }
 }
 

@@ -94,7 +94,7 @@ pub async fn copy_run(
     let RunFeed {
         ask,
         first_row_id,
-        mut batches,
+        batches,
         verdict,
         wide,
     } = feed;
@@ -113,70 +113,102 @@ pub async fn copy_run(
     if first_row_id.send(next).is_err() {
         return Ok(None);
     }
-    // The run goes in as a series of binary COPYs of at most COPY_SPAN bytes each: PostgreSQL
-    // buffers up to 1,000 binary tuples before inserting them, whatever their size (it counts
-    // bytes only in text mode), so one COPY of wide rows could hold ~1 GB in its backend.
-    // Ending a COPY flushes that buffer. Measured: 600 rows of 900 KB in one binary COPY took
-    // the backend to 561 MB; in text, 34 MB.
-    let statement = copy_statement(wf);
-    let mut copy = lent.copy_in_raw(&statement).await?;
+    let rows = match copy_batches(&mut lent, &copy_statement(wf), batches, verdict, &wide).await? {
+        Copied::Rows(rows) => rows,
+        Copied::Rejected { in_step } => {
+            // A bad row (a 400, not rare): an aborted COPY is in step, and its connection goes
+            // back once its transaction is ended (proven by `rollback`).
+            if in_step {
+                lent.rollback().await.ok();
+            }
+            return Ok(None);
+        }
+    };
+    let run = insert_run(&mut lent, wf.id, run_id, rows, next).await?;
+    lent.commit().await?;
+    Ok(Some(run))
+}
+
+enum Copied {
+    Rows(i64),
+    /// The input's verdict was no; `in_step`: the COPY's abort was read to its end.
+    Rejected {
+        in_step: bool,
+    },
+}
+
+/// The run's batches as a series of binary COPYs of at most COPY_SPAN bytes each: PostgreSQL
+/// buffers up to 1,000 binary tuples before inserting them, whatever their size (it counts
+/// bytes only in text mode), so one COPY of wide rows could hold ~1 GB in its backend. Ending
+/// a COPY flushes that buffer. Measured: 600 rows of 900 KB in one binary COPY took the
+/// backend to 561 MB; in text, 34 MB. The rows copied must be the rows the input parsed.
+async fn copy_batches(
+    lent: &mut super::lent::CopyConnection,
+    statement: &str,
+    mut batches: mpsc::Receiver<Vec<u8>>,
+    verdict: oneshot::Receiver<Result<u64, ()>>,
+    wide: &WideRows,
+) -> Result<Copied> {
+    let mut copy = lent.copy_in_raw(statement).await?;
     copy.send(COPY_HEADER).await?;
-    let mut span = 0usize;
-    let mut copied = 0u64;
+    let (mut span, mut copied) = (0usize, 0u64);
     while let Some(batch) = batches.recv().await {
         if span >= COPY_SPAN {
-            if let Err(e) = copy.send(COPY_TRAILER).await {
-                return Err(refused_row(e, &wide));
-            }
-            copied += copy.finish().await.map_err(|e| refused_row(e, &wide))?;
-            copy = lent.copy_in_raw(&statement).await?;
+            copy.send(COPY_TRAILER)
+                .await
+                .map_err(|e| refused_row(e, wide))?;
+            copied += copy.finish().await.map_err(|e| refused_row(e, wide))?;
+            copy = lent.copy_in_raw(statement).await?;
             copy.send(COPY_HEADER).await?;
             span = 0;
         }
         span += batch.len();
         if let Err(e) = copy.send(batch).await {
             drop(batches);
-            return Err(refused_row(e, &wide));
+            return Err(refused_row(e, wide));
         }
     }
-    let rows = match verdict.await {
-        Ok(Ok(rows)) => rows,
-        _ => {
-            // A bad row (a 400, not rare): the abort reads the COPY's end, so the connection
-            // is in step and goes back once its transaction is ended (proven by `rollback`).
-            if copy.abort("input rejected").await.is_ok() {
-                lent.rollback().await.ok();
-            }
-            return Ok(None);
-        }
+    let Ok(Ok(rows)) = verdict.await else {
+        let in_step = copy.abort("input rejected").await.is_ok();
+        return Ok(Copied::Rejected { in_step });
     };
-    if let Err(e) = copy.send(COPY_TRAILER).await {
-        return Err(refused_row(e, &wide));
-    }
-    copied += copy.finish().await.map_err(|e| refused_row(e, &wide))?;
+    copy.send(COPY_TRAILER)
+        .await
+        .map_err(|e| refused_row(e, wide))?;
+    copied += copy.finish().await.map_err(|e| refused_row(e, wide))?;
     if copied != rows {
         return Err(Error::Unexpected(anyhow::anyhow!(
             "copied {copied} rows, parsed {rows}"
         )));
     }
-    let count = i64::try_from(rows).map_err(|e| Error::Unexpected(e.into()))?;
+    Ok(Copied::Rows(
+        i64::try_from(rows).map_err(|e| Error::Unexpected(e.into()))?,
+    ))
+}
+
+/// The run's row, its rows' ids taken from the workflow's counter.
+async fn insert_run(
+    conn: &mut sqlx::PgConnection,
+    workflow_id: Uuid,
+    run_id: Uuid,
+    count: i64,
+    first_row_id: i64,
+) -> Result<Run> {
     sqlx::query("UPDATE workflows SET next_row_id = next_row_id + $2 WHERE id = $1")
-        .bind(wf.id)
+        .bind(workflow_id)
         .bind(count)
-        .execute(&mut *lent)
+        .execute(&mut *conn)
         .await?;
-    let run = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+    Ok(sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
         "INSERT INTO runs (id, workflow_id, row_count, first_row_id, executed_at)
          VALUES ($1, $2, $3, $4, now()) RETURNING {COLUMNS}"
     )))
     .bind(run_id)
-    .bind(wf.id)
+    .bind(workflow_id)
     .bind(count)
-    .bind(next)
-    .fetch_one(&mut *lent)
-    .await?;
-    lent.commit().await?;
-    Ok(Some(run))
+    .bind(first_row_id)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// Bytes of tuples per COPY statement (see `copy_run`).

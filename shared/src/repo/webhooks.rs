@@ -151,6 +151,58 @@ pub async fn deliveries(pool: &PgPool, webhook_id: Uuid, limit: i64) -> Result<V
 /// Endpoints failing in a row before the endpoint as a whole is paused.
 pub const PAUSE_AFTER_FAILURES: i32 = 3;
 
+/// `claim_due`'s statement: endpoints with a due delivery, free and not paused (`ready`, each
+/// project's numbered in turn), within the project's share (`chosen`), made busy (`leased`),
+/// each one's earliest due delivery (`picked`) claimed in the ledger (`j`).
+static CLAIM_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH busy AS (
+         SELECT project_id, count(*) AS n FROM webhooks
+         WHERE deleted_at IS NULL AND busy_until > now() GROUP BY project_id
+     ),
+     ready AS (
+         SELECT w.id, w.project_id, due.at,
+                row_number() OVER (PARTITION BY w.project_id ORDER BY due.at) AS turn
+         FROM webhooks w
+         CROSS JOIN LATERAL (
+             SELECT min(q.due_at) AS at FROM webhook_deliveries p JOIN jobs q ON q.id = p.id
+             WHERE p.webhook_id = w.id AND p.state = 'PENDING'
+               AND q.status = 'QUEUED' AND q.due_at <= now()
+         ) due
+         WHERE w.deleted_at IS NULL AND due.at IS NOT NULL
+           AND (w.busy_until IS NULL OR w.busy_until <= now())
+           AND (w.paused_until IS NULL OR w.paused_until <= now())
+     ),
+     chosen AS (
+         SELECT r.id FROM ready r LEFT JOIN busy b USING (project_id)
+         WHERE r.turn + coalesce(b.n, 0) <= $2
+         ORDER BY r.turn, r.at LIMIT $1
+     ),
+     leased AS (
+         UPDATE webhooks SET busy_until = now() + make_interval(secs => $3)
+         WHERE id IN (SELECT id FROM chosen) RETURNING id
+     ),
+     picked AS (
+         SELECT DISTINCT ON (p.webhook_id) p.id FROM webhook_deliveries p
+         JOIN jobs q ON q.id = p.id
+         WHERE p.webhook_id IN (SELECT id FROM leased)
+           AND p.state = 'PENDING' AND q.status = 'QUEUED' AND q.due_at <= now()
+         ORDER BY p.webhook_id, q.due_at
+     ),
+     j AS (
+         UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1,
+             lease_token = gen_random_uuid(),
+             lease_expires_at = now() + make_interval(secs => $3),
+             worker_id = $4, updated_at = now(),
+             -- due again at once if the lease lapses
+             due_at = now()
+         WHERE id IN (SELECT id FROM picked) AND status = 'QUEUED'
+         RETURNING id, attempts, due_at, lease_token
+     )
+     SELECT {DELIVERY} FROM webhook_deliveries d JOIN j ON j.id = d.id"
+    )
+});
+
 /// Claims due deliveries, fairly: at most one per endpoint, and only for endpoints with none in
 /// flight anywhere (one receiver at a time per endpoint) and not paused after repeated failures;
 /// at most `per_project` endpoints of one project in flight at once; the endpoints of every
@@ -170,58 +222,13 @@ pub async fn claim_due(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wharf_webhook_claim'))")
         .execute(&mut *tx)
         .await?;
-    let claimed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH busy AS (
-             SELECT project_id, count(*) AS n FROM webhooks
-             WHERE deleted_at IS NULL AND busy_until > now() GROUP BY project_id
-         ),
-         ready AS (
-             SELECT w.id, w.project_id, due.at,
-                    row_number() OVER (PARTITION BY w.project_id ORDER BY due.at) AS turn
-             FROM webhooks w
-             CROSS JOIN LATERAL (
-                 SELECT min(q.due_at) AS at FROM webhook_deliveries p JOIN jobs q ON q.id = p.id
-                 WHERE p.webhook_id = w.id AND p.state = 'PENDING'
-                   AND q.status = 'QUEUED' AND q.due_at <= now()
-             ) due
-             WHERE w.deleted_at IS NULL AND due.at IS NOT NULL
-               AND (w.busy_until IS NULL OR w.busy_until <= now())
-               AND (w.paused_until IS NULL OR w.paused_until <= now())
-         ),
-         chosen AS (
-             SELECT r.id FROM ready r LEFT JOIN busy b USING (project_id)
-             WHERE r.turn + coalesce(b.n, 0) <= $2
-             ORDER BY r.turn, r.at LIMIT $1
-         ),
-         leased AS (
-             UPDATE webhooks SET busy_until = now() + make_interval(secs => $3)
-             WHERE id IN (SELECT id FROM chosen) RETURNING id
-         ),
-         picked AS (
-             SELECT DISTINCT ON (p.webhook_id) p.id FROM webhook_deliveries p
-             JOIN jobs q ON q.id = p.id
-             WHERE p.webhook_id IN (SELECT id FROM leased)
-               AND p.state = 'PENDING' AND q.status = 'QUEUED' AND q.due_at <= now()
-             ORDER BY p.webhook_id, q.due_at
-         ),
-         j AS (
-             UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1,
-                 lease_token = gen_random_uuid(),
-                 lease_expires_at = now() + make_interval(secs => $3),
-                 worker_id = $4, updated_at = now(),
-                 -- due again at once if the lease lapses
-                 due_at = now()
-             WHERE id IN (SELECT id FROM picked) AND status = 'QUEUED'
-             RETURNING id, attempts, due_at, lease_token
-         )
-         SELECT {DELIVERY} FROM webhook_deliveries d JOIN j ON j.id = d.id"
-    )))
-    .bind(limit)
-    .bind(per_project)
-    .bind(lease_secs)
-    .bind(worker_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let claimed = sqlx::query_as(sqlx::AssertSqlSafe(CLAIM_DUE.as_str()))
+        .bind(limit)
+        .bind(per_project)
+        .bind(lease_secs)
+        .bind(worker_id)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(claimed)
 }

@@ -205,9 +205,11 @@ pub async fn data(
         plan.clone(),
         seek,
         (ask.limit > 0).then_some(ask.limit),
-        ask.format,
-        ask.gzip,
-        shape.framing(&ask, &wf, &run),
+        page::Encoding {
+            format: ask.format,
+            gzip: ask.gzip,
+            framing: shape.framing(&ask, &wf, &run),
+        },
         state.settings.body_timeout,
     )
     .await?;

@@ -195,58 +195,72 @@ pub async fn kore_upload(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Write)?;
     let limits = upload_limits(&state);
-    if content_length_over(&req, limits.max_bytes) {
-        return Err(Error::PayloadTooLarge {
-            limit: limits.max_bytes,
-        }
-        .into());
-    }
-    if !crate::json::media_type(&req).eq_ignore_ascii_case("multipart/form-data") {
-        return Err(Error::UnsupportedMediaType(
-            "Content-Type must be multipart/form-data with a part named file".into(),
-        )
-        .into());
-    }
+    check_form(&req, limits.max_bytes)?;
     // An upload counts against WHARF_PROJECT_INGESTS like a run's: no tenant holds every slot.
     let _slot = state.ingest_slots.acquire(principal.project_id)?;
     let mut form = actix_multipart::Multipart::new(req.headers(), payload.into_inner());
-    let stall = state.settings.body_timeout;
+    let field = file_part(&mut form, state.settings.body_timeout).await?;
+    let name = part_file_name(&field);
+    let stored = files::upload(
+        &state.pool,
+        &state.store,
+        principal.project_id,
+        &name,
+        field,
+        limits,
+    )
+    .await?;
+    tracing::info!(file_id = %stored.id, bytes = stored.size_bytes, "file uploaded");
+    Ok(HttpResponse::Ok().json(UploadedFile {
+        file_id: stored.id,
+        hash: stored.sha256,
+        file_name: stored.file_name,
+    }))
+}
+
+/// A multipart form within the size limit, refused before any of it is read.
+fn check_form(req: &HttpRequest, max_bytes: u64) -> Result<(), Error> {
+    if content_length_over(req, max_bytes) {
+        return Err(Error::PayloadTooLarge { limit: max_bytes });
+    }
+    if !crate::json::media_type(req).eq_ignore_ascii_case("multipart/form-data") {
+        return Err(Error::UnsupportedMediaType(
+            "Content-Type must be multipart/form-data with a part named file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The form's part named `file` (parts before it are skipped; each must arrive in `stall`).
+async fn file_part(
+    form: &mut actix_multipart::Multipart,
+    stall: std::time::Duration,
+) -> Result<actix_multipart::Field, Error> {
     loop {
-        let Some(field) = files::next_within(stall, &mut form).await? else {
-            return Err(Error::invalid("file: the form has no part named file").into());
+        let Some(field) = files::next_within(stall, form).await? else {
+            return Err(Error::invalid("file: the form has no part named file"));
         };
         let field =
             field.map_err(|e| Error::invalid(format!("the multipart form is malformed: {e}")))?;
-        if field.name() != Some("file") {
-            continue;
+        if field.name() == Some("file") {
+            return Ok(field);
         }
-        let name = field
-            .content_disposition()
-            .and_then(|cd| cd.get_filename())
-            .map(|n| {
-                n.chars()
-                    .filter(|c| !c.is_control())
-                    .take(200)
-                    .collect::<String>()
-            })
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "upload.zip".to_string());
-        let stored = files::upload(
-            &state.pool,
-            &state.store,
-            principal.project_id,
-            &name,
-            field,
-            limits,
-        )
-        .await?;
-        tracing::info!(file_id = %stored.id, bytes = stored.size_bytes, "file uploaded");
-        return Ok(HttpResponse::Ok().json(UploadedFile {
-            file_id: stored.id,
-            hash: stored.sha256,
-            file_name: stored.file_name,
-        }));
     }
+}
+
+/// The part's file name without control characters, at most 200 of them (`upload.zip` if none).
+fn part_file_name(field: &actix_multipart::Field) -> String {
+    field
+        .content_disposition()
+        .and_then(|cd| cd.get_filename())
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "upload.zip".to_string())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,6 +1,6 @@
 use super::*;
-use serde_json::json;
 use crate::error::Result;
+use serde_json::json;
 
 fn fields() -> Vec<Field> {
     serde_json::from_value(json!([

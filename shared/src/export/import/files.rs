@@ -86,32 +86,7 @@ pub(super) fn verify_run(
             ),
         ));
     }
-    let mut file = File::create(out).map_err(|e| Error::Unexpected(e.into()))?;
-    let mut sha = Sha256::new();
-    let mut seen = 0u64;
-    let mut limited = entry.take(mr.bytes + 1);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = limited.read(&mut buf).map_err(|e| unreadable(name, e))?;
-        if n == 0 {
-            break;
-        }
-        seen += n as u64;
-        if seen > mr.bytes {
-            return Err(refuse(
-                FailureCode::BundleTooLarge,
-                format!(
-                    "{} expands past its declared {} bytes",
-                    printable(name),
-                    mr.bytes
-                ),
-            ));
-        }
-        sha.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .map_err(|e| Error::Unexpected(e.into()))?;
-    }
-    let sha = hex::encode(sha.finalize());
+    let (seen, sha) = extract(entry, mr.bytes, name, out)?;
     if seen != mr.bytes || sha != mr.sha256 {
         return Err(refuse(
             FailureCode::ChecksumMismatch,
@@ -122,7 +97,6 @@ pub(super) fn verify_run(
             ),
         ));
     }
-    drop(file);
     let reader = File::open(out).map_err(|e| Error::Unexpected(e.into()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| {
         refuse(
@@ -142,6 +116,36 @@ pub(super) fn verify_run(
         ));
     }
     check_columns(name, builder.schema(), fields)
+}
+
+/// Copies the entry to `out`, never past its declared `bytes`; answers the bytes copied and
+/// their sha256.
+fn extract(entry: impl Read, bytes: u64, name: &str, out: &Path) -> Result<(u64, String)> {
+    let mut file = File::create(out).map_err(|e| Error::Unexpected(e.into()))?;
+    let mut sha = Sha256::new();
+    let mut seen = 0u64;
+    let mut limited = entry.take(bytes + 1);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = limited.read(&mut buf).map_err(|e| unreadable(name, e))?;
+        if n == 0 {
+            break;
+        }
+        seen += n as u64;
+        if seen > bytes {
+            return Err(refuse(
+                FailureCode::BundleTooLarge,
+                format!(
+                    "{} expands past its declared {bytes} bytes",
+                    printable(name)
+                ),
+            ));
+        }
+        sha.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| Error::Unexpected(e.into()))?;
+    }
+    Ok((seen, hex::encode(sha.finalize())))
 }
 
 /// The Parquet file's columns are `_id` and then the definition's fields, in order and typed

@@ -83,34 +83,44 @@ pub(super) fn batch_tuples(
                 buf.extend_from_slice(values::NULL);
                 continue;
             }
-            let pushed = match f.field_type {
-                FieldType::Integer => col
-                    .as_primitive_opt::<Int64Type>()
-                    .map(|a| values::push_i64(&mut buf, a.value(row)))
-                    .ok_or_else(|| "not an int64 column".to_string()),
-                FieldType::Number => col
-                    .as_primitive_opt::<Float64Type>()
-                    .ok_or_else(|| "not a double column".to_string())
-                    .and_then(|a| values::push_float(&mut buf, a.value(row))),
-                FieldType::Boolean => col
-                    .as_boolean_opt()
-                    .map(|a| values::push_bool(&mut buf, a.value(row)))
-                    .ok_or_else(|| "not a boolean column".to_string()),
-                FieldType::String => col
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| "not a string column".to_string())
-                    .and_then(|a| values::push_text(&mut buf, a.value(row))),
-                FieldType::Json => col
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| "not a string column".to_string())
-                    .and_then(|a| values::push_json_text(&mut buf, a.value(row))),
-                FieldType::Timestamp => col
-                    .as_primitive_opt::<TimestampMicrosecondType>()
-                    .ok_or_else(|| "not a timestamp column".to_string())
-                    .and_then(|a| values::push_unix_micros(&mut buf, a.value(row))),
-            };
-            pushed.map_err(|why| bad(row, f, why))?;
+            push_cell(&mut buf, f.field_type, col, row).map_err(|why| bad(row, f, why))?;
         }
     }
     Ok(buf)
+}
+
+/// One non-null cell of `col` as a binary COPY value of the field's type; the error says why
+/// the column cannot hold that type.
+fn push_cell(
+    buf: &mut Vec<u8>,
+    ty: FieldType,
+    col: &dyn arrow_array::Array,
+    row: usize,
+) -> std::result::Result<(), String> {
+    match ty {
+        FieldType::Integer => col
+            .as_primitive_opt::<Int64Type>()
+            .map(|a| values::push_i64(buf, a.value(row)))
+            .ok_or_else(|| "not an int64 column".to_string()),
+        FieldType::Number => col
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| "not a double column".to_string())
+            .and_then(|a| values::push_float(buf, a.value(row))),
+        FieldType::Boolean => col
+            .as_boolean_opt()
+            .map(|a| values::push_bool(buf, a.value(row)))
+            .ok_or_else(|| "not a boolean column".to_string()),
+        FieldType::String => col
+            .as_string_opt::<i32>()
+            .ok_or_else(|| "not a string column".to_string())
+            .and_then(|a| values::push_text(buf, a.value(row))),
+        FieldType::Json => col
+            .as_string_opt::<i32>()
+            .ok_or_else(|| "not a string column".to_string())
+            .and_then(|a| values::push_json_text(buf, a.value(row))),
+        FieldType::Timestamp => col
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| "not a timestamp column".to_string())
+            .and_then(|a| values::push_unix_micros(buf, a.value(row))),
+    }
 }

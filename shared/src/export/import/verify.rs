@@ -165,26 +165,40 @@ pub(super) fn check_runs(manifest: &Manifest) -> Result<u64> {
 /// on `scratch` first.
 pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Verified> {
     let mut archive = open_archive(zip_path)?;
+    check_entries(&mut archive)?;
+    let manifest = read_manifest(&mut archive)?;
+    let room = scratch.try_reserve(check_runs(&manifest)?)?;
+    let mut workflows = Vec::with_capacity(manifest.workflows.len());
+    for mw in manifest.workflows {
+        workflows.push(verify_workflow(&mut archive, mw, dir)?);
+    }
+    Ok(Verified {
+        workflows,
+        _room: Some(room),
+    })
+}
+
+/// Every entry's path stays inside the bundle, none is a zip bomb, and all of them together
+/// expand to at most `MAX_EXPANDED` bytes.
+fn check_entries(archive: &mut zip::ZipArchive<File>) -> Result<()> {
     let mut expanded = 0u64;
     for i in 0..archive.len() {
         let entry = archive
             .by_index_raw(i)
             .map_err(|e| refuse(FailureCode::BundleInvalid, format!("unreadable entry: {e}")))?;
-        let name = entry
-            .name()
-            .map_err(|e| {
-                refuse(
-                    FailureCode::BundleInvalid,
-                    format!("unreadable entry name: {e}"),
-                )
-            })?
-            .to_string();
-        if !safe_path(&name) || entry.enclosed_name().is_none() {
+        let name = entry.name().map_err(|e| {
+            refuse(
+                FailureCode::BundleInvalid,
+                format!("unreadable entry name: {e}"),
+            )
+        })?;
+        let name: &str = &name;
+        if !safe_path(name) || entry.enclosed_name().is_none() {
             return Err(refuse(
                 FailureCode::BundleInvalid,
                 format!(
                     "the bundle holds a path that leaves it: \"{}\"",
-                    printable(&name)
+                    printable(name)
                 ),
             ));
         }
@@ -194,7 +208,7 @@ pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Ve
                 FailureCode::BundleTooLarge,
                 format!(
                     "\"{}\" expands {packed} bytes to {size} (more than {MAX_RATIO} times): refused as a zip bomb",
-                    printable(&name)
+                    printable(name)
                 ),
             ));
         }
@@ -206,7 +220,13 @@ pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Ve
             format!("the bundle expands to {expanded} bytes, over the limit of {MAX_EXPANDED}"),
         ));
     }
-    let (manifest_bytes, _) = read_small(&mut archive, MANIFEST)?;
+    Ok(())
+}
+
+/// `manifest.json`: a wharf bundle of the version this Wharf reads, of at most
+/// `MAX_WORKFLOWS` workflows.
+fn read_manifest(archive: &mut zip::ZipArchive<File>) -> Result<Manifest> {
+    let (manifest_bytes, _) = read_small(archive, MANIFEST)?;
     let raw = crate::json::parse(&manifest_bytes).map_err(|e| {
         refuse(
             FailureCode::BundleInvalid,
@@ -219,17 +239,15 @@ pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Ve
             "manifest.json: \"format\" must be \"wharf-bundle\"",
         ));
     }
-    match raw.get("version").and_then(|v| v.as_u64()) {
-        Some(BUNDLE_VERSION) => {}
-        other => {
-            return Err(refuse(
-                FailureCode::BundleVersion,
-                format!(
-                    "manifest.json: bundle version {}; this Wharf reads version {BUNDLE_VERSION}",
-                    other.map_or_else(|| "missing".to_string(), |v| v.to_string())
-                ),
-            ));
-        }
+    let version = raw.get("version").and_then(|v| v.as_u64());
+    if version != Some(BUNDLE_VERSION) {
+        return Err(refuse(
+            FailureCode::BundleVersion,
+            format!(
+                "manifest.json: bundle version {}; this Wharf reads version {BUNDLE_VERSION}",
+                version.map_or_else(|| "missing".to_string(), |v| v.to_string())
+            ),
+        ));
     }
     let manifest: Manifest = serde_json::from_value(raw).map_err(|e| {
         refuse(
@@ -246,15 +264,7 @@ pub fn verify(zip_path: &Path, dir: &Path, scratch: &ScratchBudget) -> Result<Ve
             ),
         ));
     }
-    let room = scratch.try_reserve(check_runs(&manifest)?)?;
-    let mut workflows = Vec::with_capacity(manifest.workflows.len());
-    for mw in manifest.workflows {
-        workflows.push(verify_workflow(&mut archive, mw, dir)?);
-    }
-    Ok(Verified {
-        workflows,
-        _room: Some(room),
-    })
+    Ok(manifest)
 }
 
 pub(super) fn verify_workflow(
@@ -262,6 +272,32 @@ pub(super) fn verify_workflow(
     mw: ManifestWorkflow,
     dir: &Path,
 ) -> Result<VerifiedWorkflow> {
+    let (name, fields) = read_definition(archive, &mw)?;
+    let mut runs = Vec::with_capacity(mw.runs.len());
+    for (i, mr) in mw.runs.into_iter().enumerate() {
+        let path = dir.join(format!("{}-{i}.parquet", mw.id.simple()));
+        verify_run(archive, &mr, &fields, &path)?;
+        runs.push(VerifiedRun {
+            source_id: mr.run_id,
+            executed_at: mr.executed_at,
+            rows: mr.row_count,
+            path,
+            file: mr.file,
+        });
+    }
+    Ok(VerifiedWorkflow {
+        source_id: mw.id,
+        name,
+        fields,
+        runs,
+    })
+}
+
+/// A workflow's definition file: the sha256 the manifest names, a valid name and schema.
+fn read_definition(
+    archive: &mut zip::ZipArchive<File>,
+    mw: &ManifestWorkflow,
+) -> Result<(String, Vec<Field>)> {
     let (bytes, sha) = read_small(archive, &mw.definition)?;
     if sha != mw.definition_sha256 {
         return Err(refuse(
@@ -293,22 +329,5 @@ pub(super) fn verify_workflow(
     validate_workflow_name(&name).map_err(|e| at(e.to_string()))?;
     let fields = parse_schema(def.get("schema").unwrap_or(&serde_json::Value::Null))
         .map_err(|e| at(e.to_string()))?;
-    let mut runs = Vec::with_capacity(mw.runs.len());
-    for (i, mr) in mw.runs.into_iter().enumerate() {
-        let path = dir.join(format!("{}-{i}.parquet", mw.id.simple()));
-        verify_run(archive, &mr, &fields, &path)?;
-        runs.push(VerifiedRun {
-            source_id: mr.run_id,
-            executed_at: mr.executed_at,
-            rows: mr.row_count,
-            path,
-            file: mr.file,
-        });
-    }
-    Ok(VerifiedWorkflow {
-        source_id: mw.id,
-        name,
-        fields,
-        runs,
-    })
+    Ok((name, fields))
 }

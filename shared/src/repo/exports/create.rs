@@ -1,8 +1,8 @@
 //! Creation: the export or job with its dock status, idempotency and the per-project queue
 //! cap, in one transaction.
 
-use sqlx::types::Json;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{ExportRecord, get, get_job};
