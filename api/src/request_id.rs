@@ -42,13 +42,7 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let id = req
-        .headers()
-        .get(&HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| sane(v))
-        .map(String::from)
-        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()));
+    let id = incoming_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
@@ -66,18 +60,7 @@ pub async fn middleware(
         .instrument(span.clone())
         .await;
     let mut res = result?;
-    let headers = res.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert(HEADER, value);
-    }
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    // API answers carry keys and signed links: no cache may keep them. Downloads set their own.
-    if !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
+    stamp(res.headers_mut(), &id);
     span.in_scope(|| {
         tracing::info!(
             status = res.status().as_u16(),
@@ -86,6 +69,31 @@ pub async fn middleware(
         );
     });
     Ok(res)
+}
+
+/// The client's request id when it is a sane one, else a new one.
+fn incoming_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(&HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sane(v))
+        .map(String::from)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
+}
+
+/// The headers every answer carries: its request id, nosniff, and no-store unless the route
+/// set its own caching (API answers carry keys and signed links; downloads say theirs).
+fn stamp(headers: &mut actix_web::http::header::HeaderMap, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(HEADER, value);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 /// Request heads over Wharf's own limits (actix's are far larger), refused in the envelope.

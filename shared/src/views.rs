@@ -86,20 +86,23 @@ pub struct ExportDto {
     pub eta_seconds: Option<f64>,
 }
 
-pub fn export_dto(settings: &Settings, r: &ExportRecord) -> ExportDto {
-    let now = Utc::now();
-    let status = r.effective_status(now);
-    let total = r.rows_total.unwrap_or(0);
-    let percent = match status {
+/// Percent done, to a tenth: 100 once completed (or expired), else rows written of the total.
+fn percent_of(status: ExportStatus, written: i64, total: i64) -> f64 {
+    match status {
         ExportStatus::Completed | ExportStatus::Expired => 100.0,
         _ if total > 0 => {
-            ((r.rows_written as f64 / total as f64) * 1000.0)
+            ((written as f64 / total as f64) * 1000.0)
                 .round()
                 .min(1000.0)
                 / 10.0
         }
         _ => 0.0,
-    };
+    }
+}
+
+pub fn export_dto(settings: &Settings, r: &ExportRecord) -> ExportDto {
+    let status = r.effective_status(Utc::now());
+    let total = r.rows_total.unwrap_or(0);
     let (url, url_expires_at) = if status == ExportStatus::Completed {
         signed_link(settings, r).map_or((None, None), |(u, e)| (Some(u), Some(e)))
     } else {
@@ -122,7 +125,7 @@ pub fn export_dto(settings: &Settings, r: &ExportRecord) -> ExportDto {
             rows_written: r.rows_written,
             rows_total: total,
             bytes_written: r.bytes_written,
-            percent,
+            percent: percent_of(status, r.rows_written, total),
             queue_position: None,
             eta_seconds: None,
         },

@@ -129,6 +129,25 @@ impl Worker {
     /// rest back (QUEUED and pushed again, so another worker resumes them at once), and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let loops = CancellationToken::new();
+        self.start_loops(&loops).await?;
+        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.transport.queue.kind(), "wharf-worker started");
+        // Drain first, then stop the queue worker: apalis's shutdown waits for its running
+        // tasks, so it only begins once ours have finished or been released.
+        let queue_stop = CancellationToken::new();
+        let drain = tokio::spawn(self.clone().drain_on(shutdown, queue_stop.clone()));
+        match self.transport.redis.clone() {
+            Some((redis, name)) => crate::pull::redis(&self, &redis, &name, &queue_stop).await,
+            None => crate::pull::postgres(&self, &queue_stop).await,
+        }
+        loops.cancel();
+        drain.await.ok();
+        tracing::info!("wharf-worker stopped");
+        Ok(())
+    }
+
+    /// The loops beside the queue's: the janitor, the reconciler, `/metrics` (when asked for),
+    /// the worker's registration and webhook deliveries; all stop with `loops`.
+    async fn start_loops(&self, loops: &CancellationToken) -> anyhow::Result<()> {
         tokio::spawn(crate::janitor::run(
             self.ctx.clone(),
             self.timing.janitor_every,
@@ -146,39 +165,28 @@ impl Worker {
         }
         tokio::spawn(crate::ops::register(self.clone(), loops.clone()));
         tokio::spawn(crate::webhooks::run(self.clone(), loops.clone()));
-        tracing::info!(worker = %self.ctx.worker_id, concurrency = self.concurrency, queue = self.transport.queue.kind(), "wharf-worker started");
-        // Drain first, then stop the queue worker: apalis's shutdown waits for its running
-        // tasks, so it only begins once ours have finished or been released.
-        let queue_stop = CancellationToken::new();
-        let drain = {
-            let (me, signal, queue_stop) = (self.clone(), shutdown.clone(), queue_stop.clone());
-            tokio::spawn(async move {
-                signal.cancelled().await;
-                me.draining.cancel();
-                tracing::info!(
-                    running = me.running(),
-                    grace_ms = me.timing.grace.as_millis() as u64,
-                    "draining"
-                );
-                if !me.drained(me.timing.grace).await {
-                    tracing::info!(
-                        running = me.running(),
-                        "grace period over; releasing running exports"
-                    );
-                    me.ctx.stop.cancel();
-                    me.drained(Duration::from_secs(10)).await;
-                }
-                queue_stop.cancel();
-            })
-        };
-        match self.transport.redis.clone() {
-            Some((redis, name)) => crate::pull::redis(&self, &redis, &name, &queue_stop).await,
-            None => crate::pull::postgres(&self, &queue_stop).await,
-        }
-        loops.cancel();
-        drain.await.ok();
-        tracing::info!("wharf-worker stopped");
         Ok(())
+    }
+
+    /// Once `shutdown` fires: running exports get the grace period, then are released; then the
+    /// queue's worker is stopped.
+    async fn drain_on(self, shutdown: CancellationToken, queue_stop: CancellationToken) {
+        shutdown.cancelled().await;
+        self.draining.cancel();
+        tracing::info!(
+            running = self.running(),
+            grace_ms = self.timing.grace.as_millis() as u64,
+            "draining"
+        );
+        if !self.drained(self.timing.grace).await {
+            tracing::info!(
+                running = self.running(),
+                "grace period over; releasing running exports"
+            );
+            self.ctx.stop.cancel();
+            self.drained(Duration::from_secs(10)).await;
+        }
+        queue_stop.cancel();
     }
 
     async fn drained(&self, within: Duration) -> bool {

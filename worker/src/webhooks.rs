@@ -102,50 +102,47 @@ async fn deliver(worker: &Worker, d: webhooks::Delivery) {
     let outcome =
         tracing::Instrument::instrument(Deliver.run(worker, &d, &mut ()), span.clone()).await;
     let _g = span.enter();
-    let retry_secs = backoff_secs(d.attempts);
-    let recorded = match outcome {
-        Ok(status) if (200..300).contains(&status) => {
-            tracing::info!(status, "webhook delivered");
-            webhooks::delivered(pool, &d, i32::from(status)).await
-        }
-        Ok(status) => {
-            tracing::info!(status, "webhook refused by its receiver; will retry");
-            let error = format!("the receiver answered {status}");
-            let f = Failure {
-                status: Some(i32::from(status)),
-                error: &error,
-                retry_secs,
-                dead: false,
-            };
-            webhooks::failed(pool, &d, &f).await
-        }
-        Err(JobError::Retryable(why)) => {
-            let error = reason(&why);
-            tracing::info!(error = %why, "webhook not delivered; will retry");
-            let f = Failure {
-                status: None,
-                error: &error,
-                retry_secs,
-                dead: false,
-            };
-            webhooks::failed(pool, &d, &f).await
-        }
-        Err(JobError::Fatal { message, cause, .. }) => {
-            tracing::info!(error = %cause, "webhook not delivered, for good");
-            let f = Failure {
-                status: None,
-                error: &message,
-                retry_secs,
-                dead: true,
-            };
-            webhooks::failed(pool, &d, &f).await
-        }
-    };
+    let recorded = record(pool, &d, outcome).await;
     match recorded {
         Ok(true) => {}
         Ok(false) => tracing::info!("webhook outcome not recorded: the claim's lease lapsed"),
         Err(e) => tracing::warn!(error = %e, "webhook outcome not recorded; the lease retries it"),
     }
+}
+
+/// The attempt's outcome on the delivery's record (fenced on its lease): delivered on a 2xx;
+/// else failed, to be retried after the backoff unless the failure is for good.
+async fn record(
+    pool: &sqlx::PgPool,
+    d: &webhooks::Delivery,
+    outcome: Result<u16, JobError>,
+) -> wharf_shared::Result<bool> {
+    let (status, error, dead) = match outcome {
+        Ok(status) if (200..300).contains(&status) => {
+            tracing::info!(status, "webhook delivered");
+            return webhooks::delivered(pool, d, i32::from(status)).await;
+        }
+        Ok(status) => {
+            tracing::info!(status, "webhook refused by its receiver; will retry");
+            let error = format!("the receiver answered {status}");
+            (Some(i32::from(status)), error, false)
+        }
+        Err(JobError::Retryable(why)) => {
+            tracing::info!(error = %why, "webhook not delivered; will retry");
+            (None, reason(&why), false)
+        }
+        Err(JobError::Fatal { message, cause, .. }) => {
+            tracing::info!(error = %cause, "webhook not delivered, for good");
+            (None, message, true)
+        }
+    };
+    let f = Failure {
+        status,
+        error: &error,
+        retry_secs: backoff_secs(d.attempts),
+        dead,
+    };
+    webhooks::failed(pool, d, &f).await
 }
 
 /// What a delivery's record says of an attempt that got no answer.

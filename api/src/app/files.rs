@@ -71,12 +71,7 @@ pub async fn stream(
     if let Some(answer) = v.preconditions(req) {
         return Ok(answer);
     }
-    // If-Range with anything but the current strong ETag: the whole file, not a stale part.
-    let range_header = match header_str(req, header::IF_RANGE) {
-        Some(tag) if tag.trim() != v.etag => None,
-        _ => header_str(req, header::RANGE),
-    };
-    let (status, range) = match parse_range(range_header, size) {
+    let (status, range) = match parse_range(range_asked(req, &v), size) {
         Range::Full => (StatusCode::OK, None),
         Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
         Range::Unsatisfiable => return unsatisfiable(size),
@@ -98,14 +93,36 @@ pub async fn stream(
             futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
+    let body = bytes_of(state, req, rec, &key, range, by).await?;
+    Ok(res.body(SizedStream::new(len, body)))
+}
+
+/// The Range asked for, unless If-Range names anything but the current strong ETag: then the
+/// whole file, not a part of a stale one.
+fn range_asked<'r>(req: &'r HttpRequest, v: &Validators) -> Option<&'r str> {
+    match header_str(req, header::IF_RANGE) {
+        Some(tag) if tag.trim() != v.etag => None,
+        _ => header_str(req, header::RANGE),
+    }
+}
+
+/// The stored bytes of `range`, counted into the download's audit event as they go out.
+async fn bytes_of(
+    state: &AppState,
+    req: &HttpRequest,
+    rec: &ExportRecord,
+    key: &str,
+    range: Option<(u64, u64)>,
+    by: Download<'_>,
+) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + use<>, ApiError> {
     let mut event = crate::app::audit::event(req, rec.project_id, "export.downloaded", by.actor);
     event.export_id = Some(rec.id);
     event.route = Some(by.route.to_string());
     event.range = range.map(|(a, b)| format!("bytes={a}-{b}"));
     let mut sent = crate::app::audit::Sent::new(state.audit.clone(), event);
-    let body = state
+    Ok(state
         .store
-        .get(&key, range)
+        .get(key, range)
         .await?
         .map(move |chunk| {
             if let Ok(b) = &chunk {
@@ -117,8 +134,7 @@ pub async fn stream(
             // actix-http's own log of a failed body is silenced (see telemetry): say it here.
             tracing::warn!(error = %e, "download stream failed midway; the client gets a cut body");
             std::io::Error::other(e)
-        });
-    Ok(res.body(SizedStream::new(len, body)))
+        }))
 }
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {

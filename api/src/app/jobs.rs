@@ -102,3 +102,53 @@ pub async fn uploaded_file(
         .await?
         .ok_or(Error::NotFound("file (uploaded files live 24 hours)"))?)
 }
+
+/// A native import: the body (a ZIP, within the upload limits and the project's ingest slots)
+/// stored as an uploaded file, then the import job that reads it recorded and enqueued.
+pub async fn import_upload(
+    state: &AppState,
+    req: &HttpRequest,
+    principal: &Principal,
+    target: Option<uuid::Uuid>,
+    body: web::Payload,
+) -> Result<ExportRecord, ApiError> {
+    let essence = crate::json::media_type(req);
+    if !essence.eq_ignore_ascii_case("application/zip")
+        && !essence.eq_ignore_ascii_case("application/octet-stream")
+    {
+        return Err(Error::UnsupportedMediaType(format!(
+            "Content-Type \"{}\" is not accepted for an import: send the bundle as application/zip",
+            wharf_shared::domain::schema::printable(essence)
+        ))
+        .into());
+    }
+    let limits = upload_limits(state);
+    if content_length_over(req, limits.max_bytes) {
+        return Err(Error::PayloadTooLarge {
+            limit: limits.max_bytes,
+        }
+        .into());
+    }
+    let _slot = state.ingest_slots.acquire(principal.project_id)?;
+    let file = wharf_shared::files::upload(
+        &state.pool,
+        &state.store,
+        principal.project_id,
+        "bundle.wharf.zip",
+        body,
+        limits,
+    )
+    .await?;
+    let rid = request_id::current();
+    let mut new = new_job(
+        state,
+        principal,
+        JobKind::Import,
+        ExportScope::Database,
+        target,
+        "IMPORT",
+        &rid,
+    );
+    new.file_id = Some(file.id);
+    create_job(state, &crate::app::audit::By::key(req, principal), new).await
+}

@@ -127,28 +127,9 @@ pub async fn list_audit(
         }
         Some("ndjson") => {
             q.limit = STREAM_PAGE;
-            let pool = state.pool.clone();
-            let body = futures::stream::try_unfold(Some(q), move |q| {
-                let pool = pool.clone();
-                async move {
-                    let Some(mut q) = q else {
-                        return Ok::<_, Error>(None);
-                    };
-                    let rows = audit::page(&pool, project, &q).await?;
-                    let more = rows.len() as i64 == q.limit;
-                    q.before = rows.last().map(|e| e.id);
-                    let mut out = Vec::new();
-                    for e in rows {
-                        serde_json::to_writer(&mut out, &e)
-                            .map_err(|e| Error::Unexpected(e.into()))?;
-                        out.push(b'\n');
-                    }
-                    Ok(Some((Bytes::from(out), more.then_some(q))))
-                }
-            });
             Ok(HttpResponse::Ok()
                 .content_type("application/x-ndjson")
-                .streaming(body))
+                .streaming(every_event(state.pool.clone(), project, q)))
         }
         Some(other) => Err(Error::invalid(format!(
             "format: \"{}\" is not a format of the log (json or ndjson)",
@@ -156,4 +137,29 @@ pub async fn list_audit(
         ))
         .into()),
     }
+}
+
+/// Every event `q` matches, as NDJSON, a page at a time (each page one indexed query).
+fn every_event(
+    pool: sqlx::PgPool,
+    project: uuid::Uuid,
+    q: audit::AuditQuery,
+) -> impl futures::Stream<Item = Result<Bytes, Error>> {
+    futures::stream::try_unfold(Some(q), move |q| {
+        let pool = pool.clone();
+        async move {
+            let Some(mut q) = q else {
+                return Ok::<_, Error>(None);
+            };
+            let rows = audit::page(&pool, project, &q).await?;
+            let more = rows.len() as i64 == q.limit;
+            q.before = rows.last().map(|e| e.id);
+            let mut out = Vec::new();
+            for e in rows {
+                serde_json::to_writer(&mut out, &e).map_err(|e| Error::Unexpected(e.into()))?;
+                out.push(b'\n');
+            }
+            Ok(Some((Bytes::from(out), more.then_some(q))))
+        }
+    })
 }

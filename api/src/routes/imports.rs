@@ -7,19 +7,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use wharf_shared::Error;
-use wharf_shared::domain::schema::printable;
 use wharf_shared::domain::scopes::Scope;
-use wharf_shared::domain::states::{ExportScope, ExportStatus, JobKind};
-use wharf_shared::files;
+use wharf_shared::domain::states::{ExportStatus, JobKind};
 use wharf_shared::repo::exports::{self, ExportRecord};
 
-use crate::app::audit::By;
-use crate::app::jobs::{content_length_over, create_job, new_job, upload_limits};
+use crate::app::jobs::import_upload;
 use crate::app::views::{ExportErrorDto, ProgressDto, export_dto, imported_workflows};
 use crate::app::workflows::find;
 use crate::auth::{Auth, parse_id};
 use crate::error::ApiError;
-use crate::request_id;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -124,45 +120,7 @@ pub async fn create_import(
         Some(raw) => Some(find(&state, principal.project_id, raw).await?.id),
         None => None,
     };
-    let essence = crate::json::media_type(&req);
-    if !essence.eq_ignore_ascii_case("application/zip")
-        && !essence.eq_ignore_ascii_case("application/octet-stream")
-    {
-        return Err(Error::UnsupportedMediaType(format!(
-            "Content-Type \"{}\" is not accepted for an import: send the bundle as application/zip",
-            printable(essence)
-        ))
-        .into());
-    }
-    let limits = upload_limits(&state);
-    if content_length_over(&req, limits.max_bytes) {
-        return Err(Error::PayloadTooLarge {
-            limit: limits.max_bytes,
-        }
-        .into());
-    }
-    let _slot = state.ingest_slots.acquire(principal.project_id)?;
-    let file = files::upload(
-        &state.pool,
-        &state.store,
-        principal.project_id,
-        "bundle.wharf.zip",
-        body,
-        limits,
-    )
-    .await?;
-    let rid = request_id::current();
-    let mut new = new_job(
-        &state,
-        principal,
-        JobKind::Import,
-        ExportScope::Database,
-        target,
-        "IMPORT",
-        &rid,
-    );
-    new.file_id = Some(file.id);
-    let rec = create_job(&state, &By::key(&req, principal), new).await?;
+    let rec = import_upload(&state, &req, principal, target, body).await?;
     Ok(HttpResponse::Accepted().json(ImportCreated {
         import_id: rec.id,
         dock_status_id: rec.dock_status_id,

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::repo::webhooks::{self, Webhook};
-use wharf_shared::webhooks::{EVENTS, Event, SendError, new_secret, resolve, send};
+use wharf_shared::webhooks::{Event, SendError, events_of, new_secret, resolve, send};
 
 use super::{List, ListQuery};
 use crate::app::audit;
@@ -74,28 +74,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let principal = auth.require(Scope::Admin)?;
     let ask: CreateWebhook = body.parse()?;
-    if ask.events.is_empty() || ask.events.len() > EVENTS.len() {
-        return Err(Error::invalid(format!(
-            "events: 1 to {} of {}",
-            EVENTS.len(),
-            EVENTS.join(", ")
-        ))
-        .into());
-    }
-    let mut events = Vec::with_capacity(ask.events.len());
-    for e in &ask.events {
-        if !EVENTS.contains(&e.as_str()) {
-            return Err(Error::invalid(format!(
-                "events: \"{}\" is not an event ({})",
-                wharf_shared::domain::schema::printable(e),
-                EVENTS.join(", ")
-            ))
-            .into());
-        }
-        if !events.contains(e) {
-            events.push(e.clone());
-        }
-    }
+    let events = events_of(&ask.events)?;
     resolve(&ask.url, state.settings.webhook_allow_private).await?;
     let secret = new_secret();
     let hook = webhooks::create(

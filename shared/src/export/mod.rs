@@ -272,55 +272,62 @@ async fn settle(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
-    let claim = *claim;
     match produced {
-        Ok(done) => {
-            let completion = Completion {
-                row_count: done.rows as i64,
-                size_bytes: done.written.size as i64,
-                sha256: &done.written.sha256,
-                object_key: &done.target.key,
-                content_type: &done.target.meta.content_type,
-                file_name: &done.target.file_name,
-                ttl: ctx.export_ttl,
-            };
-            let completed = match exports::complete(&ctx.pool, &claim, &completion).await {
-                Ok(done) => done,
-                Err(e) => {
-                    // Unrecorded, the object must not stay; the lease lapses and it is retried.
-                    ctx.store.delete(&done.target.key).await.ok();
-                    return Err(e);
-                }
-            };
-            if completed {
-                let seconds = started.elapsed().as_secs_f64();
-                let p = &progress.phases;
-                tracing::info!(
-                    rows = done.rows,
-                    bytes = done.written.size,
-                    seconds,
-                    counted_ms = Phases::ms(&p.counted),
-                    first_rows_ms = Phases::ms(&p.first_rows),
-                    read_done_ms = Phases::ms(&p.read_done),
-                    encode_busy_ms = Phases::ms(&p.encode_busy),
-                    encode_done_ms = Phases::ms(&p.encode_done),
-                    written_ms = Phases::ms(&p.written),
-                    "export completed"
-                );
-                Ok(Outcome::Completed {
-                    rows: done.rows,
-                    bytes: done.written.size,
-                    seconds,
-                })
-            } else {
-                // Cancelled or taken over while finishing: the object must not outlive the claim.
-                ctx.store.delete(&done.target.key).await?;
-                tracing::info!("claim lost at completion; object deleted");
-                Ok(Outcome::Cancelled)
-            }
-        }
-        Err(e) => attempt::settle_error(ctx, &claim, rec, e, cancel).await,
+        Ok(done) => completed(ctx, claim, done, started, progress).await,
+        Err(e) => attempt::settle_error(ctx, claim, rec, e, cancel).await,
     }
+}
+
+/// The file's completion, fenced on the claim; an object the ledger does not record is deleted.
+async fn completed(
+    ctx: &ExportContext,
+    claim: &Claim,
+    done: Produced,
+    started: Instant,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let completion = Completion {
+        row_count: done.rows as i64,
+        size_bytes: done.written.size as i64,
+        sha256: &done.written.sha256,
+        object_key: &done.target.key,
+        content_type: &done.target.meta.content_type,
+        file_name: &done.target.file_name,
+        ttl: ctx.export_ttl,
+    };
+    let completed = match exports::complete(&ctx.pool, claim, &completion).await {
+        Ok(done) => done,
+        Err(e) => {
+            // Unrecorded, the object must not stay; the lease lapses and it is retried.
+            ctx.store.delete(&done.target.key).await.ok();
+            return Err(e);
+        }
+    };
+    if !completed {
+        // Cancelled or taken over while finishing: the object must not outlive the claim.
+        ctx.store.delete(&done.target.key).await?;
+        tracing::info!("claim lost at completion; object deleted");
+        return Ok(Outcome::Cancelled);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let p = &progress.phases;
+    tracing::info!(
+        rows = done.rows,
+        bytes = done.written.size,
+        seconds,
+        counted_ms = Phases::ms(&p.counted),
+        first_rows_ms = Phases::ms(&p.first_rows),
+        read_done_ms = Phases::ms(&p.read_done),
+        encode_busy_ms = Phases::ms(&p.encode_busy),
+        encode_done_ms = Phases::ms(&p.encode_done),
+        written_ms = Phases::ms(&p.written),
+        "export completed"
+    );
+    Ok(Outcome::Completed {
+        rows: done.rows,
+        bytes: done.written.size,
+        seconds,
+    })
 }
 
 /// A stage ended because another one did: never the cause worth reporting.

@@ -110,8 +110,13 @@ where
         verdict
     };
     let (stored, verdict) = futures::join!(runs::copy_run(pool, gate, wf, run_id, feed), input);
+    outcome(verdict, stored)
+}
+
+/// The run, or the error that explains best why it was not stored: the input's own fault (a
+/// bad row, too large, too slow) before the COPY's.
+fn outcome(verdict: Result<u64>, stored: Result<Option<Run>>) -> Result<Run> {
     match (verdict, stored) {
-        // The input's own fault (bad row, too large) explains a failure better than the COPY's.
         (
             Err(
                 e @ (Error::Invalid(_)

@@ -45,6 +45,48 @@ pub struct Plan {
     order_by: String,
 }
 
+/// The WHERE clause's conditions: the run, each filter, the row ids; their values go into
+/// `settings` (bound as `wharf.pN`, never spliced into the SQL).
+fn conditions(
+    fields: &[Field],
+    spec: &ExportSpec,
+    settings: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut conds = vec!["run_id = current_setting('wharf.p0')::uuid".to_string()];
+    for f in &spec.filters {
+        let Some(Column::Field(i)) = resolve(fields, &f.field) else {
+            return Err(Error::invalid(format!("unknown field \"{}\"", f.field)));
+        };
+        conds.push(filter_sql(f, i, fields[i].field_type, settings)?);
+    }
+    if let Some(ids) = &spec.row_ids {
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        settings.push(format!("{{{}}}", list.join(",")));
+        conds.push(format!(
+            "_id = ANY(current_setting('wharf.p{}')::bigint[])",
+            settings.len() - 1
+        ));
+    }
+    Ok(conds)
+}
+
+impl OutColumn {
+    fn of(fields: &[Field], col: Column) -> OutColumn {
+        match col {
+            Column::Id => OutColumn {
+                name: "_id".into(),
+                field_type: None,
+                nullable: false,
+            },
+            Column::Field(i) => OutColumn {
+                name: fields[i].name.clone(),
+                field_type: Some(fields[i].field_type),
+                nullable: fields[i].nullable,
+            },
+        }
+    }
+}
+
 fn column_sql(col: Column) -> String {
     match col {
         Column::Id => "_id".into(),
@@ -57,21 +99,7 @@ impl Plan {
         let fields = &wf.fields;
         let unknown = |name: &str| Error::invalid(format!("unknown field \"{name}\""));
         let mut settings = vec![run_id.to_string()];
-        let mut conds = vec!["run_id = current_setting('wharf.p0')::uuid".to_string()];
-        for f in &spec.filters {
-            let Some(Column::Field(i)) = resolve(fields, &f.field) else {
-                return Err(unknown(&f.field));
-            };
-            conds.push(filter_sql(f, i, fields[i].field_type, &mut settings)?);
-        }
-        if let Some(ids) = &spec.row_ids {
-            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-            settings.push(format!("{{{}}}", list.join(",")));
-            conds.push(format!(
-                "_id = ANY(current_setting('wharf.p{}')::bigint[])",
-                settings.len() - 1
-            ));
-        }
+        let conds = conditions(fields, spec, &mut settings)?;
         let sort = resolve(fields, &spec.sort_by).ok_or_else(|| unknown(&spec.sort_by))?;
         let dir = if spec.order == Order::Desc {
             "DESC"
@@ -87,18 +115,7 @@ impl Plan {
         for name in &spec.columns {
             let col = resolve(fields, name).ok_or_else(|| unknown(name))?;
             exprs.push(column_sql(col));
-            columns.push(match col {
-                Column::Id => OutColumn {
-                    name: "_id".into(),
-                    field_type: None,
-                    nullable: false,
-                },
-                Column::Field(i) => OutColumn {
-                    name: fields[i].name.clone(),
-                    field_type: Some(fields[i].field_type),
-                    nullable: fields[i].nullable,
-                },
-            });
+            columns.push(OutColumn::of(fields, col));
         }
         Ok(Plan {
             whole_run: spec.filters.is_empty() && spec.row_ids.is_none(),

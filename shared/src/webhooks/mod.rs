@@ -104,6 +104,31 @@ fn private(ip: IpAddr) -> bool {
 }
 
 /// Why this address may not receive webhooks, if it may not.
+/// The events an endpoint asks for: 1 to all of `EVENTS`, each once (repeats dropped).
+pub fn events_of(asked: &[String]) -> Result<Vec<String>> {
+    if asked.is_empty() || asked.len() > EVENTS.len() {
+        return Err(Error::invalid(format!(
+            "events: 1 to {} of {}",
+            EVENTS.len(),
+            EVENTS.join(", ")
+        )));
+    }
+    let mut events = Vec::with_capacity(asked.len());
+    for e in asked {
+        if !EVENTS.contains(&e.as_str()) {
+            return Err(Error::invalid(format!(
+                "events: \"{}\" is not an event ({})",
+                printable(e),
+                EVENTS.join(", ")
+            )));
+        }
+        if !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    Ok(events)
+}
+
 pub fn refused_address(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     if forbidden_always(ip) {
         Some("a link-local, metadata or reserved address")

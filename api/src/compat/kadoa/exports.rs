@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use wharf_shared::Error;
 use wharf_shared::domain::scopes::Scope;
 use wharf_shared::domain::states::ExportStatus;
-use wharf_shared::repo::exports::Created;
+use wharf_shared::repo::exports::{Created, ExportRecord};
 
 use crate::app::audit::By;
 use crate::app::exports::{create_export, find_export, wait_final};
@@ -77,12 +77,21 @@ pub async fn kadoa_create(
     } else {
         *rec
     };
+    answer(&state.settings, &rec)
+}
+
+/// 202 with the status while the export runs; 200 with Kadoa's export and a signed link once
+/// completed; the export's own error when it failed, was cancelled or expired.
+fn answer(
+    settings: &wharf_shared::config::Settings,
+    rec: &ExportRecord,
+) -> Result<HttpResponse, ApiError> {
     match rec.effective_status(Utc::now()) {
         ExportStatus::Queued | ExportStatus::InProgress => {
-            Ok(HttpResponse::Accepted().json(export_dto(&state.settings, &rec)))
+            Ok(HttpResponse::Accepted().json(export_dto(settings, rec)))
         }
         ExportStatus::Completed => {
-            let (url, expires_at) = signed_link(&state.settings, &rec)
+            let (url, expires_at) = signed_link(settings, rec)
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("no signing key")))?;
             Ok(HttpResponse::Ok().json(KadoaExport {
                 export_id: rec.id,

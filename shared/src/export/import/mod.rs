@@ -119,14 +119,13 @@ pub(super) async fn run(ctx: &ExportContext, claim: Claim, rec: &ExportRecord) -
     }
 }
 
-/// `Some(rows)` when completed; `None` when the claim was lost (nothing written).
-async fn import(
+/// The uploaded bundle, downloaded into `scratch` (within room reserved for it, held as long as
+/// the answer) and verified, its run files extracted beside it.
+async fn fetch_and_verify(
     ctx: &ExportContext,
-    claim: &Claim,
     rec: &ExportRecord,
-    progress: &Progress,
-    cancel: &CancellationToken,
-) -> Result<Option<u64>> {
+    scratch: &Scratch,
+) -> Result<(Verified, crate::export::scratch::Room)> {
     let file_id = rec.file_id.ok_or(Error::NotFound("uploaded file"))?;
     let file = imports::get_file(&ctx.pool, rec.project_id, file_id)
         .await?
@@ -136,13 +135,8 @@ async fn import(
                 "the uploaded file no longer exists (files live 24 hours); upload it again",
             )
         })?;
-    let scratch = Scratch(std::env::temp_dir().join(format!(
-        "wharf-import-{}-{}",
-        rec.id.simple(),
-        claim.attempt
-    )));
     tokio::fs::create_dir_all(&scratch.0).await.map_err(io)?;
-    let _bundle_room = ctx
+    let bundle_room = ctx
         .scratch
         .reserve(u64::try_from(file.size_bytes).unwrap_or(u64::MAX))
         .await?;
@@ -152,6 +146,23 @@ async fn import(
     let verified = tokio::task::spawn_blocking(move || verify(&zip_path, &dir, &budget))
         .await
         .map_err(|e| Error::Unexpected(e.into()))??;
+    Ok((verified, bundle_room))
+}
+
+/// `Some(rows)` when completed; `None` when the claim was lost (nothing written).
+async fn import(
+    ctx: &ExportContext,
+    claim: &Claim,
+    rec: &ExportRecord,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>> {
+    let scratch = Scratch(std::env::temp_dir().join(format!(
+        "wharf-import-{}-{}",
+        rec.id.simple(),
+        claim.attempt
+    )));
+    let (verified, _bundle_room) = fetch_and_verify(ctx, rec, &scratch).await?;
     let total: i64 = verified
         .workflows
         .iter()
