@@ -12,9 +12,11 @@ use serde_json::{Value, json};
 
 mod client;
 mod transfer;
+mod watch;
 
 use client::*;
 use transfer::*;
+use watch::watch;
 #[derive(Parser, Debug)]
 #[command(name = "wharf", version, about = "Wharf's command-line client")]
 struct Cli {

@@ -97,21 +97,7 @@ pub(super) async fn run(
     let (piece_tx, piece_rx) = mpsc::channel::<upload::Piece>(4);
     let sink = ChunkSink::new(piece_tx, progress.bytes.clone());
     let encoder = spawn_encoder(encode, sink, msg_rx, progress, started);
-    let reader = async {
-        let feeder = Feeder {
-            tx: &msg_tx,
-            cancel: at.cancel,
-            phases: &progress.phases,
-            started,
-        };
-        let mut read = source.read(&mut conn, &feeder).await;
-        if read.is_ok() {
-            read = msg_tx.send(Msg::Done).await.map_err(|_| stopped());
-        }
-        drop(msg_tx);
-        Phases::mark(&progress.phases.read_done, started);
-        read
-    };
+    let reader = read_all(at, source, &mut conn, msg_tx);
     let uploader = async {
         let written = upload::upload(
             ctx,
@@ -120,8 +106,8 @@ pub(super) async fn run(
             &target.meta,
             piece_rx,
             at.cancel,
-        )
-        .await;
+        );
+        let written = written.await;
         Phases::mark(&progress.phases.written, started);
         written
     };
@@ -133,6 +119,28 @@ pub(super) async fn run(
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     settle(at, target, read, encoded, uploaded).await
+}
+
+/// The source's rows into the feed, then `Done` (what the encoder waits for to finish the file).
+async fn read_all(
+    at: &Attempt<'_>,
+    source: &mut dyn Source,
+    conn: &mut PgConnection,
+    tx: mpsc::Sender<Msg>,
+) -> Result<()> {
+    let feeder = Feeder {
+        tx: &tx,
+        cancel: at.cancel,
+        phases: &at.progress.phases,
+        started: at.started,
+    };
+    let mut read = source.read(conn, &feeder).await;
+    if read.is_ok() {
+        read = tx.send(Msg::Done).await.map_err(|_| stopped());
+    }
+    drop(tx);
+    Phases::mark(&at.progress.phases.read_done, at.started);
+    read
 }
 
 /// The encoder on a blocking thread, in the attempt's span.

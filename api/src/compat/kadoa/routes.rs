@@ -214,15 +214,24 @@ pub async fn data(
     )
     .await?;
     if ask.limit > 0 && plan.id_order().is_some() && !plan.is_whole_run() {
-        // The next page's first id, for a client reading pages in order.
-        let (keys, last, page) = (state.page_keys.clone(), streamed.last_id, ask.page);
-        tokio::spawn(async move {
-            if let Ok(Some(id)) = last.await {
-                keys.put(key, page, id);
-            }
-        });
+        remember_next_page(state.page_keys.clone(), key, ask.page, streamed.last_id);
     }
     let mut res = HttpResponse::Ok();
     shape.headers(&mut res, &ask);
     Ok(res.streaming(slot_body(streamed.body, slot)))
+}
+
+/// The page's last `_id`, kept once it is sent: the next page's seek, for a client reading
+/// pages in order.
+fn remember_next_page(
+    keys: crate::compat::kadoa::PageKeys,
+    key: u64,
+    page: u64,
+    last: tokio::sync::oneshot::Receiver<Option<i64>>,
+) {
+    tokio::spawn(async move {
+        if let Ok(Some(id)) = last.await {
+            keys.put(key, page, id);
+        }
+    });
 }

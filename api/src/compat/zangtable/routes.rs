@@ -119,29 +119,10 @@ async fn zang_create_inner(
         .as_object_mut()
         .ok_or_else(|| Error::invalid("the body must be a JSON object"))?;
     let (scope_raw, scope) = scope_of(obj)?;
-    let by = By::key(req, &principal);
     let rec = if scope == ExportScope::Table {
         table_export(req, state, &principal, value).await?
     } else {
-        principal.require(Scope::Admin)?;
-        if let Some(k) = obj.keys().next() {
-            return Err(Error::invalid(format!(
-                "{}: not a parameter of a {scope_raw} export",
-                printable(k)
-            ))
-            .into());
-        }
-        let rid = request_id::current();
-        let new = new_job(
-            state,
-            &principal,
-            JobKind::Export,
-            scope,
-            None,
-            "EXPORT",
-            &rid,
-        );
-        create_job(state, &by, new).await?
+        bundle_job(req, state, &principal, &scope_raw, scope, obj).await?
     };
     let z = zang_export(state, slug, &rec);
     Ok(envelope(
@@ -154,6 +135,36 @@ async fn zang_create_inner(
             "download_url": z["download_url"],
         }),
     ))
+}
+
+/// A bundle of the whole project (scope schema or database; admin), which takes no parameters.
+async fn bundle_job(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: &Principal,
+    scope_raw: &str,
+    scope: ExportScope,
+    rest: &serde_json::Map<String, Value>,
+) -> Result<ExportRecord, ApiError> {
+    principal.require(Scope::Admin)?;
+    if let Some(k) = rest.keys().next() {
+        return Err(Error::invalid(format!(
+            "{}: not a parameter of a {scope_raw} export",
+            printable(k)
+        ))
+        .into());
+    }
+    let rid = request_id::current();
+    let new = new_job(
+        state,
+        principal,
+        JobKind::Export,
+        scope,
+        None,
+        "EXPORT",
+        &rid,
+    );
+    create_job(state, &By::key(req, principal), new).await
 }
 
 /// `scope` taken out of the body: table (the default), schema or database.

@@ -97,6 +97,11 @@ pub(super) fn verify_run(
             ),
         ));
     }
+    check_parquet(out, name, mr.row_count, fields)
+}
+
+/// The extracted file is Parquet holding `rows` rows, in the columns the definition implies.
+fn check_parquet(out: &Path, name: &str, rows: i64, fields: &[Field]) -> Result<()> {
     let reader = File::open(out).map_err(|e| Error::Unexpected(e.into()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| {
         refuse(
@@ -104,14 +109,13 @@ pub(super) fn verify_run(
             format!("{}: not a readable Parquet file ({e})", printable(name)),
         )
     })?;
-    let rows = builder.metadata().file_metadata().num_rows();
-    if rows != mr.row_count {
+    let held = builder.metadata().file_metadata().num_rows();
+    if held != rows {
         return Err(refuse(
             FailureCode::SchemaMismatch,
             format!(
-                "{}: holds {rows} rows, the manifest says {}",
-                printable(name),
-                mr.row_count
+                "{}: holds {held} rows, the manifest says {rows}",
+                printable(name)
             ),
         ));
     }
