@@ -25,6 +25,7 @@ mod openapi_client;
 mod operators;
 mod ops;
 mod queue_contract;
+mod readme;
 mod startup;
 mod store_contract;
 mod upgrade;
