@@ -19,7 +19,7 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
     if let Err(e) = abort_orphans(ctx, ORPHAN_AGE).await {
         tracing::warn!(error = %e, "orphaned uploads not all aborted; retried next pass");
     }
-    let mut deleted = expire_files(ctx).await.unwrap_or_else(|e| {
+    let deleted = expire_files(ctx).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "expired uploads not all deleted; retried next pass");
         0
     });
@@ -34,7 +34,13 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
     if swept > 0 {
         tracing::info!(swept, "scratch directories of dead imports removed");
     }
-    let mut skipped = 0i64;
+    Ok(deleted + expire_exports(ctx).await?)
+}
+
+/// Completed exports past their retention: each object deleted, then forgotten; one the store
+/// would not delete is skipped this pass (and looked past) and retried the next.
+async fn expire_exports(ctx: &ExportContext) -> wharf_shared::Result<usize> {
+    let (mut deleted, mut skipped) = (0usize, 0i64);
     loop {
         // Items skipped in this pass are still due: look past them.
         let due = exports::expire_due(&ctx.pool, 100 + skipped).await?;

@@ -77,6 +77,22 @@ pub(crate) async fn wait_final(
 }
 
 /// Creates the export job and a hash that identifies its parameters.
+/// The run an export covers: the one asked for (404 unless it is the workflow's), else the
+/// workflow's latest.
+async fn run_of(
+    state: &AppState,
+    workflow_id: uuid::Uuid,
+    asked: Option<uuid::Uuid>,
+) -> Result<uuid::Uuid, ApiError> {
+    Ok(match asked {
+        Some(id) if exports::run_exists(&state.pool, workflow_id, id).await? => id,
+        Some(_) => return Err(Error::NotFound("run").into()),
+        None => exports::latest_run(&state.pool, workflow_id)
+            .await?
+            .ok_or(Error::NotFound("run (the workflow has no runs yet)"))?,
+    })
+}
+
 pub async fn create_export(
     state: &AppState,
     by: &crate::app::audit::By,
@@ -88,13 +104,7 @@ pub async fn create_export(
     let project_id = by.project_id;
     let wf = find(state, project_id, workflow_raw).await?;
     let spec = request.validate(&wf.fields)?;
-    let run_id = match request.run_id {
-        Some(id) if exports::run_exists(&state.pool, wf.id, id).await? => id,
-        Some(_) => return Err(Error::NotFound("run").into()),
-        None => exports::latest_run(&state.pool, wf.id)
-            .await?
-            .ok_or(Error::NotFound("run (the workflow has no runs yet)"))?,
-    };
+    let run_id = run_of(state, wf.id, request.run_id).await?;
     let hash = hex::encode(Sha256::digest(format!("{}\n{canonical}", wf.id).as_bytes()));
     let request_id = request_id::current();
     let new = NewExport {

@@ -2,6 +2,7 @@
 //! (`compat::<name>::routes`), all registered here once.
 
 pub mod audit;
+pub mod docs;
 pub mod downloads;
 pub mod exports;
 pub mod health;
@@ -30,6 +31,7 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(health::metrics)
         .service(ops::page)
         .service(health::openapi_json)
+        .service(docs::docs)
         .service(projects::create_project)
         .service(keys::create_key)
         .service(keys::list_keys)

@@ -20,7 +20,7 @@ use crate::state::AppState;
 /// Seconds between refreshes of the page.
 pub const REFRESH_SECS: u32 = 5;
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -104,6 +104,22 @@ struct Phases {
 }
 
 impl Phases {
+    /// The completion's log line, with when each phase ended (ms since the claim).
+    fn log_completed(&self, rows: u64, bytes: u64, seconds: f64) {
+        tracing::info!(
+            rows,
+            bytes,
+            seconds,
+            counted_ms = Phases::ms(&self.counted),
+            first_rows_ms = Phases::ms(&self.first_rows),
+            read_done_ms = Phases::ms(&self.read_done),
+            encode_busy_ms = Phases::ms(&self.encode_busy),
+            encode_done_ms = Phases::ms(&self.encode_done),
+            written_ms = Phases::ms(&self.written),
+            "export completed"
+        );
+    }
+
     fn mark(at: &AtomicU64, since: Instant) {
         at.store(since.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
@@ -310,19 +326,9 @@ async fn completed(
         return Ok(Outcome::Cancelled);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let p = &progress.phases;
-    tracing::info!(
-        rows = done.rows,
-        bytes = done.written.size,
-        seconds,
-        counted_ms = Phases::ms(&p.counted),
-        first_rows_ms = Phases::ms(&p.first_rows),
-        read_done_ms = Phases::ms(&p.read_done),
-        encode_busy_ms = Phases::ms(&p.encode_busy),
-        encode_done_ms = Phases::ms(&p.encode_done),
-        written_ms = Phases::ms(&p.written),
-        "export completed"
-    );
+    progress
+        .phases
+        .log_completed(done.rows, done.written.size, seconds);
     Ok(Outcome::Completed {
         rows: done.rows,
         bytes: done.written.size,

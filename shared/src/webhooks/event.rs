@@ -95,6 +95,36 @@ pub enum SendError {
 
 /// POSTs the signed event to `url` (checked again here: a name may resolve elsewhere now than at
 /// registration) and returns the receiver's status code.
+/// The POST of `body` to the checked URL, pinned to the checked addresses, with both signatures.
+fn signed_request(
+    target: &super::Target,
+    addrs: &[std::net::SocketAddr],
+    secret: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<reqwest::RequestBuilder, SendError> {
+    let t = Utc::now().timestamp();
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        // Connect where the check looked, not where a second lookup might point.
+        .resolve_to_addrs(&target.host, addrs)
+        .build()
+        .map_err(|e| SendError::Failed(e.to_string()))?;
+    let mut req = client
+        .post(target.url.clone())
+        .header("content-type", "application/json")
+        .header("user-agent", "wharf-webhooks/1")
+        .header("wharf-event-id", id)
+        .header("wharf-signature", signature(secret, t, body))
+        .header("webhook-id", id)
+        .header("webhook-timestamp", t.to_string());
+    if let Some(sig) = standard_signature(secret, id, t, body) {
+        req = req.header("webhook-signature", sig);
+    }
+    Ok(req)
+}
+
 pub async fn send(
     url: &str,
     allow_private: bool,
@@ -111,25 +141,7 @@ pub async fn send(
         "data": event.data,
     });
     let body = serde_json::to_vec(&body).map_err(|e| SendError::Failed(e.to_string()))?;
-    let t = Utc::now().timestamp();
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        // Connect where the check looked, not where a second lookup might point.
-        .resolve_to_addrs(&target.host, &addrs)
-        .build()
-        .map_err(|e| SendError::Failed(e.to_string()))?;
-    let mut req = client
-        .post(target.url.clone())
-        .header("content-type", "application/json")
-        .header("user-agent", "wharf-webhooks/1")
-        .header("wharf-event-id", &event.id)
-        .header("wharf-signature", signature(secret, t, &body))
-        .header("webhook-id", &event.id)
-        .header("webhook-timestamp", t.to_string());
-    if let Some(sig) = standard_signature(secret, &event.id, t, &body) {
-        req = req.header("webhook-signature", sig);
-    }
+    let req = signed_request(&target, &addrs, secret, &event.id, &body)?;
     // The URL as checked (normalized), to the addresses checked.
     let res = req.body(body).send().await.map_err(|e| {
         SendError::Failed(if e.is_timeout() {

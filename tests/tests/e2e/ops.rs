@@ -62,20 +62,17 @@ async fn readiness_names_the_service_that_is_down() {
     );
 }
 
+async fn served_document(app: &wharf_tests::TestApp) -> Value {
+    let res = app.client.get(app.url("/openapi.json")).send().await;
+    res.expect("sent").json().await.expect("json")
+}
+
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     let app = spawn_app(pool).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let doc = served_document(&app).await;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let paths = doc["paths"].as_object().expect("paths");
     for (path, method) in [
@@ -117,6 +114,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/exports/{exportId}/download", "head"),
         ("/v1/exports/{exportId}/file", "head"),
         ("/openapi.json", "get"),
+        ("/docs", "get"),
         ("/v1/webhooks/{webhookId}/test", "post"),
         (
             "/v1/webhooks/{webhookId}/deliveries/{deliveryId}/retry",
@@ -155,4 +153,56 @@ async fn the_openapi_document_covers_every_route() {
         metrics.contains("wharf_exports{status=\"queued\"} 0"),
         "{metrics}"
     );
+}
+
+/// The repository carries the reference it serves: `docs/openapi.json` is the document
+/// `/openapi.json` answers (regenerate it with `WHARF_WRITE_OPENAPI=1` on this test), and
+/// `/docs` renders every operation of it as a page for people.
+#[tokio::test]
+async fn the_repository_carries_the_served_reference_and_docs_renders_every_route() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.pool.clone()).await;
+    let served = served_document(&app).await;
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    if std::env::var("WHARF_WRITE_OPENAPI").is_ok_and(|v| v == "1") {
+        let text = serde_json::to_string_pretty(&served).expect("json");
+        std::fs::write(&file, text + "\n").expect("docs/openapi.json written");
+    }
+    let carried: Value = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    assert!(
+        carried == served,
+        "docs/openapi.json differs from the served document: regenerate it with \
+         WHARF_WRITE_OPENAPI=1 cargo test --test e2e the_repository_carries"
+    );
+    let res = app.client.get(app.url("/docs")).send().await.expect("sent");
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/html")
+    );
+    let page = res.text().await.expect("text");
+    let paths = served["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        let escaped = path.replace('&', "&amp;");
+        assert!(
+            page.contains(&format!("<code>{escaped}</code>")),
+            "{path} on /docs"
+        );
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                page.contains(&format!(
+                    "<section id=\"{id}\"><h3><span class=\"m\">{}</span>",
+                    method.to_uppercase()
+                )),
+                "{method} {path} ({id}) on /docs"
+            );
+        }
+    }
+    assert!(page.contains("href=\"/openapi.json\""));
 }

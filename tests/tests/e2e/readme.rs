@@ -133,11 +133,15 @@ async fn the_readme_walk_through_runs_as_written() {
         .next()
         .and_then(Result::ok)
         .unwrap_or_default();
-    assert_eq!(polled["status"], "COMPLETED", "step 6: the long poll: {polled}");
+    assert_eq!(
+        polled["status"], "COMPLETED",
+        "step 6: the long poll: {polled}"
+    );
     assert_eq!(polled["rowCount"], 1, "step 6: the long poll: {polled}");
     for (file, magic) in [
         ("products.parquet", &b"PAR1"[..]),
         ("acme.wharf.zip", b"PK"),
+        ("wharf-api.html", b"<!doctype html>"),
     ] {
         let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
         assert!(bytes.starts_with(magic), "{file} is what the step says");
