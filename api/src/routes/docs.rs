@@ -111,18 +111,7 @@ fn operation(h: &mut String, op: &Op<'_>) {
         }
     }
     if let Some(params) = op.body["parameters"].as_array().filter(|p| !p.is_empty()) {
-        h.push_str("<table><tr><th>parameter</th><th>in</th><th>required</th><th></th></tr>");
-        for p in params {
-            let _ = write!(
-                h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(p["name"].as_str().unwrap_or_default()),
-                escape(p["in"].as_str().unwrap_or_default()),
-                if p["required"] == true { "yes" } else { "" },
-                escape(p["description"].as_str().unwrap_or_default())
-            );
-        }
-        h.push_str("</table>");
+        parameters(h, params);
     }
     if let Some(content) = op.body["requestBody"]["content"].as_object() {
         let types: Vec<String> = content.keys().map(|k| escape(k)).collect();
@@ -145,6 +134,21 @@ fn operation(h: &mut String, op: &Op<'_>) {
         h.push_str("</ul>");
     }
     h.push_str("</section>");
+}
+
+fn parameters(h: &mut String, params: &[Value]) {
+    h.push_str("<table><tr><th>parameter</th><th>in</th><th>required</th><th></th></tr>");
+    for p in params {
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(p["name"].as_str().unwrap_or_default()),
+            escape(p["in"].as_str().unwrap_or_default()),
+            if p["required"] == true { "yes" } else { "" },
+            escape(p["description"].as_str().unwrap_or_default())
+        );
+    }
+    h.push_str("</table>");
 }
 
 const STYLE: &str = "body { font: 15px/1.5 system-ui, sans-serif; max-width: 980px; margin: 24px auto; padding: 0 16px; color: #1d2430; }
