@@ -5,7 +5,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{ExportRecord, SELECT};
-use crate::domain::states::ExportStatus;
+use crate::domain::states::{ExportStatus, JobKind};
 use crate::error::Result;
 use crate::repo::{Page, paginate};
 
@@ -40,13 +40,8 @@ pub async fn list_project(
 
 /// An export (of any scope; not an import) of the project.
 pub async fn get(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<ExportRecord>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE e.id = $1 AND e.project_id = $2 AND e.kind = 'export'"
-    )))
-    .bind(id)
-    .bind(project_id)
-    .fetch_optional(pool)
-    .await?)
+    let job = get_job(pool, project_id, id).await?;
+    Ok(job.filter(|r| r.kind == JobKind::Export))
 }
 
 /// For workers, which act on any project's export.
