@@ -147,6 +147,7 @@ proptest! {
             workflow_id: uuid::Uuid::nil(),
             format: "csv",
             expires: expires.parse().unwrap_or(0),
+            path: None,
         };
         prop_assert!(!crate::signing::verify(&[key], &kid, &sig, &claims) || sig.len() == 64);
     }

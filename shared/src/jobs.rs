@@ -13,8 +13,11 @@ use crate::error::{Error, ErrorCode};
 /// A kind of job: the ledger's `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// One run's rows into one file of a registered format.
+    /// One run's rows into one file of a registered format, or, for a dataset, the plan that
+    /// cuts them into parts and, once every part is done, the manifest.
     Export,
+    /// Some files of a dataset (`parent_id` its export): claimed, leased and retried alone.
+    Part,
     /// Definitions (and runs) as one ZIP.
     Bundle,
     /// An uploaded bundle made into workflows.
@@ -25,11 +28,18 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Export, Kind::Bundle, Kind::Import, Kind::Webhook];
+    pub const ALL: [Kind; 5] = [
+        Kind::Export,
+        Kind::Part,
+        Kind::Bundle,
+        Kind::Import,
+        Kind::Webhook,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Export => "export",
+            Kind::Part => "part",
             Kind::Bundle => "bundle",
             Kind::Import => "import",
             Kind::Webhook => "webhook",
@@ -49,6 +59,8 @@ pub enum State {
     Queued,
     /// Leased to one worker until `lease_expires_at`; every write is fenced on the lease.
     Running,
+    /// A dataset's export waiting on its parts (no lease: the last part takes it again).
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
@@ -59,6 +71,7 @@ impl State {
         match self {
             State::Queued => "QUEUED",
             State::Running => "RUNNING",
+            State::Waiting => "WAITING",
             State::Succeeded => "SUCCEEDED",
             State::Failed => "FAILED",
             State::Cancelled => "CANCELLED",

@@ -35,6 +35,11 @@ pub struct FinishedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub route: String,
 }
@@ -81,6 +86,8 @@ pub struct ExportCounts {
     pub rows: Counter,
     pub bytes: Counter,
     pub pickup: Histogram,
+    /// Reads of runs' rows, by the server that served them (primary, replica).
+    pub reads: Family<ServerLabel, Counter>,
 }
 
 /// What an API counts of the requests it answers.
@@ -165,6 +172,12 @@ impl ExportCounts {
                 "Created to claimed, for first attempts",
                 seconds_buckets(),
             ),
+            reads: add(
+                r,
+                "wharf_run_reads",
+                "Reads of runs' rows by the server that served them (primary, replica)",
+                Family::default(),
+            ),
         }
     }
 }
@@ -224,6 +237,16 @@ impl Metrics {
             .observe(seconds);
         self.exports.rows.inc_by(rows);
         self.exports.bytes.inc_by(bytes);
+    }
+
+    /// A read of a run's rows served by `server`.
+    pub fn read_on(&self, server: crate::export::Server) {
+        self.exports
+            .reads
+            .get_or_create(&ServerLabel {
+                server: server.as_str(),
+            })
+            .inc();
     }
 
     pub fn http(&self, route: &str, status: u16, seconds: f64) {

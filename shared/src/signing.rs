@@ -19,6 +19,8 @@ pub struct LinkClaims<'a> {
     pub workflow_id: Uuid,
     pub format: &'a str,
     pub expires: i64,
+    /// One file of a dataset (its path in the manifest); None: the export itself.
+    pub path: Option<&'a str>,
 }
 
 fn mac(key: &SigningKey, c: &LinkClaims<'_>) -> Option<HmacSha256> {
@@ -30,6 +32,9 @@ fn mac(key: &SigningKey, c: &LinkClaims<'_>) -> Option<HmacSha256> {
         )
         .as_bytes(),
     );
+    if let Some(path) = c.path {
+        mac.update(format!("\npath={path}").as_bytes());
+    }
     Some(mac)
 }
 
@@ -48,8 +53,11 @@ pub fn signed_url(
 ) -> Option<(String, DateTime<Utc>)> {
     let key = keys.first()?;
     let expires_at = DateTime::from_timestamp(c.expires, 0)?;
+    let path = c.path.map_or(String::new(), |p| {
+        format!("path={}&", crate::domain::dataset::percent_encode(p))
+    });
     let url = format!(
-        "{public_url}/v1/exports/{}/file?expires={}&kid={}&sig={}",
+        "{public_url}/v1/exports/{}/file?{path}expires={}&kid={}&sig={}",
         c.export_id,
         c.expires,
         key.kid,
@@ -106,6 +114,7 @@ mod tests {
             workflow_id: Uuid::max(),
             format: "csv",
             expires: 100,
+            path: None,
         };
         let sig = sign(&keys[1], &c);
         assert!(verify(&keys, "old", &sig, &c));
@@ -135,6 +144,19 @@ mod tests {
             }
         ));
         assert!(!verify(&keys, "gone", &sig, &c));
+        // A dataset file's link signs its path: another file's path does not verify.
+        let file = LinkClaims {
+            path: Some("country=FR/part-00000.csv"),
+            ..c
+        };
+        let file_sig = sign(&keys[0], &file);
+        assert!(verify(&keys, "new", &file_sig, &file));
+        assert!(!verify(&keys, "new", &file_sig, &c));
+        let other = LinkClaims {
+            path: Some("country=DE/part-00000.csv"),
+            ..c
+        };
+        assert!(!verify(&keys, "new", &file_sig, &other));
         assert!(!verify(&keys, "old", "zz", &c));
     }
 

@@ -84,6 +84,61 @@ pub struct ExportDto {
     /// exports of the same format.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<f64>,
+    /// A dataset's parts: how many, how many done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartsDto>,
+    /// A COMPLETED dataset's files in manifest order, each with a signed link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileDto>>,
+    /// A COMPLETED dataset's manifest with a signed link per file (no key needed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartsDto {
+    pub total: i32,
+    pub completed: i32,
+}
+
+/// One file of a dataset, as its manifest lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileDto {
+    pub path: String,
+    pub rows: i64,
+    pub bytes: i64,
+    pub sha256: String,
+    /// Its partition's values (`{"country": "FR"}`; null values as null), when partitioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<serde_json::Value>,
+    /// Signed link to the file (`WHARF_LINK_TTL`), no key needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A dataset's files as the status and the manifest download show them, each freshly signed.
+pub fn file_dtos(
+    settings: &Settings,
+    r: &ExportRecord,
+    files: &[crate::repo::exports::DatasetFile],
+) -> Vec<FileDto> {
+    files
+        .iter()
+        .map(|f| FileDto {
+            path: f.path.clone(),
+            rows: f.row_count,
+            bytes: f.size_bytes,
+            sha256: f.sha256.clone(),
+            partition: f.partition.as_ref().map(|p| p.0.clone()),
+            url: signed_file_link(settings, r, Some(&f.path)).map(|(u, _)| u),
+        })
+        .collect()
+}
+
+/// The status of a COMPLETED dataset: its files and its manifest's link added.
+pub fn with_files(settings: &Settings, r: &ExportRecord, dto: &mut ExportDto, files: Vec<FileDto>) {
+    dto.files = Some(files);
+    dto.manifest_url = signed_link(settings, r).map(|(u, _)| u);
 }
 
 /// Percent done, to a tenth: 100 once completed (or expired), else rows written of the total.
@@ -144,6 +199,12 @@ pub fn export_dto(settings: &Settings, r: &ExportRecord) -> ExportDto {
         status,
         queue_position: None,
         eta_seconds: None,
+        parts: r.parts_total.map(|total| PartsDto {
+            total,
+            completed: r.parts_completed,
+        }),
+        files: None,
+        manifest_url: None,
     }
 }
 
@@ -175,12 +236,22 @@ pub fn status_dto(
 
 /// The export's signed, keyless file link (`WHARF_LINK_TTL` from now) and when it expires.
 pub fn signed_link(settings: &Settings, r: &ExportRecord) -> Option<(String, DateTime<Utc>)> {
+    signed_file_link(settings, r, None)
+}
+
+/// The signed link of one file of a dataset (`path`), or of the export itself (None).
+pub fn signed_file_link(
+    settings: &Settings,
+    r: &ExportRecord,
+    path: Option<&str>,
+) -> Option<(String, DateTime<Utc>)> {
     let expires = Utc::now().timestamp() + settings.link_ttl.as_secs() as i64;
     let claims = LinkClaims {
         export_id: r.id,
         workflow_id: r.link_workflow(),
         format: &r.format,
         expires,
+        path,
     };
     signing::signed_url(&settings.public_url, &settings.signing_keys, &claims)
 }

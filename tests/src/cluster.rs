@@ -100,6 +100,61 @@ impl PgCluster {
         PgCluster { dir, bin, port }
     }
 
+    /// A streaming replica of `primary` (`pg_basebackup -R` into a directory of its own, started
+    /// on a free port as a hot standby), stopped and removed on drop like any cluster.
+    pub fn replica_of(primary: &PgCluster) -> PgCluster {
+        let bin = primary.bin.clone();
+        let dir = std::env::temp_dir().join(format!("wharf-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("replica directory");
+        Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .ok();
+        Command::new("chmod").arg("700").arg(&dir).status().ok();
+        let data = dir.to_string_lossy().to_string();
+        let port = primary.port.to_string();
+        let out = as_postgres(
+            &bin.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data} -c fsync=off -c hot_standby=on"
+        );
+        let log = format!("{data}/server.log");
+        let out = as_postgres(
+            &bin.join("pg_ctl"),
+            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start (replica): {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        PgCluster { dir, bin, port }
+    }
+
     /// A URL of `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

@@ -79,8 +79,9 @@ impl TestApp {
             metrics: std::sync::Arc::new(wharf_shared::metrics::Metrics::new()),
             scratch: wharf_shared::export::scratch::ScratchBudget::new(1 << 30),
             audit_ttl: self.settings.audit_ttl,
+            replica: wharf_shared::export::Replica::from_settings(&self.settings).expect("replica"),
         };
-        wharf_shared::export::run(&ctx, &mut None)
+        wharf_shared::export::run(&ctx, &mut wharf_shared::export::ReadConn::default())
             .await
             .expect("the job ran")
     }

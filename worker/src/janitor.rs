@@ -34,7 +34,18 @@ pub async fn sweep(ctx: &ExportContext) -> wharf_shared::Result<usize> {
     if swept > 0 {
         tracing::info!(swept, "scratch directories of dead imports removed");
     }
-    Ok(deleted + expire_exports(ctx).await?)
+    let expired = expire_exports(ctx).await?;
+    Ok(deleted + expired + remove_datasets(ctx).await?)
+}
+
+/// Datasets that ended FAILED, CANCELLED or EXPIRED: every object under their prefix removed
+/// (whoever ended one removes its files at once; this pass covers a process that could not).
+async fn remove_datasets(ctx: &ExportContext) -> wharf_shared::Result<usize> {
+    let mut removed = 0;
+    for id in exports::ended_datasets(&ctx.pool, 100).await? {
+        removed += wharf_shared::export::dataset::remove_files(&ctx.pool, &*ctx.store, id).await;
+    }
+    Ok(removed)
 }
 
 /// Completed exports past their retention: each object deleted, then forgotten; one the store
@@ -107,15 +118,27 @@ pub async fn abort_orphans(ctx: &ExportContext, age: Duration) -> wharf_shared::
     let orphans = exports::orphan_writes(&ctx.pool, age).await?;
     let mut aborted = 0;
     for w in &orphans {
-        let discarded = upload::discard(
-            &ctx.pool,
-            &*ctx.store,
-            w.export_id,
-            w.attempt,
-            &w.object_key,
-            w.write_token.as_deref(),
-        )
-        .await;
+        let discarded = if w.superseded {
+            upload::abandon_superseded(
+                &ctx.pool,
+                &*ctx.store,
+                w.job_id,
+                w.attempt,
+                &w.object_key,
+                w.write_token.as_deref(),
+            )
+            .await
+        } else {
+            upload::discard(
+                &ctx.pool,
+                &*ctx.store,
+                w.job_id,
+                w.attempt,
+                &w.object_key,
+                w.write_token.as_deref(),
+            )
+            .await
+        };
         match discarded {
             Ok(()) => {
                 tracing::info!(export_id = %w.export_id, attempt = w.attempt, "orphaned write cleaned up");

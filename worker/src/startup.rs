@@ -83,6 +83,10 @@ pub async fn context(settings: &Settings, pool: PgPool) -> ExportContext {
         metrics: Arc::new(wharf_shared::metrics::Metrics::new()),
         scratch: wharf_shared::export::scratch::ScratchBudget::new(settings.import_scratch),
         audit_ttl: settings.audit_ttl,
+        replica: wharf_shared::export::Replica::from_settings(settings).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "WHARF_READ_DATABASE_URL ignored: every read goes to the primary");
+            None
+        }),
     }
 }
 
@@ -246,7 +250,7 @@ impl Worker {
     pub(crate) async fn drain_slot(&self) {
         let span = tracing::info_span!("slot");
         // The slot's own connection for reading rows, kept while it drains (export::ReadConn).
-        let mut read_conn: export::ReadConn = None;
+        let mut read_conn = export::ReadConn::default();
         loop {
             let outcome = tracing::Instrument::instrument(
                 export::run(&self.ctx, &mut read_conn),
@@ -258,6 +262,15 @@ impl Worker {
                 Ok(Outcome::Skipped) => {
                     tracing::debug!("nothing claimable now (none queued below its project's cap)");
                     return;
+                }
+                Ok(Outcome::Planned { jobs }) => {
+                    // Every part announced, so idle slots of every worker take one each.
+                    for job in jobs {
+                        self.enqueue(job, None).await;
+                    }
+                    if self.draining() {
+                        return;
+                    }
                 }
                 Ok(Outcome::Released { job, after }) if after.is_zero() => {
                     // Stopping: the job goes straight back to the queue for another worker.

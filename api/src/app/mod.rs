@@ -3,6 +3,7 @@
 //! nothing here knows a route.
 
 pub mod audit;
+pub mod datasets;
 pub mod exports;
 pub mod files;
 pub mod jobs;

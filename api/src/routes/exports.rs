@@ -139,7 +139,9 @@ pub async fn get_export(
     }
     let (position, eta) = standing(&state, &rec).await?;
     state.waiters.remember_running(&rec, position, eta);
-    Ok(HttpResponse::Ok().json(status_dto(&state.settings, &rec, position, eta)))
+    let mut dto = status_dto(&state.settings, &rec, position, eta);
+    crate::app::datasets::add_files(&state, &rec, &mut dto).await?;
+    Ok(HttpResponse::Ok().json(dto))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -216,6 +218,7 @@ pub async fn cancel_export(
         None => Err(Error::NotFound("export").into()),
         Some(Cancelled::Done(rec)) => {
             tracing::info!(export_id = %id, "export cancelled");
+            crate::app::datasets::remove_files_soon(&state, &rec);
             let mut event = crate::app::audit::by_key(&req, principal, "export.cancelled");
             event.export_id = Some(id);
             state.audit.record(event).await;

@@ -50,6 +50,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(downloads::download_headers)
         .service(downloads::signed_file)
         .service(downloads::signed_file_headers)
+        .service(downloads::dataset_file)
+        .service(downloads::dataset_file_headers)
         .service(imports::create_import)
         .service(imports::get_import)
         .service(kadoa::list)

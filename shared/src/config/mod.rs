@@ -64,6 +64,11 @@ pub const S3_PART_SIZE: usize = 8 << 20;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database_url: SecretString,
+    /// `WHARF_READ_DATABASE_URL`: a streaming replica that reads of runs may go to.
+    pub read_database_url: Option<SecretString>,
+    /// `WHARF_REPLICA_WAIT`: how long a read waits for the replica to replay its run before it
+    /// reads the primary instead.
+    pub replica_wait: Duration,
     /// Redis as the queue's transport; `None`: the queue lives in PostgreSQL.
     pub redis_url: Option<String>,
     pub store: StoreKind,
@@ -150,6 +155,8 @@ impl Settings {
             .unwrap_or_else(|| format!("http://{listen}"));
         Ok(Settings {
             database_url: SecretString::from(v.required("DATABASE_URL")?),
+            read_database_url: v.get("WHARF_READ_DATABASE_URL").map(SecretString::from),
+            replica_wait: v.duration("WHARF_REPLICA_WAIT", "5s")?,
             redis_url: v.get("REDIS_URL"),
             store: store_of(&v)?,
             s3: s3_of(&v),

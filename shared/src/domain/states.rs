@@ -128,10 +128,12 @@ pub enum FailureCode {
     SchemaMismatch,
     /// Declared sizes exceeded, or a compression ratio past the cap (a zip bomb).
     BundleTooLarge,
+    /// A dataset's `partitionBy` found more distinct values than one export may have.
+    TooManyPartitions,
 }
 
 impl FailureCode {
-    pub const ALL: [FailureCode; 11] = [
+    pub const ALL: [FailureCode; 12] = [
         FailureCode::InvalidRequest,
         FailureCode::NotFound,
         FailureCode::StorageError,
@@ -143,6 +145,7 @@ impl FailureCode {
         FailureCode::ChecksumMismatch,
         FailureCode::SchemaMismatch,
         FailureCode::BundleTooLarge,
+        FailureCode::TooManyPartitions,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,6 +161,7 @@ impl FailureCode {
             FailureCode::ChecksumMismatch => "CHECKSUM_MISMATCH",
             FailureCode::SchemaMismatch => "SCHEMA_MISMATCH",
             FailureCode::BundleTooLarge => "BUNDLE_TOO_LARGE",
+            FailureCode::TooManyPartitions => "TOO_MANY_PARTITIONS",
         }
     }
 }

@@ -90,7 +90,7 @@ fn target(
 }
 
 /// The format's encoder over the one part of the feed.
-fn encoder(spec: &ExportSpec, columns: Vec<OutColumn>) -> Encode {
+pub(super) fn encoder(spec: &ExportSpec, columns: Vec<OutColumn>) -> Encode {
     let (format, compression) = (spec.format, spec.compression);
     Box::new(move |sink, rx, progress| {
         let mut enc = format.encoder(sink, &columns, compression)?;

@@ -5,6 +5,7 @@
 mod attempt;
 mod binary;
 pub mod bundle;
+pub mod dataset;
 mod file;
 pub mod formats;
 pub mod import;
@@ -52,6 +53,51 @@ pub struct ExportContext {
     pub scratch: scratch::ScratchBudget,
     /// `WHARF_AUDIT_TTL`: the janitor removes audit events older than this.
     pub audit_ttl: Duration,
+    /// `WHARF_READ_DATABASE_URL`: the streaming replica reads of runs go to once it has
+    /// replayed them.
+    pub replica: Option<Replica>,
+}
+
+/// A streaming replica of the primary (`WHARF_READ_DATABASE_URL`, `WHARF_REPLICA_WAIT`).
+#[derive(Clone)]
+pub struct Replica {
+    pub options: sqlx::postgres::PgConnectOptions,
+    pub wait: Duration,
+}
+
+impl Replica {
+    /// The replica the settings name, if any; a URL that does not parse is named.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Option<Replica>> {
+        use secrecy::ExposeSecret;
+        let Some(url) = &settings.read_database_url else {
+            return Ok(None);
+        };
+        let options = url.expose_secret().parse().map_err(|e| {
+            Error::Unexpected(anyhow::anyhow!(
+                "WHARF_READ_DATABASE_URL is not a PostgreSQL URL: {e}"
+            ))
+        })?;
+        Ok(Some(Replica {
+            options,
+            wait: settings.replica_wait,
+        }))
+    }
+}
+
+/// Which server a read of rows runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Primary,
+    Replica,
+}
+
+impl Server {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Server::Primary => "primary",
+            Server::Replica => "replica",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -72,6 +118,12 @@ pub enum Outcome {
     },
     /// Nothing to claim: no export is QUEUED below its project's cap.
     Skipped,
+    /// A dataset was cut into these part jobs, QUEUED now (to push to the queue).
+    Planned {
+        jobs: Vec<uuid::Uuid>,
+    },
+    /// A part of a dataset wrote its files; other parts are still to finish.
+    PartDone,
 }
 
 #[derive(Default)]
@@ -133,7 +185,11 @@ impl Phases {
 /// on nothing. It is not the pool's, so a slot never waits for the pool (nor the pool, which
 /// heartbeats need, for a slot), and one whose COPY did not run to its end is closed, not
 /// kept: that is what stops the COPY at once on a cancel.
-pub type ReadConn = Option<PgConnection>;
+#[derive(Default)]
+pub struct ReadConn {
+    primary: Option<PgConnection>,
+    replica: Option<PgConnection>,
+}
 
 /// Runs one export job if it can be claimed.
 pub async fn run(ctx: &ExportContext, read_conn: &mut ReadConn) -> Result<Outcome> {
@@ -179,6 +235,7 @@ type SlotJob = dyn Job<Context = ExportContext, Claimed = Claimed, Slot = ReadCo
 fn job_of(kind: Kind) -> Result<&'static SlotJob> {
     match kind {
         Kind::Export => Ok(&RowsJob(Kind::Export)),
+        Kind::Part => Ok(&PartJob),
         Kind::Bundle => Ok(&RowsJob(Kind::Bundle)),
         Kind::Import => Ok(&ImportJob),
         Kind::Webhook => Err(Error::Unexpected(anyhow::anyhow!(
@@ -192,6 +249,27 @@ fn job_of(kind: Kind) -> Result<&'static SlotJob> {
 struct RowsJob(Kind);
 /// An uploaded bundle made into workflows (`import.rs`).
 struct ImportJob;
+/// Some files of a dataset (`dataset.rs`).
+struct PartJob;
+
+#[async_trait]
+impl Job for PartJob {
+    type Context = ExportContext;
+    type Claimed = Claimed;
+    type Slot = ReadConn;
+    type Done = Outcome;
+    fn kind(&self) -> Kind {
+        Kind::Part
+    }
+    async fn run(
+        &self,
+        ctx: &ExportContext,
+        claimed: &Claimed,
+        conn: &mut ReadConn,
+    ) -> std::result::Result<Outcome, JobError> {
+        Ok(dataset::run_part(ctx, claimed, conn).await?)
+    }
+}
 
 #[async_trait]
 impl Job for RowsJob {
@@ -208,6 +286,9 @@ impl Job for RowsJob {
         claimed: &Claimed,
         conn: &mut ReadConn,
     ) -> std::result::Result<Outcome, JobError> {
+        if self.0 == Kind::Export && claimed.rec.is_dataset() {
+            return Ok(plan_dataset(ctx, claimed, conn).await?);
+        }
         Ok(run_export(ctx, claimed, conn, self.0).await?)
     }
 }
@@ -231,6 +312,94 @@ impl Job for ImportJob {
         let span = tracing::info_span!("import", import_id = %claim.export_id,
             request_id = rec.request_id.as_deref().unwrap_or(""), attempt = claim.attempt);
         Ok(tracing::Instrument::instrument(import::run(ctx, claim, rec), span).await?)
+    }
+}
+
+/// A dataset's own job: its plan (or its manifest), settled like any attempt.
+async fn plan_dataset(
+    ctx: &ExportContext,
+    claimed: &Claimed,
+    read_conn: &mut ReadConn,
+) -> Result<Outcome> {
+    let (claim, rec) = (claimed.claim, &claimed.rec);
+    let span = tracing::info_span!("export", export_id = %claim.export_id,
+        request_id = rec.request_id.as_deref().unwrap_or(""), attempt = claim.attempt,
+        format = %rec.format, dataset = true);
+    let attempt = async {
+        match dataset::plan(ctx, claimed, read_conn).await {
+            Ok(o) => Ok(o),
+            Err(e) => attempt::settle_error(ctx, &claim, rec, e, &ctx.stop.child_token()).await,
+        }
+    };
+    tracing::Instrument::instrument(attempt, span).await
+}
+
+/// A connection to read a run's rows on, from the slot's (or a new one): the replica's once it
+/// has replayed `lsn` (the run's commit), else, after `WHARF_REPLICA_WAIT` or without a known
+/// position, the primary's. Give it back with `put_back` once its read ran to its end.
+async fn read_connection(
+    ctx: &ExportContext,
+    slot: &mut ReadConn,
+    lsn: Option<&str>,
+) -> Result<(PgConnection, Server)> {
+    use sqlx::Connection;
+    if let (Some(replica), Some(lsn)) = (&ctx.replica, lsn) {
+        match replica_caught_up(replica, slot, lsn).await {
+            Ok(Some(conn)) => {
+                ctx.metrics.read_on(Server::Replica);
+                return Ok((conn, Server::Replica));
+            }
+            Ok(None) => tracing::info!(
+                lsn,
+                "the replica has not replayed the run yet; reading the primary"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the replica is unavailable; reading the primary"),
+        }
+    }
+    let conn = match slot.primary.take() {
+        Some(c) => c,
+        None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
+    };
+    ctx.metrics.read_on(Server::Primary);
+    Ok((conn, Server::Primary))
+}
+
+/// The replica's connection once it has replayed `lsn`, within the replica's wait; None (the
+/// connection kept in the slot) when it has not.
+async fn replica_caught_up(
+    replica: &Replica,
+    slot: &mut ReadConn,
+    lsn: &str,
+) -> Result<Option<PgConnection>> {
+    use sqlx::Connection;
+    let mut conn = match slot.replica.take() {
+        Some(c) => c,
+        None => PgConnection::connect_with(&replica.options).await?,
+    };
+    let deadline = Instant::now() + replica.wait;
+    loop {
+        // NULL on a server that is not replaying (a primary): never caught up.
+        let replayed: bool =
+            sqlx::query_scalar("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)")
+                .bind(lsn)
+                .fetch_one(&mut conn)
+                .await?;
+        if replayed {
+            return Ok(Some(conn));
+        }
+        if Instant::now() >= deadline {
+            slot.replica = Some(conn);
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A read connection back to the slot, for its next read on the same server.
+fn put_back(slot: &mut ReadConn, conn: PgConnection, server: Server) {
+    match server {
+        Server::Primary => slot.primary = Some(conn),
+        Server::Replica => slot.replica = Some(conn),
     }
 }
 
@@ -261,6 +430,11 @@ async fn run_export(
         progress: &progress,
         started,
         cancel: &cancel,
+        // A bundle reads many runs: on the primary.
+        run_lsn: rec
+            .run_commit_lsn
+            .as_deref()
+            .filter(|_| kind != Kind::Bundle),
     };
     let produce = async {
         if kind == Kind::Bundle {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,8 @@ pub(super) struct Attempt<'a> {
     pub progress: &'a Arc<Progress>,
     pub started: Instant,
     pub cancel: &'a CancellationToken,
+    /// The run's commit position, when one run is read (a replica may serve it once replayed).
+    pub run_lsn: Option<&'a str>,
 }
 
 /// Runs on the encoding thread: reads the feed, writes the file into the sink; returns the
@@ -85,10 +87,7 @@ pub(super) async fn run(
     encode: Encode,
 ) -> Result<Produced> {
     let (ctx, progress, started) = (at.ctx, at.progress, at.started);
-    let mut conn = match read_conn.take() {
-        Some(c) => c,
-        None => PgConnection::connect_with(&ctx.pool.connect_options()).await?,
-    };
+    let (mut conn, server) = super::read_connection(ctx, read_conn, at.run_lsn).await?;
     let total = source.open(&mut conn).await?;
     progress.total.set(total).ok();
     Phases::mark(&progress.phases.counted, started);
@@ -115,7 +114,7 @@ pub(super) async fn run(
     // An interrupted COPY is stopped by closing its connection, not by reusing it.
     let clean = read.is_ok() && source.close(&mut conn).await.is_ok();
     if clean {
-        *read_conn = Some(conn);
+        super::put_back(read_conn, conn, server);
     }
     let encoded = encoder.await.map_err(|e| Error::Unexpected(e.into()))?;
     settle(at, target, read, encoded, uploaded).await

@@ -28,13 +28,14 @@ pub type Piece = Option<Bytes>;
 struct Recorder<'a> {
     pool: &'a PgPool,
     claim: Claim,
+    key: &'a str,
     token: Mutex<Option<String>>,
 }
 
 #[async_trait]
 impl WriteLog for Recorder<'_> {
     async fn begun(&self, token: &str) -> std::result::Result<(), StoreError> {
-        exports::note_write_token(self.pool, &self.claim, token)
+        exports::note_write_token(self.pool, &self.claim, self.key, token)
             .await
             .map_err(|e| StoreError::Service(format!("the write could not be recorded: {e}")))?;
         if let Ok(mut slot) = self.token.lock() {
@@ -63,6 +64,7 @@ pub async fn upload(
     let recorder = Recorder {
         pool: &ctx.pool,
         claim: *claim,
+        key,
         token: Mutex::new(None),
     };
     // A hung object store must not keep a cancelled or stopping export from letting go.
@@ -101,14 +103,28 @@ fn body(rx: mpsc::Receiver<Piece>) -> ByteStream {
 pub async fn discard(
     pool: &PgPool,
     store: &dyn ObjectStore,
-    export_id: Uuid,
+    job_id: Uuid,
     attempt: i32,
     key: &str,
     token: Option<&str>,
 ) -> Result<()> {
     store.abandon(key, token).await?;
     store.delete(key).await?;
-    exports::finish_write(pool, export_id, attempt, UploadState::Aborted).await
+    exports::finish_write(pool, job_id, attempt, key, UploadState::Aborted).await
+}
+
+/// What a write left of its own (its partial state), when a later attempt writes the same
+/// key: the object is that attempt's, not this one's.
+pub async fn abandon_superseded(
+    pool: &PgPool,
+    store: &dyn ObjectStore,
+    job_id: Uuid,
+    attempt: i32,
+    key: &str,
+    token: Option<&str>,
+) -> Result<()> {
+    store.abandon(key, token).await?;
+    exports::finish_write(pool, job_id, attempt, key, UploadState::Aborted).await
 }
 
 /// `discard`, best effort and bounded: a store that does not answer leaves it to the janitor.
@@ -118,7 +134,7 @@ pub async fn discard_bounded(ctx: &ExportContext, claim: &Claim, key: &str, toke
         discard(
             &ctx.pool,
             &*ctx.store,
-            claim.export_id,
+            claim.job_id,
             claim.attempt,
             key,
             token,

@@ -8,8 +8,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::workflows::Workflow;
+use crate::domain::dataset::{FileCut, FileStart, Granularity, MAX_PARTITIONS, PartitionKey};
 use crate::domain::export::{Column, ExportSpec, Filter, Op, Order, resolve};
 use crate::domain::schema::{Field, FieldType};
+use crate::domain::states::FailureCode;
 use crate::error::{Error, Result};
 
 /// One output column: its name in the file and its type (`None` for `_id`).
@@ -238,6 +240,171 @@ impl Plan {
             "COPY (SELECT {} {} ORDER BY {}) TO STDOUT (FORMAT binary)",
             self.select, self.from_where, self.order_by
         )
+    }
+}
+
+/// A partition key's value as text, the same expression for grouping and for selecting one
+/// partition: a string as it is, an integer or boolean as PostgreSQL writes it, a timestamp as
+/// its UTC day (`2026-03-29`) or month (`2026-03`).
+fn partition_expr(fields: &[Field], key: &PartitionKey) -> Result<String> {
+    let i = fields
+        .iter()
+        .position(|f| f.name == key.field)
+        .ok_or_else(|| Error::invalid(format!("partitionBy: unknown field \"{}\"", key.field)))?;
+    let c = Field::column(i);
+    Ok(match (fields[i].field_type, key.by) {
+        (FieldType::Timestamp, Some(Granularity::Month)) => {
+            format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM')")
+        }
+        (FieldType::Timestamp, _) => format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+        (FieldType::String, _) => c,
+        _ => format!("{c}::text"),
+    })
+}
+
+/// How a dataset's rows are cut into files: at most `per_file` rows each (None: one file a
+/// partition, or `files` files of even rows when nothing partitions).
+pub struct Cutting<'a> {
+    pub per_file: Option<i64>,
+    pub files: usize,
+    pub partition_by: &'a [PartitionKey],
+}
+
+impl Plan {
+    /// Only the rows of one partition: `(field, value or None for null)` for each key.
+    pub fn restrict(
+        &mut self,
+        fields: &[Field],
+        keys: &[PartitionKey],
+        values: &[(String, Option<String>)],
+    ) -> Result<()> {
+        for (key, (_, value)) in keys.iter().zip(values) {
+            let expr = partition_expr(fields, key)?;
+            let cond = match value {
+                None => format!("{expr} IS NULL"),
+                Some(v) => {
+                    self.settings.push(v.clone());
+                    format!(
+                        "{expr} = current_setting('wharf.p{}')",
+                        self.settings.len() - 1
+                    )
+                }
+            };
+            self.from_where.push_str(&format!(" AND {cond}"));
+        }
+        self.whole_run = self.whole_run && keys.is_empty();
+        Ok(())
+    }
+
+    /// Counts the selection and cuts it into files in the export's order (one snapshot): by
+    /// the `_id` each file starts at when sorted by `_id`, else by rows skipped; with
+    /// partitions, each partition's files in turn, partitions in their values' order. More than
+    /// `MAX_PARTITIONS` partitions is an error before anything is written.
+    pub async fn cut_files(
+        &self,
+        conn: &mut PgConnection,
+        fields: &[Field],
+        cutting: &Cutting<'_>,
+    ) -> Result<(i64, Vec<FileCut>)> {
+        sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
+        let cut = self.cut_in_transaction(conn, fields, cutting).await;
+        let end = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
+        let cut = cut?;
+        end?;
+        Ok(cut)
+    }
+
+    async fn cut_in_transaction(
+        &self,
+        conn: &mut PgConnection,
+        fields: &[Field],
+        cutting: &Cutting<'_>,
+    ) -> Result<(i64, Vec<FileCut>)> {
+        self.apply(conn).await?;
+        let groups: Vec<(Vec<Option<String>>, i64)> = if cutting.partition_by.is_empty() {
+            vec![(Vec::new(), self.count(conn).await?)]
+        } else {
+            self.partitions(conn, fields, cutting.partition_by).await?
+        };
+        let total: i64 = groups.iter().map(|(_, n)| n).sum();
+        let per_file = match (cutting.per_file, cutting.partition_by.is_empty()) {
+            (Some(n), _) => n,
+            (None, true) => {
+                let files = cutting.files.max(1) as i64;
+                (total / files + i64::from(total % files != 0)).max(1)
+            }
+            (None, false) => i64::MAX,
+        };
+        let mut cuts = Vec::new();
+        for (values, rows) in groups {
+            let partition: Vec<(String, Option<String>)> = cutting
+                .partition_by
+                .iter()
+                .map(|k| k.field.clone())
+                .zip(values)
+                .collect();
+            let n = (rows / per_file + i64::from(rows % per_file != 0)).max(1);
+            let starts = match (self.id_order, partition.is_empty() && n > 1) {
+                (Some(_), true) => Some(self.id_starts(conn, per_file).await?),
+                _ => None,
+            };
+            for k in 0..n {
+                let start = match &starts {
+                    Some(ids) => FileStart::FromId(ids.get(k as usize).copied().unwrap_or(0)),
+                    None => FileStart::Skip((k * per_file) as u64),
+                };
+                cuts.push(FileCut {
+                    seq: cuts.len() as i32,
+                    start,
+                    rows: (rows - k * per_file).min(per_file),
+                    partition: partition.clone(),
+                    number: k as i32,
+                });
+            }
+        }
+        Ok((total, cuts))
+    }
+
+    /// The `_id` every `per_file`-th row of the selection starts at, in the export's order.
+    async fn id_starts(&self, conn: &mut PgConnection, per_file: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT _id FROM (SELECT _id, row_number() OVER (ORDER BY {}) - 1 AS rn {}) s
+             WHERE rn % $1 = 0 ORDER BY rn",
+            self.order_by, self.from_where
+        )))
+        .bind(per_file)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    /// The selection's partitions, in their values' order, and the rows of each.
+    async fn partitions(
+        &self,
+        conn: &mut PgConnection,
+        fields: &[Field],
+        keys: &[PartitionKey],
+    ) -> Result<Vec<(Vec<Option<String>>, i64)>> {
+        let exprs = keys
+            .iter()
+            .map(|k| partition_expr(fields, k))
+            .collect::<Result<Vec<_>>>()?;
+        let list = exprs.join(", ");
+        let rows: Vec<(Vec<Option<String>>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT ARRAY[{list}]::text[], count(*) {} GROUP BY {list} ORDER BY {list} LIMIT $1",
+            self.from_where
+        )))
+        .bind(MAX_PARTITIONS + 1)
+        .fetch_all(conn)
+        .await?;
+        if rows.len() as i64 > MAX_PARTITIONS {
+            return Err(Error::Refused {
+                code: FailureCode::TooManyPartitions,
+                message: format!(
+                    "partitionBy: the rows hold more than {MAX_PARTITIONS} distinct partitions"
+                ),
+            });
+        }
+        Ok(rows)
     }
 }
 

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../../../migrations/20261205000002_audit.sql"),
     ),
+    (
+        20261206000001,
+        "datasets",
+        include_str!("../../../migrations/20261206000001_datasets.sql"),
+    ),
 ];
 
 /// The migrator the API runs at startup (and the test harness on each test's database). Its

@@ -126,7 +126,20 @@ pub async fn copy_run(
     };
     let run = insert_run(&mut lent, wf.id, run_id, rows, next).await?;
     lent.commit().await?;
+    note_commit_lsn(pool, run.id).await;
     Ok(Some(run))
+}
+
+/// Records where the primary's WAL stands now that the run is committed: a replica that has
+/// replayed past it holds the run. Best effort: without it the run is read on the primary.
+async fn note_commit_lsn(pool: &PgPool, run_id: Uuid) {
+    let noted = sqlx::query("UPDATE runs SET commit_lsn = pg_current_wal_lsn() WHERE id = $1")
+        .bind(run_id)
+        .execute(pool)
+        .await;
+    if let Err(e) = noted {
+        tracing::warn!(error = %e, %run_id, "run's commit position not noted; it is read on the primary");
+    }
 }
 
 enum Copied {

@@ -295,6 +295,7 @@ fn sign(
         workflow_id: wharf_tests::parse(workflow_id),
         format,
         expires,
+        path: None,
     };
     (kid.to_string(), wharf_shared::signing::sign(&key, &claims))
 }

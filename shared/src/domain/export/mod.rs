@@ -99,6 +99,16 @@ pub struct ExportRequest {
     pub columns: Option<Vec<String>>,
     /// `none` (default)/`gzip` for text formats; `zstd` (default)/`snappy`/`none` for parquet.
     pub compression: Option<Compression>,
+    /// A dataset of files of at most this many rows each (≥ 1,000).
+    pub max_rows_per_file: Option<i64>,
+    /// Files cut by encoded size: not supported by this version (400; cut by rows with
+    /// `maxRowsPerFile`).
+    pub max_file_bytes: Option<i64>,
+    /// 1–3 fields (string, integer, boolean; a timestamp as `{"field", "by": "day"|"month"}`):
+    /// a dataset with Hive-style paths, one directory per value.
+    pub partition_by: Option<Vec<crate::domain::dataset::PartitionRequest>>,
+    /// Parts built at once by the workers (1–64).
+    pub parallelism: Option<i64>,
 }
 
 /// What to select and how to sort: a schema field (by position) or the row id.
@@ -120,6 +130,9 @@ pub struct ExportSpec {
     pub order: Order,
     pub row_ids: Option<Vec<i64>>,
     pub columns: Vec<String>,
+    /// A dataset of many files, built in parts (None: one file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<crate::domain::dataset::DatasetSpec>,
 }
 
 impl ExportSpec {
@@ -134,6 +147,7 @@ impl ExportSpec {
             order: Order::Asc,
             row_ids: None,
             columns: Vec::new(),
+            dataset: None,
         }
     }
 

@@ -36,6 +36,13 @@ impl ExportRequest {
             None => fields.iter().map(|f| f.name.clone()).collect(),
             Some(cols) => validate_columns(fields, cols)?,
         };
+        let dataset = crate::domain::dataset::DatasetRequest {
+            max_rows_per_file: self.max_rows_per_file,
+            max_file_bytes: self.max_file_bytes,
+            partition_by: self.partition_by.as_deref(),
+            parallelism: self.parallelism,
+        }
+        .validate(fields)?;
         Ok(ExportSpec {
             format,
             compression,
@@ -44,6 +51,7 @@ impl ExportRequest {
             order: self.order.unwrap_or_default(),
             row_ids: self.row_ids.clone(),
             columns,
+            dataset,
         })
     }
 }

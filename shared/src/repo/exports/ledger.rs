@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::ExportRecord;
@@ -12,9 +13,11 @@ use crate::domain::states::FailureCode;
 use crate::error::Result;
 use crate::repo::workflows::Workflow;
 
-/// A claim on an export: the attempt it is and the token that fences every later write.
+/// A claim on a job: the attempt it is and the token that fences every later write. The job is
+/// the export's own (`job_id == export_id`) or one part of a dataset (`export_id` its parent).
 #[derive(Debug, Clone, Copy)]
 pub struct Claim {
+    pub job_id: Uuid,
     pub export_id: Uuid,
     pub token: Uuid,
     pub attempt: i32,
@@ -42,7 +45,8 @@ pub async fn claim_next(
              c.run_executed_at, c.run_row_count, (c.workflow).id AS wf_id,
              (c.workflow).project_id AS wf_project_id, (c.workflow).name AS wf_name,
              (c.workflow).schema AS wf_schema, (c.workflow).table_name AS wf_table_name,
-             (c.workflow).created_at AS wf_created_at
+             (c.workflow).created_at AS wf_created_at, c.job_id, c.job_parent, c.job_payload,
+             c.run_commit_lsn
          FROM wharf_claim($1, $2, $3, $4) c",
     )
     .bind(worker_id)
@@ -52,11 +56,7 @@ pub async fn claim_next(
     .fetch_optional(pool)
     .await?;
     Ok(claimed.map(|ClaimedRow(c)| Claimed {
-        claim: Claim {
-            export_id: c.rec.id,
-            token,
-            attempt: c.claim.attempt,
-        },
+        claim: Claim { token, ..c.claim },
         ..c
     }))
 }
@@ -70,6 +70,8 @@ pub struct Claimed {
     pub claim: Claim,
     pub rec: ExportRecord,
     pub workflow: Option<Workflow>,
+    /// A part's work (`Kind::Part`): the files it writes.
+    pub part: Option<crate::domain::dataset::PartPlan>,
 }
 
 struct ClaimedRow(Claimed);
@@ -83,14 +85,28 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimedRow {
             index: "job_kind".into(),
             source: format!("no job kind \"{kind}\"").into(),
         })?;
+        let payload: Json<serde_json::Value> = row.try_get("job_payload")?;
+        let part = match kind {
+            crate::jobs::Kind::Part => {
+                Some(
+                    serde_json::from_value(payload.0).map_err(|e| sqlx::Error::ColumnDecode {
+                        index: "job_payload".into(),
+                        source: Box::new(e),
+                    })?,
+                )
+            }
+            _ => None,
+        };
         Ok(ClaimedRow(Claimed {
             kind,
             claim: Claim {
+                job_id: row.try_get("job_id")?,
                 export_id: rec.id,
                 token: Uuid::nil(),
                 attempt: row.try_get("claimed_attempt")?,
             },
             workflow: crate::repo::workflows::from_claim_row(row)?,
+            part,
             rec,
         }))
     }
@@ -110,7 +126,7 @@ pub async fn release(pool: &PgPool, claim: &Claim, delay: Duration) -> Result<bo
         ", updated_at = now() WHERE id IN (SELECT id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
-    .bind(claim.export_id)
+    .bind(claim.job_id)
     .bind(claim.token)
     .bind(delay.as_secs_f64())
     .execute(pool)
@@ -139,7 +155,17 @@ pub async fn reconcile(
                enqueued_at = NULL, updated_at = now(),
                status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END
            WHERE status = 'RUNNING' AND lease_expires_at < now()
-           RETURNING id, status = 'FAILED' AS spent)
+           RETURNING id, coalesce(parent_id, id) AS export_id, parent_id IS NOT NULL AS part,
+               status = 'FAILED' AS spent),
+         parents AS (
+           UPDATE jobs SET status = 'FAILED', updated_at = now()
+           WHERE id IN (SELECT export_id FROM lapsed WHERE part AND spent)
+               AND status IN ('QUEUED', 'RUNNING', 'WAITING')),
+         siblings AS (
+           UPDATE jobs SET status = 'CANCELLED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE parent_id IN (SELECT export_id FROM lapsed WHERE part AND spent)
+               AND status IN ('QUEUED', 'RUNNING') AND id NOT IN (SELECT id FROM lapsed))
          UPDATE exports e SET updated_at = now(),
              status = CASE WHEN l.spent THEN ",
         crate::sql_status!(Failed),
@@ -150,7 +176,7 @@ pub async fn reconcile(
              error_code = CASE WHEN l.spent THEN $1 END,
              error_message = CASE WHEN l.spent
                  THEN 'the export was interrupted on every attempt; create it again' END
-         FROM lapsed l WHERE e.id = l.id AND e.status = ",
+         FROM lapsed l WHERE e.id = l.export_id AND (l.spent OR NOT l.part) AND e.status = ",
         crate::sql_status!(InProgress)
     ))
     .bind(FailureCode::WorkerLost)
@@ -162,7 +188,8 @@ pub async fn reconcile(
                  AND (due_at IS NULL OR due_at <= now())
                  AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, (SELECT e.request_id FROM exports e WHERE e.id = jobs.id)",
+         RETURNING id, (SELECT e.request_id FROM exports e
+                        WHERE e.id = coalesce(jobs.parent_id, jobs.id))",
     )
     .bind(stale.as_secs_f64())
     .bind(limit)
@@ -188,24 +215,29 @@ pub struct Beat {
 }
 
 pub async fn heartbeat(pool: &PgPool, claim: &Claim, beat: &Beat, lease: Duration) -> Result<bool> {
-    let done = sqlx::query(concat!(
+    // The claim holds while its job's lease does (a cancel ends both the job and its export); a
+    // part's progress shows in its export as its parts complete (`parts::complete_part`).
+    let held: i64 = sqlx::query_scalar(concat!(
         "WITH job AS (
            UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
-           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id)
-         UPDATE exports SET rows_written = $4, bytes_written = $5,
-             rows_total = coalesce($6, rows_total), updated_at = now()
-         WHERE id IN (SELECT id FROM job) AND status = ",
-        crate::sql_status!(InProgress)
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id),
+         progress AS (
+           UPDATE exports SET rows_written = $4, bytes_written = $5,
+               rows_total = coalesce($6, rows_total), updated_at = now()
+           WHERE id IN (SELECT id FROM job) AND status = ",
+        crate::sql_status!(InProgress),
+        ")
+         SELECT count(*) FROM job"
     ))
-    .bind(claim.export_id)
+    .bind(claim.job_id)
     .bind(claim.token)
     .bind(lease.as_secs_f64())
     .bind(beat.rows)
     .bind(beat.bytes)
     .bind(beat.total)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(held == 1)
 }
 
 pub async fn set_total(pool: &PgPool, claim: &Claim, total: i64) -> Result<()> {
@@ -213,7 +245,7 @@ pub async fn set_total(pool: &PgPool, claim: &Claim, total: i64) -> Result<()> {
         "UPDATE exports SET rows_total = $3 WHERE id = $1
              AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2)",
     )
-    .bind(claim.export_id)
+    .bind(claim.job_id)
     .bind(claim.token)
     .bind(total)
     .execute(pool)
@@ -256,12 +288,12 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
            UPDATE export_uploads SET state = ",
         crate::sql_upload_state!(Completed),
         ", updated_at = now()
-           WHERE export_id IN (SELECT id FROM done) AND attempt = $10 AND state = ",
+           WHERE job_id IN (SELECT id FROM done) AND attempt = $10 AND state = ",
         crate::sql_upload_state!(Open),
         ")
          SELECT count(*) FROM done"
     ))
-    .bind(claim.export_id)
+    .bind(claim.job_id)
     .bind(claim.token)
     .bind(c.row_count)
     .bind(c.size_bytes)
@@ -276,20 +308,34 @@ pub async fn complete(pool: &PgPool, claim: &Claim, c: &Completion<'_>) -> Resul
     Ok(done == 1)
 }
 
-/// Ends the export FAILED with a stable code and a message a user can act on.
+/// Ends the export FAILED with a stable code and a message a user can act on. A part that
+/// fails ends its whole export: the export's job FAILED and every other part CANCELLED in the
+/// same statement (their running attempts lose their claim at the next heartbeat; the janitor
+/// removes the files of parts that completed).
 pub async fn fail(pool: &PgPool, claim: &Claim, code: FailureCode, message: &str) -> Result<bool> {
     let done = sqlx::query(concat!(
         "WITH job AS (
            UPDATE jobs SET status = 'FAILED', lease_token = NULL, lease_expires_at = NULL,
                updated_at = now()
-           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING' RETURNING id)
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'
+           RETURNING coalesce(parent_id, id) AS export_id),
+         parent AS (
+           UPDATE jobs SET status = 'FAILED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE id IN (SELECT export_id FROM job) AND id <> $1
+               AND status IN ('QUEUED', 'RUNNING', 'WAITING')),
+         siblings AS (
+           UPDATE jobs SET status = 'CANCELLED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE parent_id IN (SELECT export_id FROM job) AND id <> $1
+               AND status IN ('QUEUED', 'RUNNING'))
          UPDATE exports SET status = ",
         crate::sql_status!(Failed),
         ", completed_at = now(), updated_at = now(), error_code = $3, error_message = $4
-         WHERE id IN (SELECT id FROM job) AND status = ",
+         WHERE id IN (SELECT export_id FROM job) AND status = ",
         crate::sql_status!(InProgress)
     ))
-    .bind(claim.export_id)
+    .bind(claim.job_id)
     .bind(claim.token)
     .bind(code)
     .bind(message)

@@ -6,12 +6,14 @@
 
 mod create;
 mod ledger;
+mod parts;
 mod reads;
 mod retention;
 mod uploads;
 
 pub use create::*;
 pub use ledger::*;
+pub use parts::*;
 pub use reads::*;
 pub use retention::*;
 pub use uploads::*;
@@ -70,6 +72,12 @@ pg_row! {
         pub run_executed_at: Option<DateTime<Utc>>,
         /// The run's rows (a run never changes once stored).
         pub run_row_count: Option<i64>,
+        /// Where the primary's WAL stood once the run was committed (a replica that has
+        /// replayed past it holds the run).
+        pub run_commit_lsn: Option<String>,
+        /// A dataset's parts (None: a single file) and how many are done.
+        pub parts_total: Option<i32>,
+        pub parts_completed: i32,
     }
 }
 
@@ -77,6 +85,11 @@ impl ExportRecord {
     /// A bundle (definitions and data as one ZIP), not one run's rows.
     pub fn is_bundle(&self) -> bool {
         self.scope != ExportScope::Table
+    }
+
+    /// A dataset of many files (API.md "Large exports"), not one file.
+    pub fn is_dataset(&self) -> bool {
+        self.params.0.dataset.is_some()
     }
 
     /// The workflow id the signed link covers (nil for a project's bundle).
@@ -132,7 +145,8 @@ pub fn eta(total: i64, written: i64, running_for: Option<f64>, recent: Option<f6
 
 const SELECT: &str =
     "SELECT e.*, j.attempts, j.max_attempts, j.lease_token, d.id AS dock_status_id, d.job_type,
-        r.executed_at AS run_executed_at, r.row_count AS run_row_count
+        r.executed_at AS run_executed_at, r.row_count AS run_row_count,
+        r.commit_lsn::text AS run_commit_lsn
     FROM exports e JOIN jobs j ON j.id = e.id JOIN dock_statuses d ON d.export_id = e.id
         LEFT JOIN runs r ON r.id = e.run_id";
 

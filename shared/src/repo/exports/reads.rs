@@ -124,7 +124,11 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Option<
            UPDATE jobs SET status = 'CANCELLED', lease_token = NULL, lease_expires_at = NULL,
                updated_at = now()
            WHERE id = $1 AND project_id = $2 AND kind IN ('export', 'bundle')
-               AND status IN ('QUEUED', 'RUNNING') RETURNING id)
+               AND status IN ('QUEUED', 'RUNNING', 'WAITING') RETURNING id),
+         parts AS (
+           UPDATE jobs SET status = 'CANCELLED', lease_token = NULL, lease_expires_at = NULL,
+               updated_at = now()
+           WHERE parent_id IN (SELECT id FROM job) AND status IN ('QUEUED', 'RUNNING'))
          UPDATE exports SET status = ",
         crate::sql_status!(Cancelled),
         ", cancel_requested = true, completed_at = now(), updated_at = now()
