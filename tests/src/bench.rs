@@ -151,3 +151,59 @@ mod tests {
         assert!(!glob_match("exact", "exact-not"));
     }
 }
+
+/// The run's rows copied into a plain table of their own (no primary key, no other runs),
+/// vacuumed and analyzed: what a user compares an export with.
+pub fn plain_table(
+    database_url: &str,
+    table: &str,
+    run_id: &str,
+    fields: usize,
+) -> anyhow::Result<String> {
+    let plain = format!("{table}_plain");
+    let cols: Vec<String> = (1..=fields).map(|i| format!("c{i}")).collect();
+    for sql in [
+        format!("DROP TABLE IF EXISTS {plain}"),
+        format!(
+            "CREATE TABLE {plain} AS SELECT {} FROM {table} WHERE run_id = '{run_id}' ORDER BY _id",
+            cols.join(", ")
+        ),
+        format!("VACUUM ANALYZE {plain}"),
+    ] {
+        let status = std::process::Command::new("psql")
+            .arg(database_url)
+            .args(["-qXc", &sql])
+            .status()?;
+        anyhow::ensure!(status.success(), "psql failed: {sql}");
+    }
+    Ok(plain)
+}
+
+/// PostgreSQL's own floor, measured the honest way: `psql -c "COPY (query) TO STDOUT …"` into
+/// a file, best of two. `format`: `csv` (with a header) or `binary`.
+pub fn copy_floor(database_url: &str, query: &str, format: &str) -> anyhow::Result<f64> {
+    let header = if format == "csv" { ", HEADER" } else { "" };
+    let sql = format!("COPY ({query}) TO STDOUT (FORMAT {format}{header})");
+    let path = std::env::temp_dir().join(format!("wharf-bench-floor.{format}"));
+    let mut best = f64::MAX;
+    for _ in 0..2 {
+        let file = std::fs::File::create(&path)?;
+        let t = std::time::Instant::now();
+        let status = std::process::Command::new("psql")
+            .arg(database_url)
+            .args(["-qXc", &sql])
+            .stdout(file)
+            .status()?;
+        anyhow::ensure!(status.success(), "psql failed: {status}");
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(best)
+}
+
+/// A process's peak resident memory (VmHWM), in KiB.
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

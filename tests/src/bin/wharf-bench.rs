@@ -17,6 +17,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Executor;
 use wharf_api::startup::Application;
+use wharf_tests::bench::{copy_floor, peak_rss_kb, plain_table};
 
 const SCHEMA: &str = r#"[
   {"name": "sku", "type": "string"}, {"name": "title", "type": "string"},
@@ -191,12 +192,6 @@ async fn ingest(
     Ok((run, secs))
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn env(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
@@ -271,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     // The honest floor: the same rows in a plain, analyzed table, `COPY (SELECT * FROM plain)`
     // by psql into a file, as a user would compare. Beside it, Wharf's own ordered query on its
     // rows table (the run's primary key order).
-    let plain = plain_table(&database_url, &table, run_id)?;
+    let plain = plain_table(&database_url, &table, run_id, FIELDS)?;
     let floor = copy_floor(&database_url, &format!("SELECT * FROM {plain}"), "csv")?;
     let binary_floor = copy_floor(&database_url, &format!("SELECT * FROM {plain}"), "binary")?;
     let cols: Vec<String> = (1..=FIELDS).map(|i| format!("c{i}")).collect();
@@ -472,28 +467,6 @@ fn copy_in_floor(database_url: &str, table: &str, format: &str) -> anyhow::Resul
     Ok(best)
 }
 
-/// The run's rows copied into a plain table of their own (no primary key, no other runs),
-/// vacuumed and analyzed: what a user compares an export with.
-fn plain_table(database_url: &str, table: &str, run_id: &str) -> anyhow::Result<String> {
-    let plain = format!("{table}_plain");
-    let cols: Vec<String> = (1..=FIELDS).map(|i| format!("c{i}")).collect();
-    for sql in [
-        format!("DROP TABLE IF EXISTS {plain}"),
-        format!(
-            "CREATE TABLE {plain} AS SELECT {} FROM {table} WHERE run_id = '{run_id}' ORDER BY _id",
-            cols.join(", ")
-        ),
-        format!("VACUUM ANALYZE {plain}"),
-    ] {
-        let status = std::process::Command::new("psql")
-            .arg(database_url)
-            .args(["-qXc", &sql])
-            .status()?;
-        anyhow::ensure!(status.success(), "psql failed: {sql}");
-    }
-    Ok(plain)
-}
-
 /// The ADBC peer (scripts/adbc-peer.py), best of two; None when Python lacks its packages.
 fn adbc_peer(database_url: &str, query: &str) -> Option<f64> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/adbc-peer.py");
@@ -514,28 +487,6 @@ fn adbc_peer(database_url: &str, query: &str) -> Option<f64> {
     }
     let _ = std::fs::remove_file(&out);
     best
-}
-
-/// PostgreSQL's own floor, measured the honest way: `psql -c "COPY (query) TO STDOUT …"` into
-/// a file, best of two. `format`: `csv` (with a header) or `binary`.
-fn copy_floor(database_url: &str, query: &str, format: &str) -> anyhow::Result<f64> {
-    let header = if format == "csv" { ", HEADER" } else { "" };
-    let sql = format!("COPY ({query}) TO STDOUT (FORMAT {format}{header})");
-    let path = std::env::temp_dir().join(format!("wharf-bench-floor.{format}"));
-    let mut best = f64::MAX;
-    for _ in 0..2 {
-        let file = std::fs::File::create(&path)?;
-        let t = Instant::now();
-        let status = std::process::Command::new("psql")
-            .arg(database_url)
-            .args(["-qXc", &sql])
-            .stdout(file)
-            .status()?;
-        anyhow::ensure!(status.success(), "psql failed: {status}");
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let _ = std::fs::remove_file(&path);
-    Ok(best)
 }
 
 /// Kadoa's synchronous reads on an API process of their own: page 1 and a deep page (limit
