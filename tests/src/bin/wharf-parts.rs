@@ -33,7 +33,7 @@ fn row(n: u64) -> String {
         n % 1000,
         n % 10_000,
         n % 100,
-        n % 3 != 0,
+        !n.is_multiple_of(3),
         1 + n % 12,
         1 + n % 28,
         n % 24,
