@@ -189,6 +189,21 @@ async fn a_million_rows_in_ten_files_built_by_two_workers_equal_the_single_file(
     let signed = reqwest::get(url).await.expect("signed link");
     assert_eq!(signed.status(), 200);
     assert_eq!(signed.bytes().await.expect("body").to_vec(), files[3].1);
+    // The same request as Parquet: the files' rows, in manifest order, are the single file's.
+    let body = json!({"format": "parquet", "maxRowsPerFile": 100_000, "parallelism": 4});
+    let id = app.create_export(&p.key, &wf, &body).await;
+    let done = finished(&app, &p.key, &id, 180).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let mut rows = Vec::with_capacity(1_000_000);
+    for (_, bytes) in dataset_files(&app, &p.key, &done).await {
+        rows.extend(parquet_rows(bytes));
+    }
+    let single = app
+        .export_and_wait(&p.key, &wf, &json!({"format": "parquet"}))
+        .await;
+    let whole = parquet_rows(app.export_file(&single).await);
+    assert_eq!(rows.len(), 1_000_000);
+    assert!(rows == whole, "row for row the single file's");
 }
 
 #[tokio::test]
