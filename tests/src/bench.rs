@@ -137,21 +137,6 @@ fn glob_match(pattern: &str, s: &str) -> bool {
     tail.ends_with(last)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn glob_matches_like_redis_for_stars() {
-        use super::glob_match;
-        assert!(glob_match("q1*", "q1:workers"));
-        assert!(glob_match("*q1*", "wharf:q1:workers"));
-        assert!(!glob_match("q1*", "q2:workers"));
-        assert!(glob_match("a*b*c", "a-b-b-c"));
-        assert!(!glob_match("a*b*c", "a-c"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exact-not"));
-    }
-}
-
 /// The run's rows copied into a plain table of their own (no primary key, no other runs),
 /// vacuumed and analyzed: what a user compares an export with.
 pub fn plain_table(
@@ -206,4 +191,19 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_matches_like_redis_for_stars() {
+        use super::glob_match;
+        assert!(glob_match("q1*", "q1:workers"));
+        assert!(glob_match("*q1*", "wharf:q1:workers"));
+        assert!(!glob_match("q1*", "q2:workers"));
+        assert!(glob_match("a*b*c", "a-b-b-c"));
+        assert!(!glob_match("a*b*c", "a-c"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact-not"));
+    }
 }
